@@ -23,7 +23,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise ArlonError(f"{path} is a directory, not a file path")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
+        )
     except OSError as e:
         raise ArlonError(f"cannot write {path}: {e.strerror or e}") from None
     os.close(fd)
