@@ -59,14 +59,20 @@ def _draw(frame: np.ndarray, obj: WorldObject, cx: float, cy: float, colour: np.
     # Pixel centres relative to the shape's centre: px (1, w), py (h, 1).
     px = (np.arange(x0, x1, dtype=np.float32) + 0.5 - cx)[None, :]
     py = (np.arange(y0, y1, dtype=np.float32) + 0.5 - cy)[:, None]
-    if obj.shape == "circle":
+    alpha = shape_coverage(obj.shape, obj.size, px, py)[..., None]  # (h, w, 1)
+    patch = frame[y0:y1, x0:x1]
+    patch += alpha * (colour - patch)
+
+
+def shape_coverage(shape: str, size: float, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+    """Coverage in [0, 1] of pixels whose centres sit at offsets (px, py) from the shape's box centre."""
+    half = size / 2
+    if shape == "circle":
         d = np.sqrt(px * px + py * py) - half
-    elif obj.shape == "square":
+    elif shape == "square":
         d = np.maximum(np.abs(px), np.abs(py)) - half
     else:
         # Apex at (0, -half), base from (-half, half) to (half, half): three half-planes.
         slanted = (2 * np.abs(px) - py - half) / _SQRT5
         d = np.maximum(py - half, slanted)
-    alpha = np.clip(0.5 - d, 0.0, 1.0)[..., None]  # (h, w, 1)
-    patch = frame[y0:y1, x0:x1]
-    patch += alpha * (colour - patch)
+    return np.clip(0.5 - d, 0.0, 1.0)
