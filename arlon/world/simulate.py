@@ -101,7 +101,7 @@ def random_episode(
     starts = [0]
     while events:
         nxt = starts[-1] + int(rng.integers(segment_frames[0], segment_frames[1] + 1))
-        if nxt >= num_frames:
+        if nxt + segment_frames[0] > num_frames:  # the last segment is full-length too
             break
         starts.append(nxt)
     specs = [spec]

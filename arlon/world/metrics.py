@@ -1,0 +1,292 @@
+"""World metrics: how well a video shows what its timeline (or ground truth) asks for.
+
+One pass over the frames detects every object and re-renders the detected state; per-frame records
+are kept, so any metric can be taken over any range of frames (drift: early vs late windows). All
+accuracies are in [0, 1]; PSNR is in dB; latencies in frames.
+
+- colour: the asked objects are there (colour is an object's identity in this world);
+- shape / size / background: of the objects found, the right shape (and size when asked); the frame's
+  background;
+- attribute: the mean of colour, shape, size and background accuracy;
+- motion / speed: over windows of `motion_window` frames, each object's fitted velocity has the asked
+  direction ('bounce' asks only that it moves) and speed class;
+- count: the number of objects found equals the number asked;
+- identity: from one frame to the next within a segment, each object keeps its shape and size and
+  moves no more than `max_jump` of the frame;
+- switch latency: frames from a caption change until the new caption holds (objects, shapes,
+  background, count, motion) for `hold` frames in a row;
+- rerender_psnr: each frame against the clean render of the state the detector read from it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from arlon.world import vocab
+from arlon.world.captions import parse_caption
+from arlon.world.detect import Detector, FrameDetection, size_class
+from arlon.world.render import render_frame
+from arlon.world.scene import SceneSpec
+from arlon.world.simulate import check_timeline, direction_of
+
+
+@dataclass
+class Expected:
+    """What each frame should show: a spec per segment, and objects not to judge per frame."""
+
+    specs: list[SceneSpec]
+    starts: list[int]
+    num_frames: int
+    height: int
+    width: int
+    # Per frame, colours hidden behind another object in the ground truth (not judged there).
+    hidden: list[set[str]] | None = None
+
+    @classmethod
+    def from_truth(cls, truth: dict) -> Expected:
+        """From an episode's ground-truth JSON (as written by `Episode.save_truth`)."""
+        specs = [SceneSpec.from_dict(s) for s in truth["specs"]]
+        hidden = []
+        for frame in truth["frames"]:
+            ids = set(frame["occluded"])
+            hidden.append({o["colour"] for o in frame["objects"] if o["id"] in ids})
+        starts = [s for s, _ in truth["timeline"]]
+        return cls(specs, starts, truth["num_frames"], truth["height"], truth["width"], hidden)
+
+    @classmethod
+    def from_timeline(
+        cls, timeline: list[tuple[int, str]], num_frames: int, height: int, width: int
+    ) -> Expected:
+        """From a prompt timeline: only what the captions say is judged."""
+        check_timeline(timeline)
+        specs = [parse_caption(text) for _, text in timeline]
+        return cls(specs, [s for s, _ in timeline], num_frames, height, width)
+
+    def segment_of(self) -> np.ndarray:
+        """Segment index of every frame, (T,)."""
+        seg = np.zeros(self.num_frames, np.int64)
+        for k, s in enumerate(self.starts[1:], 1):
+            seg[s:] = k
+        return seg
+
+
+@dataclass
+class MetricSettings:
+    motion_window: int = 8
+    hold: int = 4
+    max_jump: float = 0.1  # of the frame's shorter side, per frame
+    still_below: float = 0.35  # of the slow speed, per frame
+
+
+@dataclass
+class WorldScore:
+    """Per-frame records of one scored video; `summary()` aggregates them over any frame range."""
+
+    expected: Expected
+    settings: MetricSettings
+    detections: list[FrameDetection]
+    psnr: np.ndarray
+    records: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def summary(self, start: int = 0, stop: int | None = None) -> dict:
+        """Every metric over frames [start, stop); a metric with nothing to judge there is None."""
+        r = {k: v[start:stop] for k, v in self.records.items()}
+
+        def rate(name: str):
+            total = r[f"{name}_total"].sum()
+            return None if total == 0 else float(r[f"{name}_ok"].sum() / total)
+
+        out = {n: rate(n) for n in ("colour", "shape", "size", "background", "motion", "speed")}
+        out["attribute"] = _mean(out[n] for n in ("colour", "shape", "size", "background"))
+        out["count"] = rate("count")
+        out["identity"] = rate("identity")
+        psnr = self.psnr[start:stop]
+        out["rerender_psnr"] = float(np.mean(psnr)) if len(psnr) else None
+        return out
+
+    def switches(self) -> dict:
+        """Prompt-switch latency over every caption change."""
+        holds = self.records["holds"].astype(bool)
+        latencies, switched = [], []
+        starts, n = self.expected.starts, self.expected.num_frames
+        for k in range(1, len(starts)):
+            s, e = starts[k], starts[k + 1] if k + 1 < len(starts) else n
+            if e - s < self.settings.hold:
+                continue  # too short for any video to show it
+            found = next(
+                (
+                    f
+                    for f in range(s, e - self.settings.hold + 1)
+                    if holds[f : f + self.settings.hold].all()
+                ),
+                None,
+            )
+            switched.append(found is not None)
+            latencies.append((found if found is not None else e) - s)
+        if not latencies:
+            return {"count": 0, "median_latency": None, "mean_latency": None, "switched": None}
+        return {
+            "count": len(latencies),
+            "median_latency": float(np.median(latencies)),
+            "mean_latency": float(np.mean(latencies)),
+            "switched": float(np.mean(switched)),
+        }
+
+    def report(self, drift_fraction: float = 0.25) -> dict:
+        """The whole report: overall metrics, switch latency, and drift (first vs last windows)."""
+        n = self.expected.num_frames
+        w = max(int(n * drift_fraction), 1)
+        return {
+            "frames": n,
+            **self.summary(),
+            "switch": self.switches(),
+            "drift": {"window": w, "early": self.summary(0, w), "late": self.summary(n - w, n)},
+        }
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def score_video(
+    frames: Iterable[np.ndarray],
+    expected: Expected,
+    detector: Detector | None = None,
+    settings: MetricSettings | None = None,
+) -> WorldScore:
+    """Score a stream of `(H, W, 3)` uint8 frames against what `expected` asks for."""
+    detector = detector or Detector()
+    settings = settings or MetricSettings()
+    side = min(expected.height, expected.width)
+    detections, psnr = [], []
+    for frame in frames:
+        found = detector(frame)
+        detections.append(found)
+        rerender = render_frame(found.to_state(side), *frame.shape[:2])
+        psnr.append(_psnr(frame, rerender))
+        if len(detections) == expected.num_frames:
+            break
+    if len(detections) < expected.num_frames:
+        raise ValueError(f"the video has {len(detections)} frames, expected {expected.num_frames}")
+    score = WorldScore(expected, settings, detections, np.array(psnr))
+    score.records = _records(detections, expected, settings)
+    return score
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
+    return 100.0 if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def _wrap(d: float, extent: int) -> float:
+    return (d + extent / 2) % extent - extent / 2
+
+
+def _velocity(track: list, frames: range, height: int, width: int) -> tuple[float, float] | None:
+    """Least-squares velocity (px/frame) of a colour's centre over `frames`; None if mostly unseen."""
+    seen = [(f, track[f]) for f in frames if track[f] is not None]
+    if len(seen) < max(2, 0.75 * len(frames)):
+        return None
+    t = np.array([f for f, _ in seen], np.float64)
+    xs, ys = [seen[0][1][0]], [seen[0][1][1]]
+    for (_, (x, y)), (_, (px, py)) in zip(seen[1:], seen[:-1], strict=True):
+        xs.append(xs[-1] + _wrap(x - px, width))
+        ys.append(ys[-1] + _wrap(y - py, height))
+    return float(np.polyfit(t, xs, 1)[0]), float(np.polyfit(t, ys, 1)[0])
+
+
+def _motion_ok(asked: str, v: tuple[float, float] | None, still_below: float) -> bool:
+    if v is None:
+        return False
+    label = direction_of(*v, still_below)
+    return label != "still" if asked == "bounce" else label == asked
+
+
+def _speed_class(v: tuple[float, float], side: int) -> str:
+    speed = math.hypot(*v) / side
+    return min(vocab.SPEEDS, key=lambda s: abs(vocab.SPEEDS[s] - speed))
+
+
+def _records(
+    dets: list[FrameDetection], exp: Expected, cfg: MetricSettings
+) -> dict[str, np.ndarray]:
+    n, side = exp.num_frames, min(exp.height, exp.width)
+    still_below = cfg.still_below * vocab.SPEEDS["slow"] * side
+    seg = exp.segment_of()
+    seg_end = {
+        k: (exp.starts[k + 1] if k + 1 < len(exp.starts) else n) for k in range(len(exp.starts))
+    }
+    names = ("colour", "shape", "size", "background", "motion", "speed", "count", "identity")
+    rec = {f"{m}_{s}": np.zeros(n) for m in names for s in ("ok", "total")}
+    rec["holds"] = np.zeros(n)
+    by_colour = [d.by_colour() for d in dets]
+    tracks = {
+        c: [(bc[c].x, bc[c].y) if c in bc else None for bc in by_colour] for c in vocab.COLOURS
+    }
+
+    def add(name: str, f: int, ok: bool) -> None:
+        rec[f"{name}_ok"][f] += ok
+        rec[f"{name}_total"][f] += 1
+
+    for f in range(n):
+        spec, found = exp.specs[seg[f]], by_colour[f]
+        hidden = exp.hidden[f] if exp.hidden else set()
+        end = seg_end[seg[f]]
+        holds = True
+        if spec.background is not None:
+            add("background", f, dets[f].background == spec.background)
+            holds &= dets[f].background == spec.background
+        if not hidden:
+            add("count", f, len(dets[f].objects) == len(spec.objects))
+            holds &= len(dets[f].objects) == len(spec.objects)
+        for o in spec.objects:
+            if o.colour in hidden:
+                continue
+            d = found.get(o.colour)
+            add("colour", f, d is not None)
+            holds &= d is not None
+            if d is None:
+                continue
+            if not d.partial:
+                add("shape", f, d.shape == o.shape)
+                holds &= d.shape == o.shape
+                if o.size is not None:
+                    add("size", f, size_class(d.size, side) == o.size)
+            if f + 1 < end and (o.colour not in (exp.hidden[f + 1] if exp.hidden else set())):
+                nxt = by_colour[f + 1].get(o.colour)
+                ok = nxt is not None
+                if ok:
+                    jump = math.hypot(_wrap(nxt.x - d.x, exp.width), _wrap(nxt.y - d.y, exp.height))
+                    ok = jump <= cfg.max_jump * side and 0.75 <= nxt.size / d.size <= 1.33
+                    ok &= d.partial or nxt.partial or nxt.shape == d.shape
+                add("identity", f, ok)
+            if o.motion is not None:
+                # A short window from this frame tells whether the motion already holds here.
+                short = range(f, min(f + cfg.hold + 1, end))
+                if len(short) >= 3:
+                    holds &= _motion_ok(
+                        o.motion,
+                        _velocity(tracks[o.colour], short, exp.height, exp.width),
+                        still_below,
+                    )
+        rec["holds"][f] = holds
+
+    for k, start in enumerate(exp.starts):
+        spec = exp.specs[k]
+        for w0 in range(start, seg_end[k] - cfg.motion_window + 1, cfg.motion_window):
+            window = range(w0, w0 + cfg.motion_window)
+            for o in spec.objects:
+                if o.motion is None or (
+                    exp.hidden and any(o.colour in exp.hidden[f] for f in window)
+                ):
+                    continue
+                v = _velocity(tracks[o.colour], window, exp.height, exp.width)
+                add("motion", w0, _motion_ok(o.motion, v, still_below))
+                if o.speed is not None and o.motion != "still" and v is not None:
+                    add("speed", w0, _speed_class(v, side) == o.speed)
+    return rec
