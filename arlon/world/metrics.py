@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from arlon.data.timeline import check_timeline
 from arlon.world import vocab
 from arlon.world.captions import parse_caption
 from arlon.world.detect import Detector, FrameDetection, size_class
 from arlon.world.render import render_frame
 from arlon.world.scene import SceneSpec
-from arlon.world.simulate import check_timeline, direction_of
+from arlon.world.simulate import direction_of
 
 
 @dataclass

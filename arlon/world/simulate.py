@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from arlon.data.timeline import check_timeline
 from arlon.errors import ArlonError
 from arlon.utils import atomic_path
 from arlon.world import vocab
@@ -31,7 +32,7 @@ EVENTS = ("turn", "recolour", "enter", "leave", "background")
 class Episode:
     """A captioned episode: its timeline, the spec of each segment, and the state of frame 0."""
 
-    seed: int
+    seed: int | tuple[int, ...]
     num_frames: int
     height: int = 64
     width: int = 64
@@ -42,7 +43,7 @@ class Episode:
 
     def frames(self) -> Iterator[FrameState]:
         """Yield the ground-truth state of every frame, computed as it goes (constant memory)."""
-        rng = np.random.default_rng([self.seed, 1])
+        rng = _rng(self.seed, 1)
         state = self.initial.copy()
         starts = [s for s, _ in self.timeline]
         segment = 0
@@ -74,6 +75,11 @@ class Episode:
             tmp.write_text(json.dumps(self.truth(), separators=(",", ":")))
 
 
+def _rng(seed: int | tuple[int, ...], stream: int) -> np.random.Generator:
+    """Independent seeded streams: 0 draws the timeline, 1 the events' choices, 2 the placement."""
+    return np.random.default_rng([*(seed if isinstance(seed, tuple) else (seed,)), stream])
+
+
 def check_size(height: int, width: int) -> None:
     if height <= 0 or width <= 0 or height % 8 or width % 8:
         raise ArlonError(f"frame size must be a positive multiple of 8, got {height}x{width}")
@@ -85,7 +91,7 @@ def _check_frames(num_frames: int) -> None:
 
 
 def random_episode(
-    seed: int,
+    seed: int | tuple[int, ...],
     num_frames: int,
     height: int = 64,
     width: int = 64,
@@ -96,7 +102,7 @@ def random_episode(
     """A random episode; with `events`, a new caption segment every `segment_frames` (min, max)."""
     check_size(height, width)
     _check_frames(num_frames)
-    rng = np.random.default_rng([seed, 0])
+    rng = _rng(seed, 0)
     spec = random_spec(rng)
     starts = [0]
     while events:
@@ -108,7 +114,7 @@ def random_episode(
     for _ in starts[1:]:
         specs.append(random_event(specs[-1], rng))
     timeline = [(s, describe(sp, rng)) for s, sp in zip(starts, specs, strict=True)]
-    initial = place(specs[0], np.random.default_rng([seed, 2]), height, width)
+    initial = place(specs[0], _rng(seed, 2), height, width)
     return Episode(seed, num_frames, height, width, fps, timeline, specs, initial)
 
 
@@ -124,20 +130,10 @@ def episode_from_timeline(
     check_size(height, width)
     _check_frames(num_frames)
     check_timeline(timeline)
-    rng = np.random.default_rng([seed, 0])
+    rng = _rng(seed, 0)
     specs = [complete_spec(parse_caption(text), rng) for _, text in timeline]
-    initial = place(specs[0], np.random.default_rng([seed, 2]), height, width)
+    initial = place(specs[0], _rng(seed, 2), height, width)
     return Episode(seed, num_frames, height, width, fps, list(timeline), specs, initial)
-
-
-def check_timeline(timeline: list[tuple[int, str]]) -> None:
-    if not timeline:
-        raise ArlonError("empty timeline: give at least one (start_frame, prompt)")
-    starts = [s for s, _ in timeline]
-    if starts[0] != 0:
-        raise ArlonError(f"a timeline must start at frame 0, this one starts at {starts[0]}")
-    if any(b <= a for a, b in zip(starts, starts[1:], strict=False)):
-        raise ArlonError(f"timeline start frames must be strictly increasing, got {starts}")
 
 
 def random_spec(rng: np.random.Generator, num_objects: int | None = None) -> SceneSpec:

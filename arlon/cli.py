@@ -1,0 +1,225 @@
+"""The `arlon` command line.
+
+    arlon world render --seed 0 --frames 600 --out episode.mp4      # + episode.json (ground truth)
+    arlon world render --prompt "a red circle moves right" --frames 200 --out red.mp4
+    arlon world score episode.mp4 --truth episode.json               # world metrics as JSON
+    arlon world dataset --clips 1000 --episodes 20 --frames 2400 --out data/shapes
+
+A user mistake prints one line (`arlon: error: ...`) and exits with status 1; outputs are written
+atomically, so an interrupted run leaves no half-written file under its final name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from arlon import __version__
+from arlon.errors import ArlonError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except ArlonError as e:
+        print(f"arlon: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "arlon: interrupted; finished outputs are kept, partial ones removed", file=sys.stderr
+        )
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="arlon",
+        description="ARLON: long text-to-video generation (autoregressive tokens guide a diffusion transformer).",
+    )
+    parser.add_argument("--version", action="version", version=f"arlon {__version__}")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    world = commands.add_parser(
+        "world",
+        help="the shapes world: render episodes, score videos, build data sets",
+        description="The shapes world: procedural captioned videos with per-frame ground truth, "
+        "and the detector that scores any video against a caption timeline.",
+    )
+    world_commands = world.add_subparsers(title="world commands", required=True, metavar="COMMAND")
+
+    render = world_commands.add_parser(
+        "render",
+        help="render an episode (mp4 or gif) and its ground truth (json)",
+        description="Render a shapes-world episode to OUT (.mp4 or .gif) and its timeline and "
+        "per-frame ground truth to OUT with a .json suffix. Without --prompt/--timeline, the "
+        "episode is random (seeded) with a caption change every 6-20 s.",
+    )
+    render.add_argument("--out", required=True, type=Path, help="output video, .mp4 or .gif")
+    render.add_argument("--frames", type=int, default=600, help="number of frames (default 600)")
+    render.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_size_args(render)
+    source = render.add_mutually_exclusive_group()
+    source.add_argument("--prompt", help="render this caption, e.g. 'a red circle moves right'")
+    source.add_argument("--timeline", type=Path, help="file of START_FRAME<TAB>prompt lines")
+    source.add_argument(
+        "--no-events", action="store_true", help="random scene without caption changes (a clip)"
+    )
+    render.set_defaults(run=_world_render)
+
+    score = world_commands.add_parser(
+        "score",
+        help="score a video against its ground truth or a prompt timeline",
+        description="Detect the objects of every frame of VIDEO and print the world metrics as "
+        "JSON: attribute, motion, count, identity, switch latency, re-render PSNR, drift.",
+    )
+    score.add_argument("video", type=Path, help="video to score (.mp4, .gif, ...)")
+    expected = score.add_mutually_exclusive_group(required=True)
+    expected.add_argument("--truth", type=Path, help="ground-truth json written by 'world render'")
+    expected.add_argument("--timeline", type=Path, help="file of START_FRAME<TAB>prompt lines")
+    expected.add_argument("--prompt", help="the single prompt the video was made from")
+    score.add_argument("--out", type=Path, help="also write the metrics to this json file")
+    score.set_defaults(run=_world_score)
+
+    dataset = world_commands.add_parser(
+        "dataset",
+        help="write a data set of clips and long episodes with a CSV manifest",
+        description="Write short clips (one caption each) and long episodes (caption changes) as "
+        "mp4 + ground-truth json, and an Open-Sora-style manifest DIR/manifest.csv "
+        "(path,text,num_frames,height,width,fps,truth). Re-running skips finished videos.",
+    )
+    dataset.add_argument("--out", required=True, type=Path, help="output folder")
+    dataset.add_argument("--clips", type=int, default=1000, help="short clips (default 1000)")
+    dataset.add_argument("--clip-frames", type=int, default=33, help="frames per clip (default 33)")
+    dataset.add_argument("--episodes", type=int, default=20, help="long episodes (default 20)")
+    dataset.add_argument(
+        "--frames", type=int, default=2400, help="frames per episode (default 2400)"
+    )
+    dataset.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    _add_size_args(dataset)
+    dataset.set_defaults(run=_world_dataset)
+    return parser
+
+
+def _add_size_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--height", type=int, default=64, help="frame height, a multiple of 8 (default 64)"
+    )
+    parser.add_argument(
+        "--width", type=int, default=64, help="frame width, a multiple of 8 (default 64)"
+    )
+    parser.add_argument("--fps", type=float, default=8.0, help="frames per second (default 8)")
+
+
+def _world_render(args) -> None:
+    from arlon.data.timeline import read_timeline
+    from arlon.world.simulate import episode_from_timeline, random_episode
+
+    size = dict(height=args.height, width=args.width, fps=args.fps)
+    if args.prompt is not None or args.timeline is not None:
+        timeline = read_timeline(args.timeline) if args.timeline else [(0, args.prompt)]
+        episode = episode_from_timeline(timeline, args.frames, args.seed, **size)
+    else:
+        episode = random_episode(args.seed, args.frames, events=not args.no_events, **size)
+    truth_path = args.out.with_suffix(".json")
+    _write_episode(episode, args.out, truth_path, progress=True)
+    print(f"wrote {args.out} ({args.frames} frames) and {truth_path}")
+    for start, caption in episode.timeline[:5]:
+        print(f"  {start:>6}  {caption}")
+    if len(episode.timeline) > 5:
+        print(f"  ... {len(episode.timeline) - 5} more caption changes in {truth_path}")
+
+
+def _write_episode(episode, video_path: Path, truth_path: Path, progress: bool = False) -> None:
+    from arlon.data.video_io import VideoWriter
+    from arlon.world.render import render_states
+
+    frames = render_states(episode.frames(), episode.height, episode.width)
+    with VideoWriter(video_path, fps=episode.fps) as writer:
+        for frame in tqdm(
+            frames, total=episode.num_frames, desc="render", unit="frame", disable=not progress
+        ):
+            writer.write_frame(frame)
+    episode.save_truth(truth_path)
+
+
+def _world_score(args) -> None:
+    from arlon.data.timeline import read_timeline
+    from arlon.data.video_io import iter_frames, video_info
+    from arlon.world.metrics import Expected, score_video
+
+    info = video_info(args.video)
+    if args.truth is not None:
+        try:
+            truth = json.loads(args.truth.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ArlonError(f"cannot read ground truth {args.truth}: {e}") from None
+        expected = Expected.from_truth(truth)
+        if (expected.height, expected.width) != (info.height, info.width):
+            raise ArlonError(
+                f"{args.video} is {info.height}x{info.width} but its truth is "
+                f"{expected.height}x{expected.width}"
+            )
+        if info.num_frames < expected.num_frames:
+            raise ArlonError(
+                f"{args.video} has {info.num_frames} frames, its truth {expected.num_frames}"
+            )
+    else:
+        timeline = read_timeline(args.timeline) if args.timeline else [(0, args.prompt)]
+        expected = Expected.from_timeline(timeline, info.num_frames, info.height, info.width)
+    frames = tqdm(iter_frames(args.video), total=expected.num_frames, desc="score", unit="frame")
+    report = score_video(frames, expected).report()
+    text = json.dumps(report, indent=2)
+    if args.out is not None:
+        from arlon.utils import atomic_path
+
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text)
+    print(text)
+
+
+def _world_dataset(args) -> None:
+    from arlon.data.manifest import ManifestRow, write_manifest
+    from arlon.world.simulate import check_size, random_episode
+
+    check_size(args.height, args.width)
+    for name in ("clips", "episodes", "clip_frames", "frames"):
+        if getattr(args, name) < 0 or (name.endswith("frames") and getattr(args, name) == 0):
+            raise ArlonError(
+                f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
+            )
+    size = dict(height=args.height, width=args.width, fps=args.fps)
+    jobs = [("clips", i, args.clip_frames, False) for i in range(args.clips)]
+    jobs += [("episodes", i, args.frames, True) for i in range(args.episodes)]
+    rows = []
+    for kind, i, frames, events in tqdm(jobs, desc="dataset", unit="video"):
+        # Seeds differ per kind and index, and do not depend on how many of each were asked for.
+        seed = (args.seed, 0 if kind == "clips" else 1, i)
+        episode = random_episode(seed, frames, events=events, **size)
+        video = args.out / kind / f"{kind[:-1]}_{i:06d}.mp4"
+        truth = video.with_suffix(".json")
+        if not (video.exists() and truth.exists()):
+            _write_episode(episode, video, truth)
+        rows.append(
+            ManifestRow(
+                path=str(video.relative_to(args.out)),
+                text=episode.timeline[0][1],
+                num_frames=frames,
+                height=args.height,
+                width=args.width,
+                fps=args.fps,
+                truth=str(truth.relative_to(args.out)),
+            )
+        )
+    manifest = args.out / "manifest.csv"
+    write_manifest(manifest, rows)
+    print(f"wrote {len(rows)} videos and {manifest}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
