@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 
+import cv2
 import numpy as np
 
 from arlon.world import vocab
@@ -37,6 +38,20 @@ def render_states(
     """Render a stream of states frame by frame, `(H, W, 3)` uint8 each."""
     for state in states:
         yield render_frame(state, height, width)
+
+
+def degrade(
+    frame: np.ndarray, rng: np.random.Generator, blur: float = 1.5, noise: float = 0.05
+) -> np.ndarray:
+    """A frame `(H, W, 3)` uint8 as a generator might make it: Gaussian blur (sigma in px) plus noise
+    (sigma as a fraction of the range)."""
+    x = (
+        cv2.GaussianBlur(frame.astype(np.float32), (0, 0), blur)
+        if blur
+        else frame.astype(np.float32)
+    )
+    x = x + rng.normal(0, noise * 255, x.shape)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 def _wrap_offsets(centre: float, size: float, extent: int) -> tuple[float, ...]:

@@ -1,0 +1,200 @@
+"""The shapes world: rendering, episodes, captions, detector."""
+
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from arlon.errors import ArlonError
+from arlon.world import vocab
+from arlon.world.captions import describe, parse_caption
+from arlon.world.detect import Detector
+from arlon.world.metrics import compare_to_truth
+from arlon.world.render import degrade, render_frame, render_states
+from arlon.world.scene import FrameState, ObjectSpec, SceneSpec, WorldObject
+from arlon.world.simulate import (
+    episode_from_timeline,
+    random_episode,
+    random_spec,
+)
+
+
+def _frames(episode):
+    return np.stack(list(render_states(episode.frames(), episode.height, episode.width)))
+
+
+def test_same_seed_same_episode_and_different_seed_differs():
+    a, b, c = (random_episode(s, 300) for s in (7, 7, 8))
+    assert a.timeline == b.timeline
+    assert np.array_equal(_frames(a), _frames(b))
+    assert a.timeline != c.timeline
+
+
+@pytest.mark.parametrize("height,width", [(64, 64), (48, 96), (128, 64)])
+def test_render_size_and_antialiasing(height, width):
+    episode = random_episode(3, 5, height=height, width=width)
+    frame = next(render_states(episode.frames(), height, width))
+    assert frame.shape == (height, width, 3) and frame.dtype == np.uint8
+    # Anti-aliased edges: some pixels are neither the background nor any object colour.
+    palette = {tuple(c) for c in vocab.COLOURS.values()} | {
+        tuple(vocab.BACKGROUNDS[episode.initial.background])
+    }
+    pixels = {tuple(p) for p in frame.reshape(-1, 3)}
+    assert pixels - palette
+
+
+def test_size_not_multiple_of_8_and_bad_frames_are_errors():
+    with pytest.raises(ArlonError, match="multiple of 8"):
+        random_episode(0, 10, height=60)
+    with pytest.raises(ArlonError, match="positive"):
+        random_episode(0, 0)
+
+
+def test_long_episode_has_events_and_every_caption_parses_to_its_spec():
+    episode = random_episode(11, 10_000)
+    assert len(episode.timeline) > 50
+    starts = [s for s, _ in episode.timeline]
+    assert starts[0] == 0 and all(b > a for a, b in zip(starts, starts[1:], strict=False))
+    for (_, caption), spec in zip(episode.timeline, episode.specs, strict=True):
+        parsed = parse_caption(caption)
+        assert [(o.colour, o.shape, o.motion) for o in parsed.objects] == [
+            (o.colour, o.shape, o.motion) for o in spec.objects
+        ]
+        assert parsed.background == spec.background
+    # Every kind of event happens in a long episode.
+    changes = set()
+    for a, b in zip(episode.specs, episode.specs[1:], strict=False):
+        if a.background != b.background:
+            changes.add("background")
+        elif len(b.objects) > len(a.objects):
+            changes.add("enter")
+        elif len(b.objects) < len(a.objects):
+            changes.add("leave")
+        elif {o.colour for o in a.objects} != {o.colour for o in b.objects}:
+            changes.add("recolour")
+        else:
+            changes.add("turn")
+    assert changes == {"background", "enter", "leave", "recolour", "turn"}
+
+
+def test_ten_thousand_frames_stream_in_constant_memory():
+    episode = random_episode(2, 10_000)
+    tracemalloc.start()
+    count = sum(1 for _ in render_states(episode.frames()))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert count == 10_000
+    # The whole video would be 123 MB; streaming holds about one frame.
+    assert peak < 2_000_000
+
+
+def test_captions_vary_in_wording():
+    spec = SceneSpec((ObjectSpec("red", "circle", "left", "small", "slow"),), "black")
+    rng = np.random.default_rng(0)
+    captions = {describe(spec, rng) for _ in range(50)}
+    assert len(captions) >= 20
+    assert all(parse_caption(c).objects[0].motion == "left" for c in captions)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("a red circle moves right", [("red", "circle", "right")]),
+        ("a crimson disc drifts to the left", [("red", "circle", "left")]),
+        (
+            "A blue square moves up and to the right and a green triangle falls",
+            [("blue", "square", "up-right"), ("green", "triangle", "down")],
+        ),
+        (
+            "a white ball stays still, an orange box bounces around",
+            [("white", "circle", "still"), ("orange", "square", "bounce")],
+        ),
+        ("a yellow wedge", [("yellow", "triangle", None)]),
+    ],
+)
+def test_parse_caption(text, expected):
+    spec = parse_caption(text)
+    assert [(o.colour, o.shape, o.motion) for o in spec.objects] == expected
+
+
+def test_parse_caption_background_and_held_out_words():
+    spec = parse_caption("On a midnight-blue background, a huge lemon tile rapidly ascends")
+    assert spec.background == "navy"
+    (o,) = spec.objects
+    assert (o.colour, o.shape, o.motion, o.size, o.speed) == (
+        "yellow",
+        "square",
+        "up",
+        "large",
+        "fast",
+    )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "   ", "a mauve circle moves left", "something moves", "a red circle and a red square"],
+)
+def test_bad_prompts_are_clear_errors(bad):
+    with pytest.raises(ArlonError):
+        parse_caption(bad)
+
+
+def test_timeline_switch_keeps_matching_objects():
+    timeline = [
+        (0, "a red circle moves right on a black background"),
+        (40, "a red circle moves down and a blue square stays still on a black background"),
+    ]
+    episode = episode_from_timeline(timeline, 80, seed=1)
+    states = list(episode.frames())
+    before, after = states[39], states[40]
+    red_before = next(o for o in before.objects if o.colour == "red")
+    red_after = next(o for o in after.objects if o.colour == "red")
+    assert red_after.id == red_before.id
+    assert math.isclose(red_after.x, (red_before.x + red_before.vx) % 64, abs_tol=1e-6)
+    assert red_after.vx == 0 and red_after.vy > 0
+    assert {o.colour for o in after.objects} == {"red", "blue"}
+
+
+@pytest.mark.parametrize(
+    "bad", [[], [(5, "a red circle")], [(0, "a red circle"), (0, "a blue square")]]
+)
+def test_bad_timelines_are_clear_errors(bad):
+    with pytest.raises(ArlonError):
+        episode_from_timeline(bad, 10)
+
+
+@pytest.mark.parametrize("degraded", [False, True])
+def test_detector_recovers_ground_truth(degraded):
+    detector, rng = Detector(), np.random.default_rng(0)
+    judged = colour_ok = shape_ok = 0
+    errors = []
+    for seed in range(40):
+        state = next(random_episode(seed, 1, events=False).frames())
+        frame = render_frame(state)
+        found = detector(degrade(frame, rng) if degraded else frame)
+        assert found.background == state.background
+        for o, d, error in compare_to_truth(found, state, 64, 64):
+            judged += 1
+            if d is not None:
+                colour_ok += 1
+                shape_ok += d.shape == o.shape
+                errors.append(error)
+    assert judged > 60
+    assert colour_ok / judged >= 0.99 and shape_ok / judged >= (0.95 if degraded else 0.99)
+    assert np.mean(errors) <= 1.5 and max(errors) <= 3
+
+
+def test_detector_merges_an_object_wrapped_around_the_border():
+    state = FrameState("gray", [WorldObject(0, "square", "red", 14.0, 2.0, 62.0)])
+    found = Detector()(render_frame(state))
+    (d,) = found.objects
+    assert d.shape == "square" and not d.partial
+    assert abs(d.x - 2.0) < 0.5 and abs(d.y - 62.0) < 0.5
+
+
+def test_random_specs_have_distinct_colours():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        spec = random_spec(rng)
+        assert len({o.colour for o in spec.objects}) == len(spec.objects)
