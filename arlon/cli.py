@@ -132,7 +132,8 @@ def _world_render(args) -> None:
     for start, caption in episode.timeline[:5]:
         print(f"  {start:>6}  {caption}")
     if len(episode.timeline) > 5:
-        print(f"  ... {len(episode.timeline) - 5} more caption changes in {truth_path}")
+        more = len(episode.timeline) - 5
+        print(f"  ... {more} more caption change{'s' * (more > 1)} in {truth_path}")
 
 
 def _write_episode(

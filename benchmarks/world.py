@@ -25,7 +25,7 @@ from arlon.data.video_io import VideoWriter, iter_frames
 from arlon.world.detect import Detector
 from arlon.world.metrics import Expected, compare_to_truth, score_video
 from arlon.world.render import degrade, render_frame, render_states
-from arlon.world.simulate import random_episode
+from arlon.world.simulate import episode_from_timeline, random_episode
 
 
 def render_speed(frames: int) -> float:
@@ -45,6 +45,19 @@ def mp4_speed(frames: int) -> float:
             for frame in rendered:
                 writer.write_frame(frame)
         return frames / (time.perf_counter() - start)
+
+
+def mp4_roundtrip_psnr(frames: int, pix_fmt: str) -> float:
+    """Mean PSNR (dB) of rendered frames read back from an mp4 written with `pix_fmt`."""
+    rendered = np.stack(list(render_states(random_episode(0, frames).frames())))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.mp4"
+        with VideoWriter(path, fps=8, pix_fmt=pix_fmt) as writer:
+            for frame in rendered:
+                writer.write_frame(frame)
+        back = np.stack(list(iter_frames(path)))
+    mse = ((rendered.astype(np.float64) - back) ** 2).mean(axis=(1, 2, 3))
+    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
 
 
 def detector_accuracy(clips: int, blur: float = 0.0, noise: float = 0.0) -> dict:
@@ -105,6 +118,34 @@ def metrics_on_truth(episodes: int, frames: int, through_mp4: bool) -> dict:
     return lowest
 
 
+def metrics_on_corruptions(episodes: int, frames: int) -> dict:
+    """Mean of the metric each corruption should break, over ground-truth renders corrupted so."""
+    corruptions = {
+        "wrong colour (RGB->BGR): colour": (
+            lambda v, rng: [f[..., ::-1].copy() for f in v],
+            "colour",
+        ),
+        "frozen frames: motion": (lambda v, rng: [v[0]] * len(v), "motion"),
+        "reversed time: motion": (lambda v, rng: v[::-1], "motion"),
+        "shuffled frames: identity": (
+            lambda v, rng: [v[i] for i in rng.permutation(len(v))],
+            "identity",
+        ),
+    }
+    scores = {name: [] for name in [*corruptions, "switch never happens: switched"]}
+    for seed in range(episodes):
+        episode = random_episode(2000 + seed, frames)
+        expected = Expected.from_truth(episode.truth())
+        video = list(render_states(episode.frames()))
+        rng = np.random.default_rng(seed)
+        for name, (corrupt, metric) in corruptions.items():
+            scores[name].append(score_video(corrupt(video, rng), expected).report()[metric])
+        stuck = episode_from_timeline(episode.timeline[:1], frames, seed)
+        report = score_video(render_states(stuck.frames()), expected).report()
+        scores["switch never happens: switched"].append(report["switch"]["switched"])
+    return {name: float(np.mean(values)) for name, values in scores.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -117,10 +158,13 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "render_fps_64x64": render_speed(args.frames),
         "mp4_write_fps_64x64": mp4_speed(args.frames),
+        "mp4_roundtrip_psnr_yuv420p": mp4_roundtrip_psnr(600, "yuv420p"),
+        "mp4_roundtrip_psnr_yuv444p": mp4_roundtrip_psnr(600, "yuv444p"),
         "detector_clean": detector_accuracy(args.clips),
         "detector_blur1.5_noise0.05": detector_accuracy(args.clips, blur=1.5, noise=0.05),
         "metrics_on_truth_worst_of_10x600": metrics_on_truth(10, 600, through_mp4=False),
         "metrics_on_truth_mp4_worst_of_10x600": metrics_on_truth(10, 600, through_mp4=True),
+        "metrics_on_corruptions_mean_of_5x600": metrics_on_corruptions(5, 600),
     }
     print(json.dumps(results, indent=2))
     if args.out:

@@ -43,7 +43,10 @@ def describe(spec: SceneSpec, rng: np.random.Generator, heldout: bool = False) -
             verb = pick(vocab.MOTION_WORDS[obj.motion])
             if obj.speed is not None and obj.motion not in ("still",) and rng.random() < 0.5:
                 speed = pick(vocab.SPEED_WORDS[obj.speed])
-                verb = f"{speed} {verb}" if rng.random() < 0.5 else f"{verb} {speed}"
+                # Adverbs in -ly read well either side of the verb ("slowly rises", "rises
+                # slowly"); "fast" only after it.
+                before = speed.endswith("ly") and rng.random() < 0.5
+                verb = f"{speed} {verb}" if before else f"{verb} {speed}"
             clause = f"{clause} {verb}"
         clauses.append(clause)
     objects = clauses[0] if len(clauses) == 1 else ", ".join(clauses[:-1]) + " and " + clauses[-1]
