@@ -4,6 +4,7 @@
     arlon world render --prompt "a red circle moves right" --frames 200 --out red.mp4
     arlon world score episode.mp4 --truth episode.json               # world metrics as JSON
     arlon world dataset --clips 1000 --episodes 20 --frames 2400 --out data/shapes
+    arlon train vae --preset shapes-tiny --out runs/vae              # --resume continues a run
 
 A user mistake prints one line (`arlon: error: ...`) and exits with status 1; outputs are written
 atomically, so an interrupted run leaves no half-written file under its final name.
@@ -103,6 +104,34 @@ def _parser() -> argparse.ArgumentParser:
     dataset.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     _add_size_args(dataset)
     dataset.set_defaults(run=_world_dataset)
+
+    train = commands.add_parser(
+        "train",
+        help="train one stage (vae, vqvae, ...) from a preset",
+        description="Train one stage into OUT: checkpoints in OUT/checkpoints (resume exactly with "
+        "--resume), logs in OUT/train.csv and OUT/eval.csv, the final model in OUT/model. Settings "
+        "come from the preset, then --config, then --set, then --max-steps/--max-minutes. Runs "
+        "unchanged under 'accelerate launch --num_processes N -m arlon.cli train ...'.",
+    )
+    train.add_argument("stage", help="the stage to train: vae or vqvae")
+    train.add_argument("--preset", default="shapes-tiny", help="smoke or shapes-tiny (default)")
+    train.add_argument("--out", required=True, type=Path, help="run folder")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in OUT from its latest checkpoint"
+    )
+    train.add_argument("--config", type=Path, help="YAML/JSON file of settings to override")
+    train.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override settings, e.g. lr=1e-4 data.num_frames=9",
+    )
+    train.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    train.add_argument(
+        "--max-minutes", type=float, help="stop after this many minutes (checkpointed)"
+    )
+    train.set_defaults(run=_train)
     return parser
 
 
@@ -114,6 +143,29 @@ def _add_size_args(parser: argparse.ArgumentParser) -> None:
         "--width", type=int, default=64, help="frame width, a multiple of 8 (default 64)"
     )
     parser.add_argument("--fps", type=float, default=8.0, help="frames per second (default 8)")
+
+
+def _train(args) -> None:
+    from arlon.training.config import TrainConfig
+    from arlon.training.stages import stage, train_config
+    from arlon.training.trainer import train
+
+    if args.resume and (args.out / "config.yaml").exists():
+        cfg = TrainConfig.load(args.out / "config.yaml")  # the run's own settings
+    else:
+        cfg = train_config(args.stage, args.preset)
+    if args.config is not None:
+        overrides = TrainConfig.load_mapping(args.config)
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), **overrides})
+    cfg = cfg.override(args.set)
+    budget = {
+        k: v
+        for k, v in (("max_steps", args.max_steps), ("max_minutes", args.max_minutes))
+        if v is not None
+    }
+    if budget:
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), **budget})
+    train(stage(cfg.stage), cfg, args.out, resume=args.resume)
 
 
 def _world_render(args) -> None:

@@ -1,0 +1,1 @@
+"""Training: one shared loop (`trainer.train`) and one `Stage` per component (`stages`)."""

@@ -1,0 +1,115 @@
+"""Training configuration: one dataclass for every stage, read from and written to YAML or JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from arlon.errors import ArlonError
+
+
+@dataclass
+class TrainConfig:
+    stage: str
+    preset: str = "smoke"
+    seed: int = 0
+    # Budget: training stops at whichever comes first; the last state is always checkpointed.
+    max_steps: int = 1000
+    max_minutes: float | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # 0 turns EMA off
+    mixed_precision: str = "no"  # "no" or "bf16"
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate only at the end
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    model: dict = field(default_factory=dict)  # overrides of the model preset
+    data: dict = field(default_factory=dict)  # stage-specific data options
+
+    def __post_init__(self):
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ArlonError(
+                f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}"
+            )
+        for name in (
+            "max_steps",
+            "batch_size",
+            "grad_accum",
+            "checkpoint_every",
+            "keep_checkpoints",
+        ):
+            if getattr(self, name) <= 0:
+                raise ArlonError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ArlonError(f"lr must be positive, got {self.lr}")
+        self.betas = tuple(self.betas)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        data = self.to_dict()
+        text = (
+            json.dumps(data, indent=2)
+            if path.suffix == ".json"
+            else yaml.safe_dump(data, sort_keys=False)
+        )
+        path.write_text(text)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ArlonError(
+                f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise ArlonError(f"bad config: {e}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(cls.load_mapping(path))
+
+    @staticmethod
+    def load_mapping(path: str | Path) -> dict:
+        """The settings in a YAML or JSON file (YAML is a superset of JSON)."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise ArlonError(f"cannot read config {path}: {e}") from None
+        if not isinstance(data, dict):
+            raise ArlonError(f"config {path} must be a mapping of keys to values")
+        return data
+
+    def override(self, assignments: list[str]) -> TrainConfig:
+        """Apply `key=value` strings (values parsed as YAML; `model.x=1` sets a nested key)."""
+        data = self.to_dict()
+        for item in assignments:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ArlonError(f"--set expects key=value, got {item!r}")
+            target, *rest = key.split(".")
+            parsed = yaml.safe_load(value)
+            if rest:
+                if not isinstance(data.get(target), dict):
+                    raise ArlonError(f"{target} is not a group of settings")
+                data[target][".".join(rest)] = parsed
+            else:
+                data[target] = parsed
+        return TrainConfig.from_dict(data)

@@ -1,0 +1,120 @@
+"""The stages `arlon train` knows: each builds its model and data, and defines its loss and export.
+
+| stage | model | data |
+|---|---|---|
+| vae | causal video VAE | shapes-world clips rendered on the fly, or any CSV manifest of videos |
+| vqvae | latent VQ-VAE (fine or coarse) | VAE latents from a latent cache |
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from arlon.data.world_clips import WorldClips
+from arlon.errors import ArlonError
+from arlon.models.video_vae import VideoVAE, video_vae
+from arlon.training.config import TrainConfig
+
+# Per preset: the training settings (model presets live beside each model).
+TRAIN_PRESETS: dict[str, dict[str, dict]] = {
+    "vae": {
+        "smoke": dict(
+            max_steps=20,
+            batch_size=2,
+            warmup_steps=2,
+            checkpoint_every=10,
+            log_every=5,
+            data=dict(num_frames=5),
+        ),
+        "shapes-tiny": dict(
+            max_steps=2400,
+            batch_size=8,
+            lr=1e-3,
+            warmup_steps=100,
+            mixed_precision="bf16",
+            checkpoint_every=200,
+            log_every=20,
+            eval_every=400,
+            data=dict(num_frames=9),
+        ),
+    },
+}
+
+
+def train_config(stage: str, preset: str, **overrides) -> TrainConfig:
+    if stage not in TRAIN_PRESETS:
+        raise ArlonError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
+    if preset not in TRAIN_PRESETS[stage]:
+        raise ArlonError(
+            f"unknown preset {preset!r} for {stage}; known: {', '.join(TRAIN_PRESETS[stage])}"
+        )
+    return TrainConfig(stage=stage, preset=preset, **{**TRAIN_PRESETS[stage][preset], **overrides})
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR (dB) of videos in [-1, 1]."""
+    mse = F.mse_loss(a.float().clamp(-1, 1), b.float()).item()
+    return 100.0 if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+class VAEStage:
+    """Reconstruction (L1 + an edge term on image gradients) plus a light KL."""
+
+    def build_model(self, cfg: TrainConfig) -> VideoVAE:
+        return video_vae(cfg.preset, **cfg.model)
+
+    def dataset(self, cfg: TrainConfig):
+        data = {"num_frames": 9, "kl_weight": 1e-4, "edge_weight": 0.5, **cfg.data}
+        if "manifest" in data:
+            from arlon.data.manifest import ClipDataset
+
+            return ClipDataset(data["manifest"], data["num_frames"], seed=cfg.seed)
+        return WorldClips(data["num_frames"])
+
+    def loss(self, model, batch, cfg: TrainConfig):
+        video = batch["video"]
+        rec, mean, logvar = model(video)
+        rec = rec.float()
+        l1 = (rec - video).abs().mean()
+        edge = sum(
+            (torch.diff(rec, dim=d) - torch.diff(video, dim=d)).abs().mean() for d in (-1, -2)
+        )
+        kl = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1 - logvar.float()).mean()
+        data = {"kl_weight": 1e-4, "edge_weight": 0.5, **cfg.data}
+        loss = l1 + data["edge_weight"] * edge + data["kl_weight"] * kl
+        return loss, {"l1": l1.item(), "kl": kl.item(), "psnr": psnr(rec.detach(), video)}
+
+    @torch.no_grad()
+    def evaluate(self, model: VideoVAE, cfg: TrainConfig) -> dict:
+        held_out = WorldClips(33 if cfg.preset != "smoke" else 5, base_seed=7919)
+        video = torch.stack([held_out[i]["video"] for i in range(8)])
+        return {"psnr_heldout": psnr(model.decode(model.encode(video)), video)}
+
+    @torch.no_grad()
+    def export(self, model: VideoVAE, cfg: TrainConfig, folder: Path) -> None:
+        # Per-channel statistics of the posterior mean on training clips: later stages see
+        # roughly unit-variance latents.
+        clips = WorldClips(33 if cfg.preset != "smoke" else 5, base_seed=1)
+        model.set_latent_stats([0.0] * model.latent_channels, [1.0] * model.latent_channels)
+        z = torch.cat(
+            [
+                model.encode(clips[i]["video"][None])
+                for i in range(64 if cfg.preset != "smoke" else 4)
+            ]
+        )
+        dims = (0, 2, 3, 4)
+        model.set_latent_stats(z.mean(dims).tolist(), z.std(dims).clamp_min(1e-6).tolist())
+        model.save_pretrained(folder)
+
+
+STAGES = {"vae": VAEStage}
+
+
+def stage(name: str):
+    if name not in STAGES:
+        raise ArlonError(f"unknown stage {name!r}; known: {', '.join(STAGES)}")
+    return STAGES[name]()
