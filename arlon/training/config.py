@@ -38,6 +38,13 @@ class TrainConfig:
     data: dict = field(default_factory=dict)  # stage-specific data options
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            expected = _TYPES.get(f.type)
+            value = getattr(self, f.name)
+            if expected is not None and (
+                not isinstance(value, expected) or isinstance(value, bool)
+            ):
+                raise ArlonError(f"{f.name} must be {f.type}, got {value!r}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ArlonError(
                 f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}"
@@ -105,7 +112,7 @@ class TrainConfig:
             if not sep:
                 raise ArlonError(f"--set expects key=value, got {item!r}")
             target, *rest = key.split(".")
-            parsed = yaml.safe_load(value)
+            parsed = _parse(value)
             if rest:
                 if not isinstance(data.get(target), dict):
                     raise ArlonError(f"{target} is not a group of settings")
@@ -113,3 +120,23 @@ class TrainConfig:
             else:
                 data[target] = parsed
         return TrainConfig.from_dict(data)
+
+
+_TYPES = {
+    "int": int,
+    "float": (int, float),
+    "str": str,
+    "float | None": (int, float, type(None)),
+    "dict": dict,
+}
+
+
+def _parse(value: str):
+    """A command-line value: YAML, with numbers such as 1e-4 (a string to YAML 1.1) read as floats."""
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):
+        try:
+            return float(parsed)
+        except ValueError:
+            return parsed
+    return parsed

@@ -1,0 +1,181 @@
+"""The shared trainer: exact resume after SIGKILL, two processes under accelerate, configs, errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from arlon import cli
+from arlon.errors import ArlonError
+from arlon.models.video_vae import VideoVAE
+from arlon.training.config import TrainConfig
+from arlon.training.stages import stage, train_config
+from arlon.training.trainer import train
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+
+
+def _train_cmd(out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "arlon.cli",
+        "train",
+        "vae",
+        "--preset",
+        "smoke",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    settings = ["--max-steps", "30", "--set", "checkpoint_every=2"]
+    straight = tmp_path / "straight"
+    subprocess.run(_train_cmd(straight, *settings), check=True, env=ENV, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        _train_cmd(killed, *settings), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    pointer = killed / "checkpoints" / "latest"
+    deadline = time.monotonic() + 120
+    while not (pointer.exists() and pointer.read_text().strip() >= "step_0000006"):
+        assert process.poll() is None and time.monotonic() < deadline, (
+            "the run ended before it could be killed"
+        )
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (killed / "model").exists()
+
+    subprocess.run(_train_cmd(killed, "--resume"), check=True, env=ENV, capture_output=True)
+    a, b = _weights(straight), _weights(killed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_two_processes_under_accelerate_train_and_save_a_loadable_model(tmp_path):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--cpu",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "arlon.cli",
+        "train",
+        "vae",
+        "--preset",
+        "smoke",
+        "--out",
+        str(out),
+        "--max-steps",
+        "4",
+        "--set",
+        "checkpoint_every=2",
+    ]
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = VideoVAE.from_pretrained(out / "model")
+    video = torch.zeros(1, 3, 5, 64, 64)
+    assert model.decode(model.encode(video)).shape == video.shape
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_0000004"
+
+
+def test_interrupt_saves_a_checkpoint_and_resume_refuses_to_overwrite(tmp_path, monkeypatch):
+    calls = [0]
+    vae_stage = stage("vae")
+    real_loss = vae_stage.loss
+
+    def loss(*args):
+        calls[0] += 1
+        if calls[0] == 4:
+            raise KeyboardInterrupt
+        return real_loss(*args)
+
+    monkeypatch.setattr(vae_stage, "loss", loss)
+    cfg = train_config("vae", "smoke")
+    with pytest.raises(KeyboardInterrupt):
+        train(vae_stage, cfg, tmp_path)
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_0000003"
+    with pytest.raises(ArlonError, match="--resume"):
+        train(stage("vae"), cfg, tmp_path)
+
+
+def test_config_round_trip_and_errors(tmp_path):
+    cfg = train_config("vae", "shapes-tiny")
+    cfg.save(tmp_path / "c.yaml")
+    assert TrainConfig.load(tmp_path / "c.yaml") == cfg
+    assert cfg.override(["lr=1e-4", "data.num_frames=5"]).data["num_frames"] == 5
+    with pytest.raises(ArlonError, match="unknown config key"):
+        TrainConfig.from_dict({**cfg.to_dict(), "learning_rate": 1})
+    with pytest.raises(ArlonError, match="mixed_precision"):
+        cfg.override(["mixed_precision=fp8"])
+    with pytest.raises(ArlonError, match="positive"):
+        cfg.override(["batch_size=0"])
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "vae", "--preset", "huge"], "unknown preset"),
+        (["train", "gan", "--preset", "smoke"], "unknown stage"),
+        (["train", "vae", "--preset", "smoke", "--set", "colour=red"], "unknown config key"),
+        (["train", "vae", "--preset", "smoke", "--resume"], "nothing to resume"),
+    ],
+)
+def test_train_cli_errors(tmp_path, capsys, argv, message):
+    assert cli.main([*argv, "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        cli.main(
+            [
+                "train",
+                "vae",
+                "--preset",
+                "smoke",
+                "--out",
+                str(out),
+                "--max-steps",
+                "2",
+                "--set",
+                "checkpoint_every=1",
+            ]
+        )
+        == 0
+    )
+    for f in (out / "checkpoints").glob("step_*/model.safetensors"):
+        f.write_bytes(b"garbage")
+    assert (
+        cli.main(
+            ["train", "vae", "--preset", "smoke", "--out", str(out), "--resume", "--max-steps", "3"]
+        )
+        == 1
+    )
+    assert "cannot resume" in capsys.readouterr().err
