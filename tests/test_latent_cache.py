@@ -83,3 +83,30 @@ def test_cache_cli_errors(tmp_path, capsys):
         == 1
     )
     assert "not a trained VAE folder" in capsys.readouterr().err
+
+
+def test_vqvae_trains_on_a_cache_through_the_cli(dataset, models, tmp_path, capsys):
+    vae, _, _ = models
+    cache = build_cache(vae, dataset / "manifest.csv", tmp_path / "cache", window=4)
+    out = tmp_path / "vq"
+    argv = [
+        "train",
+        "vqvae",
+        "--preset",
+        "smoke",
+        "--data",
+        str(cache),
+        "--out",
+        str(out),
+        "--set",
+        "data.window=4",
+    ]
+    assert cli.main(argv) == 0
+    from arlon.models.latent_vqvae import LatentVQVAE
+
+    vq = LatentVQVAE.from_pretrained(out / "model")
+    latents = LatentWindows(cache, window=4)[0]["latents"][None]
+    assert vq.decode_codes(vq.encode(latents), num_frames=4).shape == latents.shape
+    assert "usage_heldout" in (out / "eval.csv").read_text()
+    assert cli.main(["train", "vqvae", "--preset", "smoke", "--out", str(tmp_path / "x")]) == 1
+    assert "latent cache" in capsys.readouterr().err

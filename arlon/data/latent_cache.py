@@ -190,13 +190,18 @@ class LatentWindows(Dataset):
     """Every window of `window` latent frames of a cache (stride `stride`): `{"latents": (C, W, h, w)}`
     in float32, plus `caption` (the caption at the window's first frame)."""
 
-    def __init__(self, cache: LatentCache | str | Path, window: int = 9, stride: int | None = None):
+    def __init__(
+        self,
+        cache: LatentCache | str | Path,
+        window: int = 9,
+        stride: int | None = None,
+        entries: list[CacheEntry] | None = None,
+    ):
         self.cache = cache if isinstance(cache, LatentCache) else LatentCache(cache)
         stride = stride or window
+        entries = self.cache.entries if entries is None else entries
         self.items = [
-            (e, s)
-            for e in self.cache.entries
-            for s in range(0, e.latent_frames - window + 1, stride)
+            (e, s) for e in entries for s in range(0, e.latent_frames - window + 1, stride)
         ]
         if not self.items:
             raise ArlonError(f"no entry of {self.cache.folder} has {window} latent frames")
