@@ -246,7 +246,10 @@ def _eval_recon(args) -> None:
     codec = None
     if args.vq is not None:
         vq = _load_model(LatentVQVAE, args.vq, "latent VQ-VAE")
-        codec = lambda z: vq.decode_codes(vq.encode(z), num_frames=z.shape[2])  # noqa: E731
+
+        def codec(latents):  # latents -> codes -> latents
+            return vq.decode_codes(vq.encode(latents), num_frames=latents.shape[2])
+
     report = {"world": world_recon(vae, clips=args.clips, num_frames=args.frames, codec=codec)}
     if args.real:
         report["real"] = real_recon(vae, num_frames=args.frames, codec=codec)
