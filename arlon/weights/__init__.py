@@ -1,10 +1,11 @@
 """The embedded `shapes-tiny` model, trained on the shapes world and shipped inside the package.
 
-    from arlon.weights import embedded
-    vae = VideoVAE.from_pretrained(embedded("vae"))
+    from arlon.weights import load_embedded
+    vae = load_embedded("vae")          # VideoVAE, float32, eval mode
 
 Each component is a diffusers-style folder (`config.json` + safetensors); README.md says which
-command retrains it.
+command retrains it. The VAE is stored in float16 (measured: no loss in PSNR or detector accuracy)
+and computed in float32.
 """
 
 from __future__ import annotations
@@ -29,3 +30,14 @@ def embedded(component: str) -> Path:
             f"no embedded component {component!r}; embedded: {', '.join(known) or 'none'}"
         )
     return folder
+
+
+def load_embedded(component: str):
+    """An embedded component as a float32 model in eval mode."""
+    import torch
+
+    from arlon.models.latent_vqvae import LatentVQVAE
+    from arlon.models.video_vae import VideoVAE
+
+    cls = VideoVAE if component == "vae" else LatentVQVAE
+    return cls.from_pretrained(embedded(component), torch_dtype=torch.float32).eval()
