@@ -253,13 +253,7 @@ def _eval_recon(args) -> None:
     report = {"world": world_recon(vae, clips=args.clips, num_frames=args.frames, codec=codec)}
     if args.real:
         report["real"] = real_recon(vae, num_frames=args.frames, codec=codec)
-    text = json.dumps(report, indent=2)
-    if args.out is not None:
-        from arlon.utils import atomic_path
-
-        with atomic_path(args.out) as tmp:
-            tmp.write_text(text)
-    print(text)
+    _emit_json(report, args.out)
 
 
 def _train(args) -> None:
@@ -349,11 +343,16 @@ def _world_score(args) -> None:
         expected = Expected.from_timeline(timeline, info.num_frames, info.height, info.width)
     frames = tqdm(iter_frames(args.video), total=expected.num_frames, desc="score", unit="frame")
     report = score_video(frames, expected).report()
+    _emit_json(report, args.out)
+
+
+def _emit_json(report: dict, out: Path | None) -> None:
+    """Print a report as JSON, and write it atomically to `out` too when given."""
     text = json.dumps(report, indent=2)
-    if args.out is not None:
+    if out is not None:
         from arlon.utils import atomic_path
 
-        with atomic_path(args.out) as tmp:
+        with atomic_path(out) as tmp:
             tmp.write_text(text)
     print(text)
 

@@ -25,12 +25,13 @@ def clip():
 
 def _found_fraction(states, video) -> float:
     frames = ((video[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
-    detector, judged, found = Detector(), 0, 0
-    for state, frame in zip(states, frames, strict=True):
-        for o, d, _ in compare_to_truth(detector(frame), state, 64, 64):
-            judged += 1
-            found += d is not None
-    return found / judged
+    detector = Detector()
+    pairs = [
+        p
+        for s, f in zip(states, frames, strict=True)
+        for p in compare_to_truth(detector(f), s, 64, 64)
+    ]
+    return sum(d is not None for _, d, _ in pairs) / len(pairs)
 
 
 @torch.no_grad()

@@ -19,6 +19,17 @@ from arlon.errors import ArlonError
 from arlon.models.video_vae import VideoVAE, video_vae
 from arlon.training.config import TrainConfig
 
+# EMA of weights is off for the VQ-VAEs: see VQStage.
+_VQ_SHAPES_TINY = dict(
+    batch_size=32,
+    lr=1e-3,
+    warmup_steps=100,
+    ema_decay=0.0,
+    checkpoint_every=500,
+    log_every=20,
+    eval_every=500,
+)
+
 # Per preset: the training settings (model presets live beside each model).
 TRAIN_PRESETS: dict[str, dict[str, dict]] = {
     "vae": {
@@ -52,26 +63,8 @@ TRAIN_PRESETS: dict[str, dict[str, dict]] = {
             log_every=5,
             ema_decay=0.0,
         ),
-        "shapes-tiny-fine": dict(
-            max_steps=3000,
-            batch_size=32,
-            lr=1e-3,
-            warmup_steps=100,
-            ema_decay=0.0,
-            checkpoint_every=500,
-            log_every=20,
-            eval_every=500,
-        ),
-        "shapes-tiny-coarse": dict(
-            max_steps=2000,
-            batch_size=32,
-            lr=1e-3,
-            warmup_steps=100,
-            ema_decay=0.0,
-            checkpoint_every=500,
-            log_every=20,
-            eval_every=500,
-        ),
+        "shapes-tiny-fine": {**_VQ_SHAPES_TINY, "max_steps": 3000},
+        "shapes-tiny-coarse": {**_VQ_SHAPES_TINY, "max_steps": 2000},
     },
 }
 
