@@ -9,15 +9,14 @@ import torch.nn.functional as F
 
 from arlon.errors import ArlonError
 from arlon.evaluation.recon import (
-    PSNR_CAP,
     centre_crop_resize,
-    psnr,
     real_clips,
     real_recon,
     ssim,
     world_recon,
 )
 from arlon.models.autoencoder import VideoAutoencoder
+from arlon.world.metrics import PSNR_CAP, psnr
 
 
 class PoolAutoencoder(VideoAutoencoder):

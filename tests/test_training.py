@@ -69,32 +69,10 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
 
 def test_two_processes_under_accelerate_train_and_save_a_loadable_model(tmp_path):
     out = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
-        "2",
-        "--cpu",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "arlon.cli",
-        "train",
-        "vae",
-        "--preset",
-        "smoke",
-        "--out",
-        str(out),
-        "--max-steps",
-        "4",
-        "--set",
-        "checkpoint_every=2",
-    ]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    # The same training command, run as a module under the launcher.
+    command = launch + _train_cmd(out, "--max-steps", "4", "--set", "checkpoint_every=2")[1:]
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     model = VideoVAE.from_pretrained(out / "model")

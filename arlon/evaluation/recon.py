@@ -33,25 +33,18 @@ from arlon.data.video_io import read_clip
 from arlon.errors import ArlonError
 from arlon.models.autoencoder import VideoAutoencoder
 from arlon.world.detect import Detector
-from arlon.world.metrics import compare_to_truth
+from arlon.world.metrics import compare_to_truth, psnr
 from arlon.world.render import render_states
 from arlon.world.simulate import random_episode
 
 # Training draws its clips from seeds (0, i); the held-out clips come from (HELDOUT_SEED, i).
 HELDOUT_SEED = 7919
-PSNR_CAP = 100.0
 
 Codec = Callable[[torch.Tensor], torch.Tensor]
 
 # ------------------------------------------------------------------------------------------------
 # Frame metrics
 # ------------------------------------------------------------------------------------------------
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR (dB) of two uint8 arrays of the same shape; identical arrays give `PSNR_CAP`."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(255.0**2 / mse))
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:

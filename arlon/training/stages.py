@@ -154,7 +154,16 @@ class VQStage:
     encoder's weights would drift it away from the codes it was assigned.
     """
 
+    def __init__(self):
+        self._loaded: dict[bool, object] = {}
+
     def _windows(self, cfg: TrainConfig, held_out: bool):
+        """Training or held-out windows, read once: the model, data and evaluation share them."""
+        if held_out not in self._loaded:
+            self._loaded[held_out] = self._read_windows(cfg, held_out)
+        return self._loaded[held_out]
+
+    def _read_windows(self, cfg: TrainConfig, held_out: bool):
         from arlon.data.latent_cache import LatentCache, LatentWindows
 
         if "cache" not in cfg.data:

@@ -164,17 +164,17 @@ def score_video(
     detector = detector or Detector()
     settings = settings or MetricSettings()
     side = min(expected.height, expected.width)
-    detections, psnr = [], []
+    detections, rerender_psnr = [], []
     for frame in frames:
         found = detector(frame)
         detections.append(found)
         rerender = render_frame(found.to_state(side), *frame.shape[:2])
-        psnr.append(_psnr(frame, rerender))
+        rerender_psnr.append(psnr(frame, rerender))
         if len(detections) == expected.num_frames:
             break
     if len(detections) < expected.num_frames:
         raise ValueError(f"the video has {len(detections)} frames, expected {expected.num_frames}")
-    score = WorldScore(expected, settings, detections, np.array(psnr))
+    score = WorldScore(expected, settings, detections, np.array(rerender_psnr))
     score.records = _records(detections, expected, settings)
     return score
 
@@ -195,9 +195,13 @@ def compare_to_truth(
     return pairs
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
-    return 100.0 if mse == 0 else 10 * math.log10(255.0**2 / mse)
+PSNR_CAP = 100.0
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR (dB) of two uint8 arrays of the same shape; identical arrays give `PSNR_CAP`."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(255.0**2 / mse))
 
 
 def _wrap(d: float, extent: int) -> float:
