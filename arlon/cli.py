@@ -113,11 +113,11 @@ def _parser() -> argparse.ArgumentParser:
         "come from the preset, then --config, then --set, then --max-steps/--max-minutes. Runs "
         "unchanged under 'accelerate launch --num_processes N -m arlon.cli train ...'.",
     )
-    train.add_argument("stage", help="the stage to train: vae or vqvae")
+    train.add_argument("stage", help="the stage to train: vae, vqvae or ar")
     train.add_argument(
         "--preset",
-        default="shapes-tiny",
-        help="vae: smoke, shapes-tiny (default); vqvae: smoke, shapes-tiny-fine, shapes-tiny-coarse",
+        help="vae: smoke, shapes-tiny (default); vqvae: smoke, shapes-tiny-fine (default), "
+        "shapes-tiny-coarse; ar: smoke, shapes-tiny (default)",
     )
     train.add_argument("--out", required=True, type=Path, help="run folder")
     train.add_argument(
@@ -126,7 +126,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--data",
         type=Path,
-        help="training data: a CSV manifest of videos (vae) or a latent cache (vqvae); default for vae: shapes-world clips rendered on the fly",
+        help="training data: a CSV manifest of videos (vae) or a latent cache (vqvae, ar); "
+        "default for vae: shapes-world clips rendered on the fly",
+    )
+    train.add_argument(
+        "--init-from",
+        type=Path,
+        help="start from the weights of this model folder (an earlier run's OUT/model) to refine it",
     )
     train.add_argument("--config", type=Path, help="YAML/JSON file of settings to override")
     train.add_argument(
@@ -148,16 +154,20 @@ def _parser() -> argparse.ArgumentParser:
         description="Encode every video of a CSV manifest with a trained VAE (causally, in chunks) "
         "into sharded safetensors in OUT, with the captions and timelines. With --fine-vq and "
         "--coarse-vq, every window of latent frames also gets its fine codes (the AR's tokens) and "
-        "its coarse latent (the DiT's training condition). OUT is replaced only once complete.",
+        "its coarse latent (the DiT's training condition). OUT is replaced only once complete. "
+        "With --add-codes, the codes go into the existing cache OUT, whose latents are kept "
+        "(train the VQ-VAEs on a cache, then add their codes to it).",
     )
     cache.add_argument(
-        "--vae",
-        required=True,
-        type=Path,
-        help="trained VAE folder (OUT/model of 'arlon train vae')",
+        "--vae", type=Path, help="trained VAE folder (OUT/model of 'arlon train vae')"
     )
     cache.add_argument(
-        "--manifest", required=True, type=Path, help="CSV manifest, e.g. from 'arlon world dataset'"
+        "--manifest", type=Path, help="CSV manifest, e.g. from 'arlon world dataset'"
+    )
+    cache.add_argument(
+        "--add-codes",
+        action="store_true",
+        help="add the --fine-vq/--coarse-vq codes to the existing cache OUT",
     )
     cache.add_argument("--out", required=True, type=Path, help="cache folder")
     cache.add_argument("--fine-vq", type=Path, help="trained fine latent VQ-VAE folder")
@@ -166,6 +176,28 @@ def _parser() -> argparse.ArgumentParser:
         "--window", type=int, default=9, help="latent frames per VQ window (default 9)"
     )
     cache.set_defaults(run=_cache)
+
+    coarse = commands.add_parser(
+        "coarse",
+        help="the AR transformer's coarse video for a prompt or timeline (a debugging view)",
+        description="Sample fine codes with the AR transformer for a prompt, a timeline, or "
+        "prompts switched every N frames, decode them through the fine VQ-VAE and the VAE, and "
+        "write the coarse video (what the DiT is guided by) to OUT. Components default to the "
+        "embedded shapes-tiny model.",
+    )
+    prompts = coarse.add_mutually_exclusive_group(required=True)
+    prompts.add_argument(
+        "--prompt",
+        action="append",
+        help="a prompt; repeat it with --switch-every for a sequence of prompts",
+    )
+    prompts.add_argument("--timeline", type=Path, help="file of 'START_FRAME<TAB>prompt' lines")
+    coarse.add_argument("--switch-every", type=int, help="with several --prompt: frames per prompt")
+    coarse.add_argument("--frames", type=int, default=120, help="video frames (default 120)")
+    coarse.add_argument("--out", required=True, type=Path, help="output .mp4 or .gif")
+    coarse.add_argument("--fps", type=float, default=8.0, help="frames per second (default 8)")
+    _add_ar_args(coarse)
+    coarse.set_defaults(run=_coarse)
 
     evaluate = commands.add_parser("eval", help="measure trained components")
     eval_commands = evaluate.add_subparsers(title="eval commands", required=True, metavar="COMMAND")
@@ -192,7 +224,45 @@ def _parser() -> argparse.ArgumentParser:
     )
     recon.add_argument("--out", type=Path, help="also write the JSON here")
     recon.set_defaults(run=_eval_recon)
+
+    ar = eval_commands.add_parser(
+        "ar",
+        help="world metrics of the AR transformer's coarse videos as JSON",
+        description="Generate coarse videos (AR codes decoded by the fine VQ-VAE and the VAE) for "
+        "prompts of held-out episodes and for timelines with caption changes, and score them with "
+        "the world metrics: attribute and motion accuracy, identity persistence, switch latency.",
+    )
+    ar.add_argument("--prompts", type=int, default=100, help="single prompts (default 100)")
+    ar.add_argument(
+        "--prompt-frames", type=int, default=64, help="frames per prompt video (default 64)"
+    )
+    ar.add_argument("--timelines", type=int, default=20, help="timelines (default 20; 0: none)")
+    ar.add_argument(
+        "--timeline-frames", type=int, default=600, help="frames per timeline video (default 600)"
+    )
+    ar.add_argument("--out", type=Path, help="also write the JSON here")
+    _add_ar_args(ar)
+    ar.set_defaults(run=_eval_ar)
     return parser
+
+
+def _add_ar_args(parser: argparse.ArgumentParser) -> None:
+    """The components and the sampling settings of AR generation."""
+    for name, what in (("ar", "AR transformer"), ("vq", "fine latent VQ-VAE"), ("vae", "VAE")):
+        parser.add_argument(
+            f"--{name}", type=Path, help=f"trained {what} folder (default: the embedded one)"
+        )
+    parser.add_argument(
+        "--temperature", type=float, default=1.0, help="sampling temperature, 0: greedy (default 1)"
+    )
+    parser.add_argument("--top-k", type=int, default=0, help="keep the k likeliest codes (0: all)")
+    parser.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1)"
+    )
+    parser.add_argument(
+        "--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: none)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
 def _add_size_args(parser: argparse.ArgumentParser) -> None:
@@ -216,13 +286,20 @@ def _load_model(cls, folder: Path, what: str):
 
 
 def _cache(args) -> None:
-    from arlon.data.latent_cache import build_cache
+    from arlon.data.latent_cache import add_codes, build_cache
     from arlon.models.latent_vqvae import LatentVQVAE
 
-    vae = _load_vae(args.vae)
+    if args.add_codes and (args.vae is not None or args.manifest is not None):
+        raise ArlonError("--add-codes keeps the cache's latents: leave out --vae and --manifest")
+    if not args.add_codes and (args.vae is None or args.manifest is None):
+        raise ArlonError("building a cache needs --vae and --manifest (or --add-codes)")
     fine = _load_model(LatentVQVAE, args.fine_vq, "fine VQ-VAE") if args.fine_vq else None
     coarse = _load_model(LatentVQVAE, args.coarse_vq, "coarse VQ-VAE") if args.coarse_vq else None
-    out = build_cache(vae, args.manifest, args.out, fine, coarse, window=args.window)
+    if args.add_codes:
+        out = add_codes(args.out, fine, coarse)
+        print(f"added codes to the latent cache {out}")
+        return
+    out = build_cache(_load_vae(args.vae), args.manifest, args.out, fine, coarse, args.window)
     print(f"wrote the latent cache {out}")
 
 
@@ -236,6 +313,67 @@ def _load_vae(folder: Path):
 
         return PretrainedVideoVAE.from_pretrained(folder)
     return _load_model(VideoVAE, folder, "VAE")
+
+
+def _ar_parts(args):
+    """`(make_sampler, vq, vae)` from the --ar/--vq/--vae folders or the embedded model."""
+    from arlon.models.ar_sampler import ARSampler
+    from arlon.models.ar_transformer import ARTransformer
+    from arlon.models.latent_vqvae import LatentVQVAE
+    from arlon.models.text_encoder import TextEncoder
+    from arlon.weights import load_embedded
+
+    ar = _load_model(ARTransformer, args.ar, "AR transformer") if args.ar else load_embedded("ar")
+    vq = _load_model(LatentVQVAE, args.vq, "fine VQ-VAE") if args.vq else load_embedded("vq-fine")
+    vae = _load_vae(args.vae) if args.vae else load_embedded("vae")
+    text_encoder = TextEncoder.from_pretrained()
+    settings = dict(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        guidance_scale=args.guidance,
+    )
+    ARSampler(ar, text_encoder, **settings)  # bad settings fail here, before any work
+
+    def make_sampler(seed: int) -> ARSampler:
+        return ARSampler(ar, text_encoder, seed=seed, **settings)
+
+    return make_sampler, vq, vae
+
+
+def _coarse(args) -> None:
+    from arlon.coarse import coarse_video
+    from arlon.data.timeline import read_timeline, switch_every
+    from arlon.data.video_io import VideoWriter
+
+    if args.timeline is not None:
+        timeline = read_timeline(args.timeline)
+    elif len(args.prompt) > 1 or args.switch_every is not None:
+        timeline = switch_every(args.prompt, args.switch_every or args.frames)
+    else:
+        timeline = [(0, args.prompt[0])]
+    make_sampler, vq, vae = _ar_parts(args)
+    frames = coarse_video(make_sampler(args.seed), vq, vae, timeline, args.frames)
+    with VideoWriter(args.out, fps=args.fps) as writer:
+        for frame in tqdm(frames, total=args.frames, desc="coarse video", unit="frame"):
+            writer.write_frame(frame)
+    print(f"wrote {args.out} ({args.frames} frames)")
+
+
+def _eval_ar(args) -> None:
+    from arlon.evaluation.ar import prompt_eval, timeline_eval
+
+    make_sampler, vq, vae = _ar_parts(args)
+    report = {
+        "sampling": {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "guidance")}
+    }
+    if args.prompts:
+        report["prompts"] = prompt_eval(make_sampler, vq, vae, args.prompts, args.prompt_frames)
+    if args.timelines:
+        report["timelines"] = timeline_eval(
+            make_sampler, vq, vae, args.timelines, args.timeline_frames
+        )
+    _emit_json(report, args.out)
 
 
 def _eval_recon(args) -> None:
@@ -272,6 +410,8 @@ def _train(args) -> None:
     if args.data is not None:
         key = "manifest" if cfg.stage == "vae" else "cache"
         cfg = TrainConfig.from_dict({**cfg.to_dict(), "data": {**cfg.data, key: str(args.data)}})
+    if args.init_from is not None:
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), "init_from": str(args.init_from)})
     budget = {
         k: v
         for k, v in (("max_steps", args.max_steps), ("max_minutes", args.max_minutes))

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from arlon import cli
-from arlon.data.latent_cache import LatentCache, LatentWindows, build_cache, encode_video
+from arlon.data.latent_cache import (
+    CodeWindows,
+    LatentCache,
+    LatentWindows,
+    build_cache,
+    encode_video,
+)
+from arlon.data.video_io import video_info
 from arlon.models.latent_vqvae import latent_vqvae
 from arlon.models.video_vae import video_vae
 
@@ -24,7 +31,7 @@ def dataset(tmp_path_factory):
         "--episodes",
         "1",
         "--frames",
-        "113",
+        "161",
         "--out",
         str(out),
     ]
@@ -47,16 +54,16 @@ def test_cache_holds_causal_latents_codes_and_coarse_latents(dataset, models, tm
     cache = LatentCache(folder)
     assert len(cache.entries) == 3
     episode = next(e for e in cache.entries if e.path.endswith("episode_000000.mp4"))
-    # 113 frames = 1 + 4 * 28: every frame is encoded, chunk by chunk, exactly as in one pass.
-    assert (episode.num_frames, episode.latent_frames) == (113, 29)
+    # 161 frames = 1 + 4 * 40: every frame is encoded, chunk by chunk, exactly as in one pass.
+    assert (episode.num_frames, episode.latent_frames) == (161, 41)
     tensors = cache.tensors(episode)
     assert torch.allclose(
         tensors["latents"].float(),
-        encode_video(vae, episode.path, chunk_latents=29).half().float(),
+        encode_video(vae, episode.path, chunk_latents=41).half().float(),
         atol=2e-3,
     )
-    assert tensors["codes"].shape[0] == 29 // 3
-    assert tensors["coarse"].shape == (4, 27, 8, 8)
+    assert tensors["codes"].shape[0] == 41 // 3
+    assert tensors["coarse"].shape == (4, 39, 8, 8)
     truth = json.loads((dataset / "episodes" / "episode_000000.json").read_text())
     assert [list(t) for t in episode.timeline] == truth["timeline"]
 
@@ -67,11 +74,9 @@ def test_windows_carry_the_caption_in_force(dataset, models, tmp_path):
     windows = LatentWindows(cache, window=4)
     item = windows[0]
     assert item["latents"].shape == (4, 4, 8, 8) and item["latents"].dtype == torch.float32
-    episode = next(e for e in cache.entries if e.latent_frames == 29)
+    episode = next(e for e in cache.entries if e.latent_frames == 41)
     for start, caption in episode.timeline:
-        latent = (
-            start + 3
-        ) // 4  # the first latent frame whose first video frame is at or after start
+        latent = (start + 3) // 4  # the latent frame that holds video frame `start`
         assert cache.caption_at(episode, latent) == caption
 
 
@@ -110,3 +115,76 @@ def test_vqvae_trains_on_a_cache_through_the_cli(dataset, models, tmp_path, caps
     assert "usage_heldout" in (out / "eval.csv").read_text()
     assert cli.main(["train", "vqvae", "--preset", "smoke", "--out", str(tmp_path / "x")]) == 1
     assert "latent cache" in capsys.readouterr().err
+
+
+def test_code_windows_pair_frames_with_their_segment_caption(dataset, models, tmp_path):
+    vae, fine, _ = models
+    cache = LatentCache(build_cache(vae, dataset / "manifest.csv", tmp_path / "c", fine, window=3))
+    assert cache.codebook_size == fine.codebook_size
+    windows = CodeWindows(cache, frames=4)
+    episode = next(e for e in cache.entries if e.latent_frames == 41)
+    assert len(episode.timeline) > 1  # the episode changes caption
+    stored = cache.tensors(episode)["codes"].flatten(0, 1).long()  # 39 token frames of 4x4 codes
+    video = next(i for i, codes in enumerate(windows.codes) if len(codes) == 39)
+    crossing = 0
+    for i, (v, start) in enumerate(windows.items):
+        if v != video:
+            continue
+        item = windows[i]
+        assert torch.equal(item["codes"], stored[start : start + 4])
+        captions = [cache.caption_at(episode, f) for f in range(start, start + 4)]
+        assert item["caption"] == captions[-1] and item["first_frame"] == start
+        assert item["frame_mask"].tolist() == [c == captions[-1] for c in captions]
+        crossing += not item["frame_mask"].all()
+    assert crossing > 0  # windows across a caption change: the frames before it are context
+    assert windows.code_window == 3
+
+
+def test_ar_trains_on_a_cache_and_draws_a_coarse_video(dataset, models, tmp_path, capsys):
+    vae, fine, _ = models
+    cache = build_cache(vae, dataset / "manifest.csv", tmp_path / "cache", fine, window=3)
+    out = tmp_path / "ar"
+    argv = ["train", "ar", "--preset", "smoke", "--data", str(cache), "--out", str(out)]
+    assert cli.main([*argv, "--set", "model.max_frames=3"]) == 0
+    assert "accuracy_heldout" in (out / "eval.csv").read_text()
+    vae.save_pretrained(tmp_path / "vae")
+    fine.save_pretrained(tmp_path / "fine")
+    video = tmp_path / "coarse.mp4"
+    parts = [
+        "--ar",
+        str(out / "model"),
+        "--vq",
+        str(tmp_path / "fine"),
+        "--vae",
+        str(tmp_path / "vae"),
+    ]
+    argv = ["coarse", *parts, "--prompt", "a red circle", "--prompt", "a blue square"]
+    assert cli.main([*argv, "--switch-every", "10", "--frames", "22", "--out", str(video)]) == 0
+    assert video_info(video).num_frames == 22
+    assert cli.main([*argv, "--frames", "22", "--out", str(video), "--top-p", "2"]) == 1
+    assert "top_p" in capsys.readouterr().err
+    assert cli.main(["train", "ar", "--preset", "smoke", "--out", str(tmp_path / "x")]) == 1
+    assert "latent cache" in capsys.readouterr().err
+
+
+def test_codes_added_later_equal_codes_built_in(dataset, models, tmp_path, capsys):
+    vae, fine, coarse = models
+    built = LatentCache(
+        build_cache(vae, dataset / "manifest.csv", tmp_path / "a", fine, coarse, window=3)
+    )
+    later = build_cache(vae, dataset / "manifest.csv", tmp_path / "b", window=3)
+    vae.save_pretrained(tmp_path / "vae")
+    fine.save_pretrained(tmp_path / "fine")
+    coarse.save_pretrained(tmp_path / "coarse")
+    argv = ["cache", "--add-codes", "--out", str(later)]
+    assert cli.main([*argv, "--fine-vq", str(tmp_path / "fine")]) == 0
+    assert cli.main([*argv, "--coarse-vq", str(tmp_path / "coarse")]) == 0
+    later = LatentCache(later)
+    assert later.codebook_size == fine.codebook_size
+    for a, b in zip(built.entries, later.entries, strict=True):
+        assert b.has_codes
+        x, y = built.tensors(a), later.tensors(b)
+        assert set(x) == set(y) == {"latents", "codes", "coarse"}
+        assert torch.equal(x["codes"], y["codes"]) and torch.equal(x["coarse"], y["coarse"])
+    assert cli.main([*argv, "--vae", str(tmp_path / "vae"), "--fine-vq", "x"]) == 1
+    assert "leave out --vae" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from arlon.models.latent_vqvae import LATENT_VQVAE_PRESETS, LatentVQVAE, latent_
 
 # Widths and depths per resolution level, for the smoke preset at other ratios.
 SIZES = {
+    (1, 1, 1): dict(block_channels=(16,), num_res_blocks=(1,)),
     (1, 2, 2): dict(block_channels=(8, 16), num_res_blocks=(0, 1)),
     (1, 4, 4): dict(block_channels=(8, 8, 16), num_res_blocks=(0, 0, 1)),
     (2, 2, 2): dict(block_channels=(8, 16), num_res_blocks=(0, 1)),
@@ -30,6 +31,7 @@ def latents(b=2, c=4, t=5, h=8, w=8, seed=1) -> torch.Tensor:
 @pytest.mark.parametrize(
     "ratio, t, grid",
     [
+        ((1, 1, 1), 5, (5, 8, 8)),
         ((1, 2, 2), 5, (5, 4, 4)),
         ((1, 4, 4), 5, (5, 2, 2)),
         ((2, 2, 2), 4, (2, 4, 4)),
@@ -134,8 +136,8 @@ def test_save_and_load_round_trip(tmp_path):
 def test_presets_build():
     assert set(LATENT_VQVAE_PRESETS) >= {"smoke", "shapes-tiny-fine", "shapes-tiny-coarse"}
     fine = latent_vqvae("shapes-tiny-fine", 8)
-    assert fine.token_grid(9, 8, 8) == (9, 4, 4)
-    assert latent_vqvae("shapes-tiny-coarse", 8).token_grid(9, 8, 8) == (9, 2, 2)
+    assert fine.token_grid(9, 8, 8) == (9, 8, 8)
+    assert latent_vqvae("shapes-tiny-coarse", 8).token_grid(9, 8, 8) == (9, 4, 4)
     with torch.device("meta"):
         paper = latent_vqvae("opensora-1.2-fine", 4)
     assert paper.token_grid(17, 64, 64) == (5, 8, 8)

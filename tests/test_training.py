@@ -157,3 +157,22 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
         == 1
     )
     assert "cannot resume" in capsys.readouterr().err
+
+
+def test_init_from_starts_at_the_given_weights(tmp_path, capsys):
+    torch.manual_seed(5)
+    start = VideoVAE(latent_channels=4, channels=(8, 16, 16, 16))  # the smoke preset's sizes
+    start.save_pretrained(tmp_path / "start")
+    argv = ["train", "vae", "--preset", "smoke", "--init-from", str(tmp_path / "start")]
+    # one step at a vanishing learning rate: the run ends where it started
+    assert (
+        cli.main([*argv, "--out", str(tmp_path / "a"), "--max-steps", "1", "--set", "lr=1e-12"])
+        == 0
+    )
+    trained = _weights(tmp_path / "a")
+    for name, value in start.state_dict().items():
+        assert torch.allclose(trained[name], value, atol=1e-6), name
+    VideoVAE(latent_channels=8, channels=(8, 16, 16, 16)).save_pretrained(tmp_path / "other")
+    argv = ["train", "vae", "--preset", "smoke", "--init-from", str(tmp_path / "other")]
+    assert cli.main([*argv, "--out", str(tmp_path / "b")]) == 1
+    assert "another architecture" in capsys.readouterr().err

@@ -410,20 +410,24 @@ LATENT_VQVAE_PRESETS: dict[str, dict] = {
         code_dim=8,
         codebook_size=64,
     ),
-    # The shapes-tiny VAE's latent: 8 channels, 9 x 8 x 8 for a 33-frame 64x64 clip.
+    # The shapes-tiny VAE's latent: 8 channels, 9 x 8 x 8 for a 33-frame 64x64 clip. A latent
+    # cell is 8x8 pixels and the smallest objects are 10 pixels wide: fine codes keep one code per
+    # cell (64 per token frame), because a 2x2-cell code (16x16 pixels) lost the shape of small
+    # objects (measured: detector shape accuracy 62%). The coarse codes, the DiT's training
+    # condition, are the 2x2-cell ones: the paper's fine:coarse ratio, 8 to 16, is 1 to 2 too.
     "shapes-tiny-fine": dict(
+        ratio=(1, 1, 1),
+        block_channels=(64,),
+        num_res_blocks=(1,),
+        num_attention_heads=1,
+        codebook_size=1024,
+    ),
+    "shapes-tiny-coarse": dict(
         ratio=(1, 2, 2),
         block_channels=(16, 48),
         num_res_blocks=(0, 1),
         num_attention_heads=1,
         codebook_size=1024,
-    ),
-    "shapes-tiny-coarse": dict(
-        ratio=(1, 4, 4),
-        block_channels=(16, 32, 96),
-        num_res_blocks=(0, 0, 1),
-        num_attention_heads=1,
-        codebook_size=512,
     ),
     # Paper scale, on Open-Sora v1.2's 4-channel latent: 4x8x8 for the AR's tokens, 4x16x16 for
     # the DiT's training condition.

@@ -34,6 +34,8 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate only at the end
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
+    # Start from these weights (a model folder an earlier run exported) instead of a random init.
+    init_from: str | None = None
     model: dict = field(default_factory=dict)  # overrides of the model preset
     data: dict = field(default_factory=dict)  # stage-specific data options
 
@@ -127,6 +129,7 @@ _TYPES = {
     "float": (int, float),
     "str": str,
     "float | None": (int, float, type(None)),
+    "str | None": (str, type(None)),
     "dict": dict,
 }
 

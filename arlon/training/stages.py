@@ -4,6 +4,7 @@
 |---|---|---|
 | vae | causal video VAE | shapes-world clips rendered on the fly, or any CSV manifest of videos |
 | vqvae | latent VQ-VAE (fine or coarse) | VAE latents from a latent cache |
+| ar | AR transformer | fine codes and captions from a latent cache |
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import default_collate
 
 from arlon.data.world_clips import WorldClips
 from arlon.errors import ArlonError
@@ -63,8 +65,34 @@ TRAIN_PRESETS: dict[str, dict[str, dict]] = {
             log_every=5,
             ema_decay=0.0,
         ),
-        "shapes-tiny-fine": {**_VQ_SHAPES_TINY, "max_steps": 3000},
-        "shapes-tiny-coarse": {**_VQ_SHAPES_TINY, "max_steps": 2000},
+        # one code per latent cell: 4x the positions of the coarse codes, so half the batch, bf16
+        "shapes-tiny-fine": {
+            **_VQ_SHAPES_TINY,
+            "max_steps": 3000,
+            "batch_size": 16,
+            "mixed_precision": "bf16",
+        },
+        "shapes-tiny-coarse": {**_VQ_SHAPES_TINY, "max_steps": 3000},
+    },
+    "ar": {
+        "smoke": dict(
+            max_steps=20,
+            batch_size=4,
+            warmup_steps=2,
+            checkpoint_every=10,
+            log_every=5,
+        ),
+        "shapes-tiny": dict(
+            max_steps=2000,
+            batch_size=16,
+            lr=1e-3,
+            warmup_steps=200,
+            weight_decay=0.01,
+            mixed_precision="bf16",
+            checkpoint_every=250,
+            log_every=20,
+            eval_every=500,
+        ),
     },
 }
 
@@ -147,6 +175,11 @@ class VAEStage:
         model.save_pretrained(folder)
 
 
+def _held_out(entry) -> bool:
+    """Every 20th cache entry is held out for evaluation."""
+    return int(entry.key) % 20 == 0
+
+
 class VQStage:
     """Latent VQ-VAE on cached VAE latents: reconstruction MSE plus the commitment loss.
 
@@ -171,8 +204,7 @@ class VQStage:
                 "vqvae trains on a latent cache: pass --data DIR (built with 'arlon cache --vae ...')"
             )
         cache = LatentCache(cfg.data["cache"])
-        # Every 20th entry is held out for evaluation.
-        entries = [e for e in cache.entries if (int(e.key) % 20 == 0) == held_out]
+        entries = [e for e in cache.entries if _held_out(e) == held_out]
         return LatentWindows(cache, cfg.data.get("window", cache.window), entries=entries)
 
     def build_model(self, cfg: TrainConfig):
@@ -207,8 +239,112 @@ class VQStage:
         model.save_pretrained(folder)
 
 
-STAGES = {"vae": VAEStage, "vqvae": VQStage}
-DEFAULT_PRESETS = {"vae": "shapes-tiny", "vqvae": "shapes-tiny-fine"}
+class ARStage:
+    """Next-code cross-entropy on windows of fine codes, the text prefix from the frozen text
+    encoder. A window's caption is that of its last frame's segment; frames before a caption
+    change are context only. `data.caption_dropout` of the captions become the null prompt (for
+    classifier-free guidance)."""
+
+    DEFAULTS = {"caption_dropout": 0.1, "stride": 1}
+
+    def __init__(self):
+        self._loaded: dict[bool, object] = {}
+        self._text_encoder = None
+
+    def _windows(self, cfg: TrainConfig, held_out: bool):
+        from arlon.data.latent_cache import CodeWindows, LatentCache
+
+        if held_out not in self._loaded:
+            if "cache" not in cfg.data:
+                raise ArlonError(
+                    "ar trains on a latent cache with fine codes: pass --data DIR "
+                    "(built with 'arlon cache --vae ... --fine-vq ...')"
+                )
+            cache = LatentCache(cfg.data["cache"])
+            entries = [e for e in cache.entries if _held_out(e) == held_out]
+            frames = self._frames(cfg)
+            stride = {**self.DEFAULTS, **cfg.data}["stride"]
+            self._loaded[held_out] = CodeWindows(cache, frames, stride, entries)
+        return self._loaded[held_out]
+
+    @staticmethod
+    def _frames(cfg: TrainConfig) -> int:
+        from arlon.models.ar_transformer import AR_PRESETS
+
+        return cfg.model.get("max_frames", AR_PRESETS[cfg.preset]["max_frames"])
+
+    def text_encoder(self):
+        if self._text_encoder is None:
+            from arlon.models.text_encoder import TextEncoder
+
+            self._text_encoder = TextEncoder.from_pretrained()
+        return self._text_encoder
+
+    def build_model(self, cfg: TrainConfig):
+        from arlon.models.ar_transformer import ar_transformer
+
+        windows = self._windows(cfg, held_out=False)
+        _, h, w = windows[0]["codes"].shape
+        sizes = dict(
+            codebook_size=windows.cache.codebook_size,
+            frame_height=h,
+            frame_width=w,
+            code_window=windows.code_window,
+            text_dim=self.text_encoder().dim,
+        )
+        return ar_transformer(cfg.preset, **{**sizes, **cfg.model})
+
+    def dataset(self, cfg: TrainConfig):
+        return self._windows(cfg, held_out=False)
+
+    def _logits(self, model, batch, dropout: float):
+        text = self.text_encoder().encode(list(batch["caption"]))
+        device = batch["codes"].device
+        mask = text.mask.to(device)
+        if dropout > 0:
+            keep = torch.rand(mask.shape[0], device=device) >= dropout
+            mask = mask & keep[:, None]
+        return model(text.states.to(device), mask, batch["codes"], batch["first_frame"])
+
+    @staticmethod
+    def _targets(batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat codes `(B, N)` and which of them are targets `(B, N)`."""
+        codes = batch["codes"]
+        per_frame = codes.shape[2] * codes.shape[3]
+        weights = batch["frame_mask"].repeat_interleave(per_frame, dim=1)
+        return codes.flatten(1), weights
+
+    def loss(self, model, batch, cfg: TrainConfig):
+        data = {**self.DEFAULTS, **cfg.data}
+        logits = self._logits(model, batch, data["caption_dropout"]).float()  # (B, N, K)
+        codes, weights = self._targets(batch)
+        ce = F.cross_entropy(logits.transpose(1, 2), codes, reduction="none")  # (B, N)
+        loss = (ce * weights).sum() / weights.sum()
+        accuracy = ((logits.argmax(-1) == codes).float() * weights).sum() / weights.sum()
+        return loss, {"accuracy": accuracy.item()}
+
+    @torch.no_grad()
+    def evaluate(self, model, cfg: TrainConfig) -> dict:
+        """Next-code accuracy and perplexity on held-out windows (every frame a target)."""
+        windows = self._windows(cfg, held_out=True)
+        picks = torch.linspace(0, len(windows) - 1, min(len(windows), 256)).long().tolist()
+        nll, right, total = 0.0, 0, 0
+        for first in range(0, len(picks), 32):
+            batch = default_collate([windows[i] for i in picks[first : first + 32]])
+            logits = self._logits(model, batch, dropout=0.0).float()
+            codes, weights = self._targets(batch)
+            ce = F.cross_entropy(logits.transpose(1, 2), codes, reduction="none")
+            nll += (ce * weights).sum().item()
+            right += ((logits.argmax(-1) == codes) & weights).sum().item()
+            total += weights.sum().item()
+        return {"accuracy_heldout": right / total, "perplexity_heldout": math.exp(nll / total)}
+
+    def export(self, model, cfg: TrainConfig, folder: Path) -> None:
+        model.save_pretrained(folder)
+
+
+STAGES = {"vae": VAEStage, "vqvae": VQStage, "ar": ARStage}
+DEFAULT_PRESETS = {"vae": "shapes-tiny", "vqvae": "shapes-tiny-fine", "ar": "shapes-tiny"}
 
 
 def stage(name: str):

@@ -186,6 +186,8 @@ def train(stage: Stage, cfg: TrainConfig, out: str | Path, resume: bool = False)
 
     set_seed(cfg.seed)
     model = stage.build_model(cfg)
+    if cfg.init_from is not None and checkpoint is None:
+        _load_weights(model, Path(cfg.init_from))
     dataset = stage.dataset(cfg)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     params = [p for p in model.parameters() if p.requires_grad]
@@ -321,6 +323,19 @@ def train(stage: Stage, cfg: TrainConfig, out: str | Path, resume: bool = False)
         )
     accelerator.wait_for_everyone()
     return folder
+
+
+def _load_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Copy the weights of a saved model folder (the same architecture) into `model`."""
+    try:
+        source = type(model).from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise ArlonError(f"cannot start from {folder}: {e}") from None
+    try:
+        model.load_state_dict(source.state_dict())
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ArlonError(f"cannot start from {folder}: another architecture ({first})") from None
 
 
 def _to(batch, device):

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent / "shapes-tiny"
 
 
 def embedded(component: str) -> Path:
-    """The folder of an embedded component: `vae`, `vq-fine` or `vq-coarse`."""
+    """The folder of an embedded component: `vae`, `vq-fine`, `vq-coarse` or `ar`."""
     folder = ROOT / component
     if not (folder / "config.json").exists():
         known = (
@@ -36,8 +36,9 @@ def load_embedded(component: str):
     """An embedded component as a float32 model in eval mode."""
     import torch
 
+    from arlon.models.ar_transformer import ARTransformer
     from arlon.models.latent_vqvae import LatentVQVAE
     from arlon.models.video_vae import VideoVAE
 
-    cls = VideoVAE if component == "vae" else LatentVQVAE
+    cls = {"vae": VideoVAE, "ar": ARTransformer}.get(component, LatentVQVAE)
     return cls.from_pretrained(embedded(component), torch_dtype=torch.float32).eval()

@@ -129,12 +129,19 @@ class WorldScore:
             switched.append(found is not None)
             latencies.append((found if found is not None else e) - s)
         if not latencies:
-            return {"count": 0, "median_latency": None, "mean_latency": None, "switched": None}
+            return {
+                "count": 0,
+                "median_latency": None,
+                "mean_latency": None,
+                "switched": None,
+                "latencies": [],
+            }
         return {
             "count": len(latencies),
             "median_latency": float(np.median(latencies)),
             "mean_latency": float(np.mean(latencies)),
             "switched": float(np.mean(switched)),
+            "latencies": latencies,  # frames, per caption change (a missed one: its length)
         }
 
     def report(self, drift_fraction: float = 0.25) -> dict:

@@ -1,0 +1,77 @@
+"""The coarse video: AR codes -> fine VQ-VAE decoder -> coarse latent F -> VAE decoder -> frames.
+
+F is what the DiT is guided by; decoded through the VAE it is a video of its own (blurry at paper
+scale, close to the data here), which is how the AR alone is judged and debugged:
+
+    frames = coarse_video(sampler, vq, vae, [(0, "a red circle moves right")], num_frames=600)
+    for frame in frames: ...          # (H, W, 3) uint8, streamed
+
+Time: the VAE turns video frame s > 0 into latent frame ceil(s / 4) (frame 0 alone into latent 0),
+the fine VQ-VAE codes windows of `code_window` token frames of r_t latent frames each. The AR
+generates whole windows; the video is cut to the frames asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from arlon.data.timeline import Timeline, check_timeline
+from arlon.errors import ArlonError
+
+
+def latent_frame(frame: int, temporal_ratio: int) -> int:
+    """The latent frame that holds video frame `frame` of a causal VAE."""
+    return -(-frame // temporal_ratio)
+
+
+def token_timeline(timeline: Timeline, temporal_ratio: int, r_t: int) -> Timeline:
+    """A timeline in video frames -> the same in token frames (two switches inside one token frame:
+    the later one wins)."""
+    check_timeline(timeline)
+    by_start: dict[int, str] = {}
+    for start, prompt in timeline:
+        by_start[latent_frame(start, temporal_ratio) // r_t] = prompt
+    return sorted(by_start.items())
+
+
+@torch.inference_mode()
+def coarse_latents(
+    code_frames: Iterable[torch.Tensor], vq, code_window: int
+) -> Iterator[torch.Tensor]:
+    """Token frames `(h, w)` -> coarse latents `(1, C, code_window * r_t, H, W)`, one VQ window at
+    a time (a window's codes are decoded together, as they were encoded)."""
+    buffer = []
+    for codes in code_frames:
+        buffer.append(codes)
+        if len(buffer) == code_window:
+            yield vq.decode_codes(torch.stack(buffer)[None])
+            buffer = []
+    if buffer:
+        raise ArlonError(f"{len(buffer)} token frames left over: windows hold {code_window}")
+
+
+def windows_for(num_frames: int, temporal_ratio: int, r_t: int, code_window: int) -> int:
+    """VQ windows needed for `num_frames` video frames."""
+    latents = 1 + latent_frame(num_frames - 1, temporal_ratio)
+    return -(-latents // (code_window * r_t))
+
+
+@torch.inference_mode()
+def coarse_video(sampler, vq, vae, timeline: Timeline, num_frames: int) -> Iterator[np.ndarray]:
+    """The AR's video for `timeline` (in video frames): `num_frames` frames `(H, W, 3)` uint8."""
+    if num_frames < 1:
+        raise ArlonError(f"num_frames must be >= 1, got {num_frames}")
+    code_window = sampler.model.config.code_window
+    r_t = vq.ratio[0]
+    windows = windows_for(num_frames, vae.temporal_ratio, r_t, code_window)
+    codes = sampler.frames(token_timeline(timeline, vae.temporal_ratio, r_t), windows * code_window)
+    left = num_frames
+    for video in vae.decode_stream(coarse_latents(codes, vq, code_window)):
+        frames = ((video[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (3, T, H, W)
+        yield from frames.permute(1, 2, 3, 0)[:left].numpy()  # (H, W, 3) each
+        left -= min(left, frames.shape[1])
+        if left == 0:
+            return

@@ -1,0 +1,98 @@
+"""How good the AR transformer is on its own: its coarse videos, judged by the world metrics.
+
+- `prompt_eval`: one short coarse video per prompt of the world's vocabulary (captions of held-out
+  episodes without events); attribute and motion-direction accuracy, and how fast codes come;
+- `timeline_eval`: long coarse videos for timelines with caption changes (held-out episodes with
+  events); identity persistence, prompt-switch latency, drift.
+
+The coarse video is the fine VQ-VAE's and the VAE's decoding of the codes (`arlon.coarse`), so these
+numbers include what those two lose (measured alone by `arlon eval recon`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from arlon.coarse import coarse_video
+from arlon.evaluation.recon import HELDOUT_SEED
+from arlon.world.metrics import Expected, score_video
+from arlon.world.simulate import random_episode
+
+SamplerFactory = Callable[[int], object]  # seed -> ARSampler
+
+
+def _mean(values) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def _score(make_sampler: SamplerFactory, vq, vae, timeline, num_frames: int, seed: int):
+    """Score one coarse video; returns the world report and the seconds generation took."""
+    sampler = make_sampler(seed)
+    start = time.perf_counter()
+    frames = list(coarse_video(sampler, vq, vae, timeline, num_frames))
+    seconds = time.perf_counter() - start
+    h, w = frames[0].shape[:2]
+    report = score_video(frames, Expected.from_timeline(timeline, num_frames, h, w)).report()
+    return report, seconds
+
+
+def prompt_eval(
+    make_sampler: SamplerFactory,
+    vq,
+    vae,
+    prompts: int = 100,
+    num_frames: int = 64,
+    seed: int = HELDOUT_SEED,
+    progress: bool = True,
+) -> dict:
+    """Coarse videos for `prompts` single captions; mean world metrics and generation speed."""
+    reports, seconds = [], 0.0
+    for i in tqdm(range(prompts), desc="AR prompts", unit="video", disable=not progress):
+        caption = random_episode((seed, i), 2, events=False).timeline[0][1]
+        report, spent = _score(make_sampler, vq, vae, [(0, caption)], num_frames, seed + i)
+        reports.append(report)
+        seconds += spent
+    names = ("attribute", "colour", "shape", "size", "background", "motion", "speed", "count")
+    out = {"prompts": prompts, "frames": num_frames}
+    out |= {n: _mean(r[n] for r in reports) for n in names}
+    out["seconds_per_video"] = seconds / prompts
+    out["frames_per_second"] = prompts * num_frames / seconds
+    return out
+
+
+def timeline_eval(
+    make_sampler: SamplerFactory,
+    vq,
+    vae,
+    timelines: int = 20,
+    num_frames: int = 600,
+    seed: int = HELDOUT_SEED,
+    progress: bool = True,
+) -> dict:
+    """Coarse videos for `timelines` held-out episode timelines (caption changes included)."""
+    reports, seconds = [], 0.0
+    for i in tqdm(range(timelines), desc="AR timelines", unit="video", disable=not progress):
+        timeline = random_episode((seed + 1, i), num_frames, events=True).timeline
+        report, spent = _score(make_sampler, vq, vae, timeline, num_frames, seed + i)
+        reports.append(report)
+        seconds += spent
+    latencies = [lat for r in reports for lat in r["switch"]["latencies"]]
+    return {
+        "timelines": timelines,
+        "frames": num_frames,
+        "switches": sum(r["switch"]["count"] for r in reports),
+        "identity": _mean(r["identity"] for r in reports),
+        "attribute": _mean(r["attribute"] for r in reports),
+        "motion": _mean(r["motion"] for r in reports),
+        "switched": _mean(r["switch"]["switched"] for r in reports),
+        "switch_latency_median": float(np.median(latencies)) if latencies else None,
+        "switch_latency_mean": float(np.mean(latencies)) if latencies else None,
+        "attribute_early": _mean(r["drift"]["early"]["attribute"] for r in reports),
+        "attribute_late": _mean(r["drift"]["late"]["attribute"] for r in reports),
+        "seconds_per_video": seconds / timelines,
+    }

@@ -1,0 +1,151 @@
+"""Generation with the AR transformer: token frames streamed out for a timeline of prompts.
+
+    sampler = ARSampler(ar, text_encoder, temperature=1.0, top_k=100, seed=0)
+    for t, frame in enumerate(sampler.frames([(0, "a red circle moves right")], num_frames=150)):
+        ...                                   # frame: (h, w) long codes of token frame t
+
+The context holds the prompt's prefix and at most `max_frames - 1` earlier token frames: when the
+next frame would not fit, the oldest frames drop out and the KV cache is refilled from the kept
+ones, so memory is the same for 10 frames or 10,000. When the timeline switches prompt, the new
+prompt's states become the prefix and the recent frames are kept as history (refilled under the
+new prefix), which is what training on windows that cross a caption change taught the model.
+
+Classifier-free guidance runs the prompt and the null prompt as a batch of two and mixes their
+logits, `null + scale * (prompt - null)`. `use_cache=False` recomputes the whole context for every
+token: slow, and there to check the cache (both give the same codes for the same seed).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+import torch
+
+from arlon.data.timeline import Timeline, check_timeline
+from arlon.errors import ArlonError
+from arlon.models.ar_transformer import ARTransformer, KVCache
+
+
+def sample_logits(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One index per row of `logits` `(B, K)` -> `(B,)` long. Temperature 0 is greedy; top-k (0:
+    off) keeps the k likeliest; top-p keeps the smallest set of likeliest codes whose probability
+    reaches p (Holtzman et al. 2019, arxiv.org/abs/1904.09751). Drawn by inverting the cumulative
+    distribution with one uniform number per row from `generator`."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -torch.inf)
+    probs = logits.softmax(-1)
+    if top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # drop a code when the likelier ones already reach top_p (the likeliest is always kept)
+        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0))
+        probs = probs / probs.sum(-1, keepdim=True)
+    u = 1 - torch.rand(probs.shape[0], 1, generator=generator, device=probs.device)  # (0, 1]
+    cdf = probs.cumsum(-1)
+    return torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_max(probs.shape[-1] - 1).squeeze(-1)
+
+
+class ARSampler:
+    """Streams codes from an `ARTransformer` for a prompt timeline (in token frames)."""
+
+    def __init__(
+        self,
+        model: ARTransformer,
+        text_encoder,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        guidance_scale: float = 1.0,
+        seed: int = 0,
+        use_cache: bool = True,
+    ):
+        if temperature < 0:
+            raise ArlonError(f"temperature must be >= 0, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ArlonError(f"top_p must lie in (0, 1], got {top_p}")
+        if top_k < 0:
+            raise ArlonError(f"top_k must be >= 0 (0: off), got {top_k}")
+        if guidance_scale < 0:
+            raise ArlonError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        self.model = model.eval()
+        self.text_encoder = text_encoder
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.guidance_scale = guidance_scale
+        self.use_cache = use_cache
+        device = model.bos.device
+        self.generator = torch.Generator(device).manual_seed(seed)
+        self.batch = 1 if guidance_scale == 1 else 2
+        self.cache: KVCache | None = model.new_cache(self.batch) if use_cache else None
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _prefix(self, prompt: str) -> torch.Tensor:
+        """`(batch, P + 1, C)`: the prompt's prefix, and the null prompt's under guidance."""
+        out = self.text_encoder.encode([prompt])
+        device = self.model.bos.device
+        prefix = self.model.embed_prefix(out.states.to(device), out.mask.to(device))
+        if self.batch == 2:
+            prefix = torch.cat([prefix, self.model.embed_prefix(None, None, 1)])
+        return prefix
+
+    def _next(self, logits: torch.Tensor) -> torch.Tensor:
+        """Guided logits of the last position `(batch, K)` -> the next code `(1,)`."""
+        if self.batch == 2:
+            cond, null = logits[0:1], logits[1:2]
+            logits = null + self.guidance_scale * (cond - null)
+        return sample_logits(logits, self.temperature, self.top_k, self.top_p, self.generator)
+
+    def _embed(self, codes: list[torch.Tensor], first_frame: int) -> torch.Tensor:
+        """Whole or partial token frames (each `(n,)` long) -> `(batch, N, C)`."""
+        if not codes:
+            return self.model.bos.new_zeros(self.batch, 0, self.model.bos.shape[0])
+        flat = torch.cat(codes)[None].expand(self.batch, -1)
+        return self.model.embed_codes(flat, 0, first_frame)
+
+    # -- generation -------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def frames(self, timeline: Timeline, num_frames: int) -> Iterator[torch.Tensor]:
+        """Token frames `(h, w)` long, one at a time, for `timeline` `[(start_token_frame, prompt)]`."""
+        check_timeline(timeline)
+        if num_frames < 1:
+            raise ArlonError(f"num_frames must be >= 1, got {num_frames}")
+        cfg = self.model.config
+        per_frame = self.model.tokens_per_frame
+        history: deque[torch.Tensor] = deque(maxlen=cfg.max_frames - 1)
+        switches = dict(timeline)
+        prefix = None
+        for t in range(num_frames):
+            if t in switches:
+                prefix = self._prefix(switches[t])
+            # The context: prefix, history frames (the first of them is token frame `first`), and
+            # the codes of frame t so far. From frame max_frames on, the cache is full: refill.
+            first = t - len(history)
+            if self.use_cache and (t in switches or t >= cfg.max_frames):
+                self.cache.reset()
+                logits = self.model.forward_embeddings(
+                    torch.cat([prefix, self._embed(list(history), first)], dim=1), self.cache
+                )[:, -1]
+            frame: list[torch.Tensor] = []
+            for j in range(per_frame):
+                if not self.use_cache:
+                    x = torch.cat([prefix, self._embed([*history, *frame], first)], dim=1)
+                    logits = self.model.forward_embeddings(x)[:, -1]
+                frame.append(self._next(logits))
+                if self.use_cache:
+                    x = self.model.embed_codes(frame[-1][None].expand(self.batch, -1), j, t)
+                    logits = self.model.forward_embeddings(x, self.cache, self.cache.length)[:, -1]
+            codes = torch.cat(frame)  # (h * w,)
+            history.append(codes)
+            yield codes.view(cfg.frame_height, cfg.frame_width)

@@ -1,0 +1,355 @@
+"""The autoregressive transformer: fine VQ codes of a whole video, one token frame after another.
+
+A Llama-style causal decoder (pre-RMSNorm, rotary positions, SwiGLU, `scaled_dot_product_attention`)
+over one sequence per video window:
+
+    [text prefix: P projected text states] [BOS] [frame 0: h*w codes] [frame 1: h*w codes] ...
+
+A token frame is the fine VQ-VAE's code grid for r_t latent frames, flattened in (h, w) raster order,
+so the whole sequence is the (t, h, w) raster of ARLON_NOTES.md. Every code token also gets a learned
+embedding of its (h, w) cell and of its phase in the VQ-VAE's window (the VQ-VAE codes windows of
+`code_window` token frames independently, so a code depends on where in its window it sits).
+
+The prefix always has `max_text_tokens` positions: text states are truncated or padded with a learned
+pad vector, so positions never depend on the batch, and the null prompt of classifier-free guidance is
+the prefix of pads alone. There is no EOS: a video ends at the length the user asks for.
+
+Training windows hold up to `max_frames` token frames; generation keeps at most that many in its
+context and slides (`arlon.models.ar_sampler`), so a video has no length limit and the KV cache, sized
+once, never grows.
+
+    ar = ar_transformer("shapes-tiny")
+    logits = ar(text_states, text_mask, codes)      # codes (B, t, h, w) -> logits (B, t*h*w, K)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+from arlon.errors import ArlonError
+
+# ------------------------------------------------------------------------------------------------
+# Rotary positions and the KV cache
+# ------------------------------------------------------------------------------------------------
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, ...]:
+    """cos and sin `(N, head_dim)` of positions `(N,)` (Su et al. 2021, arxiv.org/abs/2104.09864),
+    in the half-split layout of Llama."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device) / head_dim)
+    angles = positions.float()[:, None] * inv_freq[None]  # (N, head_dim / 2)
+    angles = torch.cat([angles, angles], dim=-1)  # (N, head_dim)
+    return angles.cos(), angles.sin()
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer, allocated once: `(layers, B, heads, capacity, head_dim)`;
+    the first `length` positions are filled."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    length: int = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[3]
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Blocks
+# ------------------------------------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=False)
+        self.proj = nn.Linear(hidden_size, hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None,
+        layer: int,
+    ) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)  # (B, heads, N, head_dim)
+        if cache is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            start = cache.length
+            cache.keys[layer, :, :, start : start + n] = k
+            cache.values[layer, :, :, start : start + n] = v
+            k, v = cache.keys[layer, :, :, : start + n], cache.values[layer, :, :, : start + n]
+            # query i sits at position start + i and sees every key up to there
+            mask = None
+            if n > 1:
+                mask = torch.ones(n, start + n, dtype=torch.bool, device=x.device).tril(start)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))  # (B, N, C)
+
+
+class SwiGLU(nn.Module):
+    """Shazeer 2020 (arxiv.org/abs/2002.05202), with Llama's hidden width of 8/3 of the model's."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        inner = 32 * math.ceil(8 * hidden_size / 3 / 32)
+        self.gate = nn.Linear(hidden_size, inner, bias=False)
+        self.up = nn.Linear(hidden_size, inner, bias=False)
+        self.down = nn.Linear(inner, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, hidden_size: int, num_heads: int, eps: float):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(hidden_size, eps=eps)
+        self.attn = Attention(hidden_size, num_heads)
+        self.mlp_norm = nn.RMSNorm(hidden_size, eps=eps)
+        self.mlp = SwiGLU(hidden_size)
+
+    def forward(self, x, cos, sin, cache, layer):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+# ------------------------------------------------------------------------------------------------
+# The AR transformer
+# ------------------------------------------------------------------------------------------------
+
+
+class ARTransformer(ModelMixin, ConfigMixin):
+    """Next-code prediction over `[text prefix][BOS][token frames]`.
+
+    `codebook_size` K and the token grid `frame_height` x `frame_width` come from the fine VQ-VAE;
+    `text_dim` from the text encoder; `max_frames` is the context (and training window) in token
+    frames.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        codebook_size: int = 1024,
+        frame_height: int = 8,
+        frame_width: int = 8,
+        code_window: int = 9,
+        text_dim: int = 384,
+        max_text_tokens: int = 32,
+        max_frames: int = 6,
+        hidden_size: int = 256,
+        num_layers: int = 6,
+        num_heads: int = 4,
+        rope_theta: float = 10000.0,
+        norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        if hidden_size % num_heads or (hidden_size // num_heads) % 2:
+            raise ArlonError(
+                f"hidden_size {hidden_size} must split into {num_heads} heads of even width"
+            )
+        self.codebook_size = codebook_size
+        self.tokens_per_frame = frame_height * frame_width
+        self.head_dim = hidden_size // num_heads
+        self.text_embedder = nn.Linear(text_dim, hidden_size)
+        self.text_pad = nn.Parameter(torch.zeros(hidden_size))
+        self.bos = nn.Parameter(torch.zeros(hidden_size))
+        self.code_embedder = nn.Embedding(codebook_size, hidden_size)
+        self.cell_embedder = nn.Embedding(self.tokens_per_frame, hidden_size)
+        self.phase_embedder = nn.Embedding(code_window, hidden_size)
+        self.blocks = nn.ModuleList(
+            DecoderBlock(hidden_size, num_heads, norm_eps) for _ in range(num_layers)
+        )
+        self.norm_out = nn.RMSNorm(hidden_size, eps=norm_eps)
+        self.head = nn.Linear(hidden_size, codebook_size, bias=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    # -- sizes ------------------------------------------------------------------------------------
+
+    @property
+    def prefix_length(self) -> int:
+        """Text positions plus BOS: where the first code sits."""
+        return self.config.max_text_tokens + 1
+
+    @property
+    def context_length(self) -> int:
+        return self.prefix_length + self.config.max_frames * self.tokens_per_frame
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        """An empty KV cache for the whole context (what generation holds in memory)."""
+        cfg = self.config
+        shape = (cfg.num_layers, batch_size, cfg.num_heads, self.context_length, self.head_dim)
+        p = self.bos
+        return KVCache(
+            torch.zeros(shape, dtype=p.dtype, device=p.device),
+            torch.zeros(shape, dtype=p.dtype, device=p.device),
+        )
+
+    # -- embeddings -------------------------------------------------------------------------------
+
+    def embed_prefix(self, states: torch.Tensor | None, mask: torch.Tensor | None, batch_size=1):
+        """Text states `(B, L, text_dim)` and mask `(B, L)` (None: the null prompt) -> the prefix
+        `(B, max_text_tokens + 1, C)`, BOS included."""
+        p = self.config.max_text_tokens
+        pad = self.text_pad.expand(batch_size if states is None else states.shape[0], p, -1)
+        if states is None:
+            prefix = pad
+        else:
+            if states.ndim != 3 or states.shape[-1] != self.config.text_dim:
+                raise ArlonError(
+                    f"expected text states (B, L, {self.config.text_dim}), got {tuple(states.shape)}"
+                )
+            states, mask = states[:, :p], mask[:, :p]
+            text = self.text_embedder(states.to(pad.dtype))  # (B, L', C)
+            text = torch.where(mask[..., None], text, pad[:, : text.shape[1]])
+            prefix = torch.cat([text, pad[:, text.shape[1] :]], dim=1)  # (B, P, C)
+        bos = self.bos.expand(prefix.shape[0], 1, -1)
+        return torch.cat([prefix, bos], dim=1)  # (B, P + 1, C)
+
+    def embed_codes(self, codes: torch.Tensor, first_cell: int, first_frame: torch.Tensor | int):
+        """Codes `(B, N)` that start at cell `first_cell` of token frame `first_frame` (its index in
+        the whole video, `(B,)` or an int) -> `(B, N, C)`."""
+        b, n = codes.shape
+        offset = torch.arange(n, device=codes.device) + first_cell  # (N,)
+        cells = offset % self.tokens_per_frame
+        frames = torch.as_tensor(first_frame, device=codes.device).view(-1, 1) + (
+            offset // self.tokens_per_frame
+        )  # (B or 1, N)
+        phases = frames % self.config.code_window
+        return self.code_embedder(codes) + self.cell_embedder(cells) + self.phase_embedder(phases)
+
+    # -- forward ----------------------------------------------------------------------------------
+
+    def forward_embeddings(
+        self, x: torch.Tensor, cache: KVCache | None = None, start: int = 0
+    ) -> torch.Tensor:
+        """Embeddings `(B, N, C)` at positions `start..start+N-1` -> logits `(B, N, K)`.
+
+        With a cache, its `length` must equal `start`: the keys and values are appended to it.
+        """
+        if cache is not None and cache.length != start:
+            raise ArlonError(f"the KV cache holds {cache.length} positions, not {start}")
+        if start + x.shape[1] > self.context_length:
+            raise ArlonError(
+                f"{start + x.shape[1]} positions exceed the context of {self.context_length}"
+            )
+        positions = torch.arange(start, start + x.shape[1], device=x.device)
+        cos, sin = rope_tables(positions, self.head_dim, self.config.rope_theta)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, cache, i)
+        if cache is not None:
+            cache.length += x.shape[1]
+        return self.head(self.norm_out(x))  # (B, N, K)
+
+    def forward(
+        self,
+        text_states: torch.Tensor | None,
+        text_mask: torch.Tensor | None,
+        codes: torch.Tensor,
+        first_frame: torch.Tensor | int = 0,
+    ) -> torch.Tensor:
+        """Teacher-forced logits: codes `(B, t, h, w)` (t <= max_frames) whose first token frame is
+        frame `first_frame` of its video -> logits `(B, t*h*w, K)`, entry i predicting code i."""
+        b, t, h, w = codes.shape
+        cfg = self.config
+        if (h, w) != (cfg.frame_height, cfg.frame_width) or t > cfg.max_frames:
+            raise ArlonError(
+                f"codes {tuple(codes.shape)} do not fit: token frames are "
+                f"{cfg.frame_height}x{cfg.frame_width}, at most {cfg.max_frames} of them"
+            )
+        flat = codes.flatten(1)  # (B, N)
+        x = torch.cat(
+            [
+                self.embed_prefix(text_states, text_mask, b),
+                self.embed_codes(flat[:, :-1], 0, first_frame),
+            ],
+            dim=1,
+        )  # (B, P + 1 + N - 1, C)
+        logits = self.forward_embeddings(x)
+        return logits[:, cfg.max_text_tokens :]  # (B, N, K): from BOS on
+
+
+# ------------------------------------------------------------------------------------------------
+# Presets
+# ------------------------------------------------------------------------------------------------
+
+AR_PRESETS: dict[str, dict] = {
+    "smoke": dict(
+        codebook_size=64,
+        frame_height=2,
+        frame_width=2,
+        code_window=3,
+        text_dim=384,
+        max_text_tokens=8,
+        max_frames=4,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+    ),
+    # The shapes-tiny fine VQ-VAE: 1024 codes on the 8x8 latent grid, windows of 9 token frames.
+    "shapes-tiny": dict(
+        codebook_size=1024,
+        frame_height=8,
+        frame_width=8,
+        code_window=9,
+        text_dim=384,
+        max_text_tokens=48,  # all-MiniLM-L6-v2 tokens of world captions: median 24, max 43
+        max_frames=4,  # 16 video frames: 3 of history are enough to carry motion
+        hidden_size=256,
+        num_layers=6,
+        num_heads=4,
+    ),
+    # Paper scale (about 0.4B parameters): T5-XXL states, an 8192-code VQ-VAE at 4x8x8 on a
+    # 512x512 video's 64x64 latent.
+    "opensora-1.2": dict(
+        codebook_size=8192,
+        frame_height=8,
+        frame_width=8,
+        code_window=5,
+        text_dim=4096,
+        max_text_tokens=300,
+        max_frames=40,
+        hidden_size=1152,
+        num_layers=24,
+        num_heads=16,
+    ),
+}
+
+
+def ar_transformer(preset: str, **overrides) -> ARTransformer:
+    if preset not in AR_PRESETS:
+        raise ArlonError(f"unknown AR preset {preset!r}; known: {', '.join(AR_PRESETS)}")
+    return ARTransformer(**{**AR_PRESETS[preset], **overrides})

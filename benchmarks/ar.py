@@ -1,0 +1,78 @@
+"""Speed and memory of AR generation: token frames per second, and peak memory vs video length.
+
+    .venv/bin/python benchmarks/ar.py                     # the embedded AR, 600 and 6,000 frames
+    .venv/bin/python benchmarks/ar.py --ar runs/ar/model --frames 600 6000 --guidance 2
+
+Each length runs in a fresh process (peak resident memory is per process), generating the codes of
+the whole video and dropping them as they come, as the pipeline does. Prints one JSON line per
+length and the ratio of the peaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def run(args) -> dict:
+    import torch
+
+    from arlon.coarse import token_timeline, windows_for
+    from arlon.models.ar_sampler import ARSampler
+    from arlon.models.ar_transformer import ARTransformer
+    from arlon.models.text_encoder import TextEncoder
+    from arlon.weights import load_embedded
+
+    torch.set_num_threads(args.threads)
+    ar = ARTransformer.from_pretrained(args.ar).eval() if args.ar else load_embedded("ar")
+    sampler = ARSampler(ar, TextEncoder.from_pretrained(), guidance_scale=args.guidance, seed=0)
+    prompt = "a red circle moves right and a blue square moves up on a black background"
+    code_window = ar.config.code_window
+    token_frames = windows_for(args.frames[0], 4, 1, code_window) * code_window
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    for _ in sampler.frames(token_timeline([(0, prompt)], 4, 1), token_frames):
+        pass
+    seconds = time.perf_counter() - start
+    return {
+        "frames": args.frames[0],
+        "token_frames": token_frames,
+        "tokens": token_frames * ar.tokens_per_frame,
+        "seconds": round(seconds, 2),
+        "token_frames_per_second": round(token_frames / seconds, 2),
+        "video_frames_per_second": round(args.frames[0] / seconds, 2),
+        "rss_after_load_mib": round(before, 1),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ar", help="AR transformer folder (default: the embedded one)")
+    parser.add_argument("--frames", type=int, nargs="+", default=[600, 6000])
+    parser.add_argument("--guidance", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run(args)))
+        return
+    results = []
+    for frames in args.frames:
+        argv = [sys.executable, __file__, "--child", "--frames", str(frames)]
+        argv += ["--guidance", str(args.guidance), "--threads", str(args.threads)]
+        argv += ["--ar", args.ar] if args.ar else []
+        out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+        results.append(json.loads(out.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), flush=True)
+    if len(results) > 1:
+        ratio = results[-1]["peak_rss_mib"] / results[0]["peak_rss_mib"]
+        print(json.dumps({"peak_ratio_longest_to_shortest": round(ratio, 3)}))
+
+
+if __name__ == "__main__":
+    main()

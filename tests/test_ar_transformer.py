@@ -1,0 +1,161 @@
+"""The AR transformer and its sampler: cached = uncached, bounded memory, prompt switches, seeds."""
+
+import pytest
+import torch
+
+from arlon.errors import ArlonError
+from arlon.models.ar_sampler import ARSampler, sample_logits
+from arlon.models.ar_transformer import ARTransformer, ar_transformer
+from arlon.models.text_encoder import TextEncoder
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    return TextEncoder.from_pretrained()
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return ar_transformer("smoke").eval()  # 2x2 token frames, context of 4, code windows of 3
+
+
+def codes(b=2, t=4, seed=1) -> torch.Tensor:
+    return torch.randint(0, 64, (b, t, 2, 2), generator=torch.Generator().manual_seed(seed))
+
+
+def generate(model, text_encoder, timeline, frames, **settings) -> torch.Tensor:
+    sampler = ARSampler(model, text_encoder, **settings)
+    return torch.stack(list(sampler.frames(timeline, frames)))  # (frames, h, w)
+
+
+TIMELINE = [(0, "a red circle moves right"), (5, "a blue square moves up")]
+
+
+@torch.no_grad()
+def test_teacher_forcing_equals_incremental_decoding(model, text_encoder):
+    """The training forward and token-by-token decoding with the KV cache give the same logits."""
+    text = text_encoder.encode(["a red circle moves right", "a green triangle stays still"])
+    x = codes()
+    full = model(text.states, text.mask, x, first_frame=torch.tensor([0, 7]))  # (B, N, K)
+    cache = model.new_cache(2)
+    prefix = model.embed_prefix(text.states, text.mask)
+    steps = [model.forward_embeddings(prefix, cache)[:, -1]]
+    flat = x.flatten(1)
+    for i in range(flat.shape[1] - 1):
+        emb = model.embed_codes(flat[:, i : i + 1], i, torch.tensor([0, 7]))
+        steps.append(model.forward_embeddings(emb, cache, cache.length)[:, -1])
+    assert torch.allclose(full, torch.stack(steps, dim=1), atol=1e-5)
+    # the first frame is predicted from the prompt alone: the codes after it do not matter
+    y = x.clone()
+    y[:, 1:] = (y[:, 1:] + 1) % 64
+    assert torch.allclose(
+        model(text.states, text.mask, y, 0)[:, :4],
+        model(text.states, text.mask, x, 0)[:, :4],
+        atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_cached_generation_equals_uncached(model, text_encoder, guidance):
+    settings = dict(seed=3, top_k=20, top_p=0.9, guidance_scale=guidance)
+    # 11 frames with a context of 4: the window slides, and the prompt switches at frame 5
+    cached = generate(model, text_encoder, TIMELINE, 11, **settings)
+    uncached = generate(model, text_encoder, TIMELINE, 11, use_cache=False, **settings)
+    assert cached.shape == (11, 2, 2) and cached.dtype == torch.long
+    assert torch.equal(cached, uncached)
+
+
+def test_sampling_is_deterministic_per_seed(model, text_encoder):
+    a = generate(model, text_encoder, TIMELINE, 8, seed=1)
+    assert torch.equal(a, generate(model, text_encoder, TIMELINE, 8, seed=1))
+    assert not torch.equal(a, generate(model, text_encoder, TIMELINE, 8, seed=2))
+    assert a.min() >= 0 and a.max() < model.codebook_size
+
+
+def test_the_window_slides_in_constant_memory(model, text_encoder):
+    sampler = ARSampler(model, text_encoder, seed=0)
+    cache = sampler.cache
+    storage = (cache.keys.data_ptr(), cache.values.data_ptr(), cache.keys.shape)
+    lengths = []
+    for _ in sampler.frames([(0, "a red circle")], 40):
+        lengths.append(cache.length)
+    # never more than the prefix and max_frames token frames, in the buffers allocated at the start
+    assert max(lengths) == model.context_length == cache.capacity
+    assert (cache.keys.data_ptr(), cache.values.data_ptr(), cache.keys.shape) == storage
+    # from frame 3 on, the context is full: the prefix, 3 earlier frames and the new one
+    assert lengths[3:] == [model.context_length] * 37
+
+
+def test_prompt_switch_changes_the_prefix_and_keeps_the_history(model, text_encoder, monkeypatch):
+    refills = []
+    forward = ARTransformer.forward_embeddings
+
+    def spy(self, x, cache=None, start=0):
+        if x.shape[1] > 1:
+            refills.append(x.clone())
+        return forward(self, x, cache, start)
+
+    monkeypatch.setattr(ARTransformer, "forward_embeddings", spy)
+    frames = generate(model, text_encoder, [(0, "a red circle"), (3, "a blue square")], 4)
+    before, after = refills[0], refills[1]  # at frame 0, and at the switch at frame 3
+    with torch.no_grad():
+        old, new = (
+            model.embed_prefix(text.states, text.mask)
+            for text in map(text_encoder.encode, (["a red circle"], ["a blue square"]))
+        )
+        history = model.embed_codes(frames[:3].flatten()[None], 0, 0)
+    p = model.prefix_length
+    assert torch.allclose(before, old)
+    assert torch.allclose(after[:, :p], new) and not torch.allclose(after[:, :p], old)
+    assert torch.allclose(after[:, p:], history)  # the three frames generated under the old prompt
+
+
+def test_sample_logits():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0], [5.0, 0.0, 0.0, 0.0]])
+    g = torch.Generator().manual_seed(0)
+    assert sample_logits(logits, temperature=0).tolist() == [1, 0]
+    assert sample_logits(logits, top_k=1, generator=g).tolist() == [1, 0]
+    assert sample_logits(logits, top_p=0.01, generator=g).tolist() == [1, 0]
+    draws = torch.stack([sample_logits(logits, top_k=2, generator=g) for _ in range(200)])
+    assert set(draws[:, 0].tolist()) == {1, 3}  # only the two likeliest
+
+
+def test_save_load_round_trip(model, tmp_path):
+    model.save_pretrained(tmp_path / "ar")
+    loaded = ARTransformer.from_pretrained(tmp_path / "ar").eval()
+    x = codes()
+    with torch.no_grad():
+        assert torch.equal(loaded(None, None, x), model(None, None, x))
+
+
+def test_presets_build():
+    with torch.device("meta"):
+        paper = ar_transformer("opensora-1.2")
+    params = sum(p.numel() for p in paper.parameters())
+    assert 0.35e9 < params < 0.45e9
+    tiny = ar_transformer("shapes-tiny")
+    assert tiny.tokens_per_frame == 64 and tiny.context_length == 49 + 4 * 64
+    with pytest.raises(ArlonError, match="known: smoke"):
+        ar_transformer("huge")
+
+
+@pytest.mark.parametrize(
+    "settings, timeline, match",
+    [
+        (dict(temperature=-1.0), TIMELINE, "temperature"),
+        (dict(top_p=0.0), TIMELINE, "top_p"),
+        (dict(top_p=1.5), TIMELINE, "top_p"),
+        (dict(), [(2, "a red circle")], "start at frame 0"),
+        (dict(), [(0, "a red circle"), (4, "x"), (3, "y")], "increasing"),
+        (dict(), [(0, "  ")], "empty"),
+    ],
+)
+def test_bad_input_is_a_clear_error(model, text_encoder, settings, timeline, match):
+    with pytest.raises(ArlonError, match=match):
+        generate(model, text_encoder, timeline, 2, **settings)
+
+
+def test_codes_that_do_not_fit_are_a_clear_error(model):
+    with pytest.raises(ArlonError, match="do not fit"):
+        model(None, None, torch.zeros(1, 5, 2, 2, dtype=torch.long))  # 5 > max_frames
