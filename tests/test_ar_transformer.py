@@ -159,3 +159,15 @@ def test_bad_input_is_a_clear_error(model, text_encoder, settings, timeline, mat
 def test_codes_that_do_not_fit_are_a_clear_error(model):
     with pytest.raises(ArlonError, match="do not fit"):
         model(None, None, torch.zeros(1, 5, 2, 2, dtype=torch.long))  # 5 > max_frames
+
+
+def test_video_timelines_map_onto_token_frames():
+    from arlon.coarse import latent_frame, token_timeline, windows_for
+
+    # video frame 0 is latent frame 0; frames 4k-3..4k are latent frame k
+    assert [latent_frame(f, 4) for f in (0, 1, 4, 5, 8, 9)] == [0, 1, 1, 2, 2, 3]
+    timeline = [(0, "a"), (5, "b"), (6, "c"), (40, "d")]
+    assert token_timeline(timeline, 4, 1) == [(0, "a"), (2, "c"), (10, "d")]  # c wins over b
+    assert token_timeline(timeline, 4, 2) == [(0, "a"), (1, "c"), (5, "d")]
+    # 64 frames -> 17 latent frames -> two windows of 9; 33 frames -> 9 latent frames -> one
+    assert windows_for(64, 4, 1, 9) == 2 and windows_for(33, 4, 1, 9) == 1
