@@ -5,6 +5,8 @@
     arlon world score episode.mp4 --truth episode.json               # world metrics as JSON
     arlon world dataset --clips 1000 --episodes 20 --frames 2400 --out data/shapes
     arlon train vae --preset shapes-tiny --out runs/vae              # --resume continues a run
+    arlon train ar --data cache/shapes --out runs/ar                 # after vae, cache, vqvae
+    arlon coarse --prompt "a red circle moves right" --frames 120 --out coarse.mp4   # AR alone
 
 A user mistake prints one line (`arlon: error: ...`) and exits with status 1; outputs are written
 atomically, so an interrupted run leaves no half-written file under its final name.
