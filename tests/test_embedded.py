@@ -71,3 +71,16 @@ def test_embedded_ar_draws_the_asked_background(background):
 def test_unknown_component():
     with pytest.raises(ArlonError, match="embedded"):
         embedded("dit")
+
+
+def test_eval_ar_reports_world_metrics_of_coarse_videos(tmp_path, capsys):
+    import json
+
+    from arlon import cli
+
+    argv = ["eval", "ar", "--prompts", "2", "--prompt-frames", "20", "--timelines", "1"]
+    out = tmp_path / "ar.json"
+    assert cli.main([*argv, "--timeline-frames", "120", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["prompts"]["prompts"] == 2 and report["prompts"]["background"] == 1.0
+    assert report["timelines"]["frames"] == 120 and 0 <= report["timelines"]["identity"] <= 1

@@ -30,15 +30,18 @@ def _mean(values) -> float | None:
     return float(np.mean(kept)) if kept else None
 
 
-def _score(make_sampler: SamplerFactory, vq, vae, timeline, num_frames: int, seed: int):
-    """Score one coarse video; returns the world report and the seconds generation took."""
-    sampler = make_sampler(seed)
-    start = time.perf_counter()
-    frames = list(coarse_video(sampler, vq, vae, timeline, num_frames))
-    seconds = time.perf_counter() - start
-    h, w = frames[0].shape[:2]
-    report = score_video(frames, Expected.from_timeline(timeline, num_frames, h, w)).report()
-    return report, seconds
+def _score_all(make_sampler: SamplerFactory, vq, vae, timelines, num_frames, seed, desc, progress):
+    """World reports of the coarse videos of `timelines`, and the seconds generation took."""
+    reports, seconds = [], 0.0
+    for i, timeline in enumerate(tqdm(timelines, desc=desc, unit="video", disable=not progress)):
+        sampler = make_sampler(seed + i)
+        start = time.perf_counter()
+        frames = list(coarse_video(sampler, vq, vae, timeline, num_frames))
+        seconds += time.perf_counter() - start
+        h, w = frames[0].shape[:2]
+        expected = Expected.from_timeline(timeline, num_frames, h, w)
+        reports.append(score_video(frames, expected).report())
+    return reports, seconds
 
 
 def prompt_eval(
@@ -51,12 +54,10 @@ def prompt_eval(
     progress: bool = True,
 ) -> dict:
     """Coarse videos for `prompts` single captions; mean world metrics and generation speed."""
-    reports, seconds = [], 0.0
-    for i in tqdm(range(prompts), desc="AR prompts", unit="video", disable=not progress):
-        caption = random_episode((seed, i), 2, events=False).timeline[0][1]
-        report, spent = _score(make_sampler, vq, vae, [(0, caption)], num_frames, seed + i)
-        reports.append(report)
-        seconds += spent
+    timelines = [random_episode((seed, i), 2, events=False).timeline[:1] for i in range(prompts)]
+    reports, seconds = _score_all(
+        make_sampler, vq, vae, timelines, num_frames, seed, "AR prompts", progress
+    )
     names = ("attribute", "colour", "shape", "size", "background", "motion", "speed", "count")
     out = {"prompts": prompts, "frames": num_frames}
     out |= {n: _mean(r[n] for r in reports) for n in names}
@@ -75,12 +76,10 @@ def timeline_eval(
     progress: bool = True,
 ) -> dict:
     """Coarse videos for `timelines` held-out episode timelines (caption changes included)."""
-    reports, seconds = [], 0.0
-    for i in tqdm(range(timelines), desc="AR timelines", unit="video", disable=not progress):
-        timeline = random_episode((seed + 1, i), num_frames, events=True).timeline
-        report, spent = _score(make_sampler, vq, vae, timeline, num_frames, seed + i)
-        reports.append(report)
-        seconds += spent
+    episodes = [random_episode((seed + 1, i), num_frames).timeline for i in range(timelines)]
+    reports, seconds = _score_all(
+        make_sampler, vq, vae, episodes, num_frames, seed, "AR timelines", progress
+    )
     latencies = [lat for r in reports for lat in r["switch"]["latencies"]]
     return {
         "timelines": timelines,

@@ -180,31 +180,48 @@ def _held_out(entry) -> bool:
     return int(entry.key) % 20 == 0
 
 
-class VQStage:
+class _CacheStage:
+    """A stage that trains on a latent cache: the cache is opened once, and its training and
+    held-out windows (`_make_windows`) are read once, shared by the model, data and evaluation."""
+
+    NEEDS = "a latent cache: pass --data DIR (built with 'arlon cache --vae ...')"
+
+    def __init__(self):
+        self._cache = None
+        self._loaded: dict[bool, object] = {}
+
+    def _make_windows(self, cfg: TrainConfig, cache, entries):
+        raise NotImplementedError  # each stage says which windows it trains on
+
+    def _windows(self, cfg: TrainConfig, held_out: bool):
+        if held_out not in self._loaded:
+            from arlon.data.latent_cache import LatentCache
+
+            if "cache" not in cfg.data:
+                raise ArlonError(f"{cfg.stage} trains on {self.NEEDS}")
+            if self._cache is None:
+                self._cache = LatentCache(cfg.data["cache"])
+            entries = [e for e in self._cache.entries if _held_out(e) == held_out]
+            self._loaded[held_out] = self._make_windows(cfg, self._cache, entries)
+        return self._loaded[held_out]
+
+    def dataset(self, cfg: TrainConfig):
+        return self._windows(cfg, held_out=False)
+
+    def export(self, model, cfg: TrainConfig, folder: Path) -> None:
+        model.save_pretrained(folder)
+
+
+class VQStage(_CacheStage):
     """Latent VQ-VAE on cached VAE latents: reconstruction MSE plus the commitment loss.
 
     EMA of weights is off by default: the codebook already moves by its own EMA, and averaging the
     encoder's weights would drift it away from the codes it was assigned.
     """
 
-    def __init__(self):
-        self._loaded: dict[bool, object] = {}
+    def _make_windows(self, cfg: TrainConfig, cache, entries):
+        from arlon.data.latent_cache import LatentWindows
 
-    def _windows(self, cfg: TrainConfig, held_out: bool):
-        """Training or held-out windows, read once: the model, data and evaluation share them."""
-        if held_out not in self._loaded:
-            self._loaded[held_out] = self._read_windows(cfg, held_out)
-        return self._loaded[held_out]
-
-    def _read_windows(self, cfg: TrainConfig, held_out: bool):
-        from arlon.data.latent_cache import LatentCache, LatentWindows
-
-        if "cache" not in cfg.data:
-            raise ArlonError(
-                "vqvae trains on a latent cache: pass --data DIR (built with 'arlon cache --vae ...')"
-            )
-        cache = LatentCache(cfg.data["cache"])
-        entries = [e for e in cache.entries if _held_out(e) == held_out]
         return LatentWindows(cache, cfg.data.get("window", cache.window), entries=entries)
 
     def build_model(self, cfg: TrainConfig):
@@ -213,9 +230,6 @@ class VQStage:
         windows = self._windows(cfg, held_out=False)
         channels = windows[0]["latents"].shape[0]
         return latent_vqvae(cfg.preset, latent_channels=channels, **cfg.model)
-
-    def dataset(self, cfg: TrainConfig):
-        return self._windows(cfg, held_out=False)
 
     def loss(self, model, batch, cfg: TrainConfig):
         out = model(batch["latents"])
@@ -235,37 +249,27 @@ class VQStage:
             "perplexity_heldout": stats["perplexity"],
         }
 
-    def export(self, model, cfg: TrainConfig, folder: Path) -> None:
-        model.save_pretrained(folder)
 
-
-class ARStage:
+class ARStage(_CacheStage):
     """Next-code cross-entropy on windows of fine codes, the text prefix from the frozen text
     encoder. A window's caption is that of its last frame's segment; frames before a caption
     change are context only. `data.caption_dropout` of the captions become the null prompt (for
     classifier-free guidance)."""
 
     DEFAULTS = {"caption_dropout": 0.1, "stride": 1}
+    NEEDS = (
+        "a latent cache with fine codes: pass --data DIR (built with 'arlon cache ... --fine-vq')"
+    )
 
     def __init__(self):
-        self._loaded: dict[bool, object] = {}
+        super().__init__()
         self._text_encoder = None
 
-    def _windows(self, cfg: TrainConfig, held_out: bool):
-        from arlon.data.latent_cache import CodeWindows, LatentCache
+    def _make_windows(self, cfg: TrainConfig, cache, entries):
+        from arlon.data.latent_cache import CodeWindows
 
-        if held_out not in self._loaded:
-            if "cache" not in cfg.data:
-                raise ArlonError(
-                    "ar trains on a latent cache with fine codes: pass --data DIR "
-                    "(built with 'arlon cache --vae ... --fine-vq ...')"
-                )
-            cache = LatentCache(cfg.data["cache"])
-            entries = [e for e in cache.entries if _held_out(e) == held_out]
-            frames = self._frames(cfg)
-            stride = {**self.DEFAULTS, **cfg.data}["stride"]
-            self._loaded[held_out] = CodeWindows(cache, frames, stride, entries)
-        return self._loaded[held_out]
+        stride = {**self.DEFAULTS, **cfg.data}["stride"]
+        return CodeWindows(cache, self._frames(cfg), stride, entries)
 
     @staticmethod
     def _frames(cfg: TrainConfig) -> int:
@@ -293,9 +297,6 @@ class ARStage:
             text_dim=self.text_encoder().dim,
         )
         return ar_transformer(cfg.preset, **{**sizes, **cfg.model})
-
-    def dataset(self, cfg: TrainConfig):
-        return self._windows(cfg, held_out=False)
 
     def _logits(self, model, batch, dropout: float):
         text = self.text_encoder().encode(list(batch["caption"]))
@@ -338,9 +339,6 @@ class ARStage:
             right += ((logits.argmax(-1) == codes) & weights).sum().item()
             total += weights.sum().item()
         return {"accuracy_heldout": right / total, "perplexity_heldout": math.exp(nll / total)}
-
-    def export(self, model, cfg: TrainConfig, folder: Path) -> None:
-        model.save_pretrained(folder)
 
 
 STAGES = {"vae": VAEStage, "vqvae": VQStage, "ar": ARStage}
