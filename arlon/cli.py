@@ -6,6 +6,8 @@
     arlon world dataset --clips 1000 --episodes 20 --frames 2400 --out data/shapes
     arlon train vae --preset shapes-tiny --out runs/vae              # --resume continues a run
     arlon train ar --data cache/shapes --out runs/ar                 # after vae, cache, vqvae
+    arlon train dit --data cache/shapes --out runs/dit               # the baseline DiT
+    arlon train arlon --data cache/shapes --baseline runs/dit/model --out runs/arlon
     arlon coarse --prompt "a red circle moves right" --frames 120 --out coarse.mp4   # AR alone
 
 A user mistake prints one line (`arlon: error: ...`) and exits with status 1; outputs are written
@@ -115,11 +117,11 @@ def _parser() -> argparse.ArgumentParser:
         "come from the preset, then --config, then --set, then --max-steps/--max-minutes. Runs "
         "unchanged under 'accelerate launch --num_processes N -m arlon.cli train ...'.",
     )
-    train.add_argument("stage", help="the stage to train: vae, vqvae or ar")
+    train.add_argument("stage", help="the stage to train: vae, vqvae, ar, dit or arlon")
     train.add_argument(
         "--preset",
         help="vae: smoke, shapes-tiny (default); vqvae: smoke, shapes-tiny-fine (default), "
-        "shapes-tiny-coarse; ar: smoke, shapes-tiny (default)",
+        "shapes-tiny-coarse; ar, dit, arlon: smoke, shapes-tiny (default)",
     )
     train.add_argument("--out", required=True, type=Path, help="run folder")
     train.add_argument(
@@ -128,8 +130,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--data",
         type=Path,
-        help="training data: a CSV manifest of videos (vae) or a latent cache (vqvae, ar); "
-        "default for vae: shapes-world clips rendered on the fly",
+        help="training data: a CSV manifest of videos (vae) or a latent cache (vqvae, ar, dit, "
+        "arlon); default for vae: shapes-world clips rendered on the fly",
+    )
+    train.add_argument(
+        "--baseline",
+        type=Path,
+        help="arlon: the trained baseline DiT (OUT/model of 'arlon train dit') it builds on",
     )
     train.add_argument(
         "--init-from",
@@ -245,6 +252,38 @@ def _parser() -> argparse.ArgumentParser:
     ar.add_argument("--out", type=Path, help="also write the JSON here")
     _add_ar_args(ar)
     ar.set_defaults(run=_eval_ar)
+
+    dit = eval_commands.add_parser(
+        "dit",
+        help="teacher-forced world metrics of DiTs (baseline and ARLON) per number of steps",
+        description="For held-out shapes-world clips, keep the first latent frames as the clean "
+        "reference and generate the rest with each DiT in N Euler steps (ARLON models guided by "
+        "the fine VQ-VAE's reconstruction of the clip's latent); decode and score the generated "
+        "frames against the ground truth. Prints one JSON object: model -> steps -> metrics.",
+    )
+    dit.add_argument(
+        "models",
+        nargs="+",
+        type=Path,
+        help="DiT model folders (OUT/model of 'arlon train dit' or 'arlon train arlon')",
+    )
+    dit.add_argument(
+        "--steps", default="1,3,5,10,30", help="comma-separated step counts (default 1,3,5,10,30)"
+    )
+    dit.add_argument("--clips", type=int, default=64, help="held-out clips (default 64)")
+    dit.add_argument("--reference", type=int, default=2, help="reference latent frames (default 2)")
+    dit.add_argument(
+        "--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: none)"
+    )
+    dit.add_argument(
+        "--no-condition",
+        action="store_true",
+        help="also run ARLON models without their condition (the backbone alone)",
+    )
+    dit.add_argument("--vq", type=Path, help="fine latent VQ-VAE folder (default: embedded)")
+    dit.add_argument("--vae", type=Path, help="VAE folder (default: embedded)")
+    dit.add_argument("--out", type=Path, help="also write the JSON here")
+    dit.set_defaults(run=_eval_dit)
     return parser
 
 
@@ -378,6 +417,35 @@ def _eval_ar(args) -> None:
     _emit_json(report, args.out)
 
 
+def _eval_dit(args) -> None:
+    from arlon.evaluation.dit import teacher_forced
+    from arlon.models.latent_vqvae import LatentVQVAE
+    from arlon.models.stdit import STDiT
+    from arlon.models.text_encoder import TextEncoder
+    from arlon.weights import load_embedded
+
+    try:
+        steps = tuple(int(s) for s in args.steps.split(","))
+    except ValueError:
+        raise ArlonError(f"--steps takes comma-separated integers, got {args.steps!r}") from None
+    if any(s < 1 for s in steps):
+        raise ArlonError(f"every step count must be at least 1, got {args.steps}")
+    vq = _load_model(LatentVQVAE, args.vq, "fine VQ-VAE") if args.vq else load_embedded("vq-fine")
+    vae = _load_vae(args.vae) if args.vae else load_embedded("vae")
+    models = {str(folder): _load_model(STDiT, folder, "DiT") for folder in args.models}
+    text_encoder = TextEncoder.from_pretrained()
+    settings = dict(clips=args.clips, reference=args.reference, guidance_scale=args.guidance)
+    report = {"settings": {"steps": list(steps), **settings}}
+    for name, dit in models.items():
+        arlon = dit.condition_path is not None
+        report[name] = teacher_forced(dit, vae, vq, text_encoder, steps, arlon, **settings)
+        if arlon and args.no_condition:
+            report[f"{name} (no condition)"] = teacher_forced(
+                dit, vae, vq, text_encoder, steps, False, **settings
+            )
+    _emit_json(report, args.out)
+
+
 def _eval_recon(args) -> None:
     from arlon.evaluation.recon import real_recon, world_recon
     from arlon.models.latent_vqvae import LatentVQVAE
@@ -412,6 +480,10 @@ def _train(args) -> None:
     if args.data is not None:
         key = "manifest" if cfg.stage == "vae" else "cache"
         cfg = TrainConfig.from_dict({**cfg.to_dict(), "data": {**cfg.data, key: str(args.data)}})
+    if args.baseline is not None:
+        cfg = TrainConfig.from_dict(
+            {**cfg.to_dict(), "data": {**cfg.data, "baseline": str(args.baseline)}}
+        )
     if args.init_from is not None:
         cfg = TrainConfig.from_dict({**cfg.to_dict(), "init_from": str(args.init_from)})
     budget = {

@@ -106,6 +106,8 @@ def test_config_round_trip_and_errors(tmp_path):
     cfg.save(tmp_path / "c.yaml")
     assert TrainConfig.load(tmp_path / "c.yaml") == cfg
     assert cfg.override(["lr=1e-4", "data.num_frames=5"]).data["num_frames"] == 5
+    assert cfg.override(["mixed_precision=no"]).mixed_precision == "no"  # not YAML 1.1's False
+    assert cfg.override(["data.train_backbone=true"]).data["train_backbone"] is True
     with pytest.raises(ArlonError, match="unknown config key"):
         TrainConfig.from_dict({**cfg.to_dict(), "learning_rate": 1})
     with pytest.raises(ArlonError, match="mixed_precision"):

@@ -221,7 +221,10 @@ class LatentCache:
 
 class LatentWindows(Dataset):
     """Every window of `window` latent frames of a cache (stride `stride`): `{"latents": (C, W, h, w)}`
-    in float32, plus `caption` (the caption at the window's first frame)."""
+    in float32, plus `caption`, the caption in force at the window's last frame (a window that
+    crosses a caption change shows the change, so it is the new caption's). With `coarse=True`,
+    also the window's coarse latent `coarse` `(C, W, h, w)` (only windows that the coarse VQ-VAE's
+    windows cover)."""
 
     def __init__(
         self,
@@ -229,24 +232,44 @@ class LatentWindows(Dataset):
         window: int = 9,
         stride: int | None = None,
         entries: list[CacheEntry] | None = None,
+        coarse: bool = False,
     ):
         self.cache = cache if isinstance(cache, LatentCache) else LatentCache(cache)
         stride = stride or window
         entries = self.cache.entries if entries is None else entries
+        if coarse:
+            if not any(e.has_codes for e in entries):
+                raise ArlonError(
+                    f"{self.cache.folder} has no coarse latents: build it with "
+                    "'arlon cache ... --coarse-vq'"
+                )
+            # the coarse latent covers the whole VQ windows of an entry
+            covered = {
+                e.key: e.latent_frames // self.cache.window * self.cache.window for e in entries
+            }
+        else:
+            covered = {e.key: e.latent_frames for e in entries}
         self.items = [
-            (e, s) for e in entries for s in range(0, e.latent_frames - window + 1, stride)
+            (e, s) for e in entries for s in range(0, covered[e.key] - window + 1, stride)
         ]
         if not self.items:
             raise ArlonError(f"no entry of {self.cache.folder} has {window} latent frames")
-        self.window = window
+        self.window, self.coarse = window, coarse
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
         entry, start = self.items[i]
-        latents = self.cache.tensors(entry)["latents"][:, start : start + self.window].float()
-        return {"latents": latents, "caption": self.cache.caption_at(entry, start)}
+        tensors = self.cache.tensors(entry)
+        span = slice(start, start + self.window)
+        item = {
+            "latents": tensors["latents"][:, span].float(),
+            "caption": self.cache.caption_at(entry, start + self.window - 1),
+        }
+        if self.coarse:
+            item["coarse"] = tensors["coarse"][:, span].float()
+        return item
 
 
 class CodeWindows(Dataset):

@@ -135,8 +135,11 @@ _TYPES = {
 
 
 def _parse(value: str):
-    """A command-line value: YAML, with numbers such as 1e-4 (a string to YAML 1.1) read as floats."""
+    """A command-line value: YAML, with numbers such as 1e-4 (a string to YAML 1.1) read as floats,
+    and YAML 1.1's yes/no/on/off kept as words (`mixed_precision=no`): only true/false are booleans."""
     parsed = yaml.safe_load(value)
+    if isinstance(parsed, bool) and value.strip().lower() not in ("true", "false"):
+        return value.strip()
     if isinstance(parsed, str):
         try:
             return float(parsed)

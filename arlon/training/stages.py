@@ -5,6 +5,8 @@
 | vae | causal video VAE | shapes-world clips rendered on the fly, or any CSV manifest of videos |
 | vqvae | latent VQ-VAE (fine or coarse) | VAE latents from a latent cache |
 | ar | AR transformer | fine codes and captions from a latent cache |
+| dit | baseline STDiT (rectified flow, reference frames) | latents and captions from a latent cache |
+| arlon | the baseline + ARLON's semantic injection | latents, coarse latents and captions |
 """
 
 from __future__ import annotations
@@ -94,6 +96,25 @@ TRAIN_PRESETS: dict[str, dict[str, dict]] = {
             eval_every=500,
         ),
     },
+}
+
+
+_DIT_SHAPES_TINY = dict(
+    batch_size=16,
+    lr=3e-4,
+    warmup_steps=100,
+    ema_decay=0.999,
+    checkpoint_every=200,
+    log_every=20,
+    eval_every=500,
+)
+TRAIN_PRESETS["dit"] = {
+    "smoke": dict(max_steps=10, batch_size=2, warmup_steps=2, checkpoint_every=5, log_every=5),
+    "shapes-tiny": {**_DIT_SHAPES_TINY, "max_steps": 1500},
+}
+TRAIN_PRESETS["arlon"] = {
+    "smoke": TRAIN_PRESETS["dit"]["smoke"],
+    "shapes-tiny": {**_DIT_SHAPES_TINY, "max_steps": 600, "lr": 5e-4},
 }
 
 
@@ -189,6 +210,15 @@ class _CacheStage:
     def __init__(self):
         self._cache = None
         self._loaded: dict[bool, object] = {}
+        self._text_encoder = None
+
+    def text_encoder(self):
+        """The frozen text encoder (for the stages whose data have captions), loaded once."""
+        if self._text_encoder is None:
+            from arlon.models.text_encoder import TextEncoder
+
+            self._text_encoder = TextEncoder.from_pretrained()
+        return self._text_encoder
 
     def _make_windows(self, cfg: TrainConfig, cache, entries):
         raise NotImplementedError  # each stage says which windows it trains on
@@ -261,10 +291,6 @@ class ARStage(_CacheStage):
         "a latent cache with fine codes: pass --data DIR (built with 'arlon cache ... --fine-vq')"
     )
 
-    def __init__(self):
-        super().__init__()
-        self._text_encoder = None
-
     def _make_windows(self, cfg: TrainConfig, cache, entries):
         from arlon.data.latent_cache import CodeWindows
 
@@ -276,13 +302,6 @@ class ARStage(_CacheStage):
         from arlon.models.ar_transformer import AR_PRESETS
 
         return cfg.model.get("max_frames", AR_PRESETS[cfg.preset]["max_frames"])
-
-    def text_encoder(self):
-        if self._text_encoder is None:
-            from arlon.models.text_encoder import TextEncoder
-
-            self._text_encoder = TextEncoder.from_pretrained()
-        return self._text_encoder
 
     def build_model(self, cfg: TrainConfig):
         from arlon.models.ar_transformer import ar_transformer
@@ -341,8 +360,118 @@ class ARStage(_CacheStage):
         return {"accuracy_heldout": right / total, "perplexity_heldout": math.exp(nll / total)}
 
 
-STAGES = {"vae": VAEStage, "vqvae": VQStage, "ar": ARStage}
-DEFAULT_PRESETS = {"vae": "shapes-tiny", "vqvae": "shapes-tiny-fine", "ar": "shapes-tiny"}
+class DiTStage(_CacheStage):
+    """The baseline STDiT: rectified flow on windows of `frames` cached latent frames with their
+    captions (Open-Sora's loop). With probability `reference_prob` a window's first 1 to
+    `max_reference` frames are clean references (timestep 0, no loss), so the model learns to
+    continue a segment; `caption_dropout` of the captions become the null caption (for CFG)."""
+
+    DEFAULTS = {
+        "frames": 9,
+        "stride": 2,
+        "caption_dropout": 0.1,
+        "reference_prob": 0.75,
+        "max_reference": 3,
+        "shift": 1.0,
+    }
+    NEEDS = "a latent cache: pass --data DIR (built with 'arlon cache --vae ...')"
+    CONDITION = False  # the windows carry the coarse latent (ARLON)
+
+    def _make_windows(self, cfg: TrainConfig, cache, entries):
+        from arlon.data.latent_cache import LatentWindows
+
+        data = {**self.DEFAULTS, **cfg.data}
+        return LatentWindows(cache, data["frames"], data["stride"], entries, self.CONDITION)
+
+    def build_model(self, cfg: TrainConfig):
+        from arlon.models.stdit import stdit
+
+        channels = self._windows(cfg, held_out=False)[0]["latents"].shape[0]
+        sizes = dict(in_channels=channels, text_dim=self.text_encoder().dim)
+        return stdit(cfg.preset, **{**sizes, **cfg.model})
+
+    def _loss(self, model, batch, data: dict, dropout: float):
+        from arlon.diffusion.rectified_flow import flow_loss
+
+        x0 = batch["latents"]
+        b, t = x0.shape[0], x0.shape[2]
+        device = x0.device
+        text = self.text_encoder().encode(list(batch["caption"]))
+        with_reference = torch.rand(b, device=device) < data["reference_prob"]
+        count = torch.randint(1, data["max_reference"] + 1, (b,), device=device) * with_reference
+        frame_mask = torch.arange(t, device=device)[None] < count[:, None]  # (B, T)
+        return flow_loss(
+            model,
+            x0,
+            frame_mask,
+            data["shift"],
+            text_states=text.states.to(device),
+            text_mask=text.mask.to(device),
+            drop_caption=torch.rand(b, device=device) < dropout,
+            condition=batch.get("coarse"),
+        )
+
+    def loss(self, model, batch, cfg: TrainConfig):
+        data = {**self.DEFAULTS, **cfg.data}
+        loss = self._loss(model, batch, data, data["caption_dropout"])
+        return loss, {}
+
+    @torch.no_grad()
+    def evaluate(self, model, cfg: TrainConfig) -> dict:
+        """Flow loss on held-out windows, with fixed noise and timesteps (seeded)."""
+        data = {**self.DEFAULTS, **cfg.data}
+        windows = self._windows(cfg, held_out=True)
+        picks = torch.linspace(0, len(windows) - 1, min(len(windows), 128)).long().tolist()
+        state = torch.random.get_rng_state()
+        torch.manual_seed(0)
+        total = 0.0
+        for first in range(0, len(picks), 32):
+            batch = default_collate([windows[i] for i in picks[first : first + 32]])
+            total += self._loss(model, batch, data, 0.0).item() * len(batch["caption"])
+        torch.random.set_rng_state(state)
+        return {"flow_loss_heldout": total / len(picks)}
+
+
+class ARLONStage(DiTStage):
+    """ARLON's DiT: a trained baseline (`data.baseline`, a model folder) plus the condition path and
+    injections (the preset's, or `model.injection_blocks=...`), conditioned on the window's coarse
+    latent. The backbone is frozen (as in the paper) unless `data.train_backbone` is true."""
+
+    DEFAULTS = {**DiTStage.DEFAULTS, "train_backbone": False}
+    NEEDS = (
+        "a latent cache with coarse latents: pass --data DIR "
+        "(built with 'arlon cache ... --coarse-vq')"
+    )
+    CONDITION = True
+
+    def build_model(self, cfg: TrainConfig):
+        from arlon.models.stdit import INJECTION_PRESETS, STDiT
+
+        data = {**self.DEFAULTS, **cfg.data}
+        if "baseline" not in data:
+            raise ArlonError(
+                "arlon trains on a trained baseline DiT: pass --baseline DIR "
+                "(the model folder of 'arlon train dit')"
+            )
+        folder = Path(data["baseline"])
+        if not (folder / "config.json").exists():
+            raise ArlonError(f"{folder} is not a trained DiT folder (no config.json)")
+        baseline = STDiT.from_pretrained(folder, torch_dtype=torch.float32)
+        model = STDiT.from_baseline(baseline, **{**INJECTION_PRESETS[cfg.preset], **cfg.model})
+        if not data["train_backbone"]:
+            for p in model.backbone_parameters():
+                p.requires_grad_(False)
+        return model
+
+
+STAGES = {"vae": VAEStage, "vqvae": VQStage, "ar": ARStage, "dit": DiTStage, "arlon": ARLONStage}
+DEFAULT_PRESETS = {
+    "vae": "shapes-tiny",
+    "vqvae": "shapes-tiny-fine",
+    "ar": "shapes-tiny",
+    "dit": "shapes-tiny",
+    "arlon": "shapes-tiny",
+}
 
 
 def stage(name: str):

@@ -1,0 +1,1 @@
+"""Rectified flow: the DiT's training objective and its few-step sampler."""
