@@ -10,13 +10,15 @@
     arlon train arlon --data cache/shapes --baseline runs/dit/model --out runs/arlon
     arlon coarse --prompt "a red circle moves right" --frames 120 --out coarse.mp4   # AR alone
 
-A user mistake prints one line (`arlon: error: ...`) and exits with status 1; outputs are written
-atomically, so an interrupted run leaves no half-written file under its final name.
+A user mistake prints one line (`arlon: error: ...`) and exits with status 2, as argparse does for a
+bad command line; outputs are written atomically, so an interrupted run leaves no half-written file
+under its final name.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args) or 0
     except ArlonError as e:
         print(f"arlon: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print(
             "arlon: interrupted; finished outputs are kept, partial ones removed", file=sys.stderr
@@ -49,6 +51,99 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"arlon {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    generate = commands.add_parser(
+        "generate",
+        help="generate a video from a prompt or a timeline of prompts",
+        description="Generate a video: the AR transformer draws coarse tokens for the whole video, "
+        "the DiT renders it segment by segment guided by them, the VAE decodes frames straight "
+        "into the output file (memory does not grow with --frames). Without --model, the "
+        "embedded shapes-tiny model, which knows the shapes world: circles, squares and "
+        "triangles in eight colours moving over one of four backgrounds. Ctrl-C keeps the "
+        "frames made so far in a playable file.",
+    )
+    generate.add_argument("text", nargs="?", metavar="PROMPT", help="the prompt")
+    generate.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        help="a prompt; repeat it with --switch-every for progressive prompts",
+    )
+    generate.add_argument("--switch-every", type=int, help="frames per --prompt (progressive)")
+    generate.add_argument(
+        "--timeline", type=Path, help="file of 'START_FRAME<TAB>prompt' lines (progressive)"
+    )
+    generate.add_argument(
+        "-o", "--out", type=Path, default=Path("arlon.mp4"), help="output video (default arlon.mp4)"
+    )
+    generate.add_argument("--frames", type=int, default=600, help="frames (default 600)")
+    generate.add_argument(
+        "--steps", type=int, default=5, help="DiT denoising steps per segment (default 5)"
+    )
+    generate.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    generate.add_argument(
+        "--mode",
+        choices=("arlon", "baseline"),
+        default="arlon",
+        help="arlon: the AR's tokens guide the DiT (default); baseline: the DiT alone",
+    )
+    generate.add_argument(
+        "--guidance", type=float, default=1.0, help="DiT classifier-free guidance (default 1)"
+    )
+    generate.add_argument("--height", type=int, help="frame height (default: the model's)")
+    generate.add_argument("--width", type=int, help="frame width (default: the model's)")
+    generate.add_argument("--fps", type=float, help="frames per second (default: the model's)")
+    generate.add_argument("--gif", action="store_true", help="also write OUT with a .gif suffix")
+    generate.add_argument(
+        "--model", type=Path, help="a pipeline folder (default: the embedded shapes-tiny model)"
+    )
+    generate.add_argument(
+        "--init-video",
+        type=Path,
+        help="continue this video: OUT holds the --frames frames that follow it",
+    )
+    generate.add_argument(
+        "--ar-temperature", type=float, default=1.0, help="AR sampling temperature (default 1)"
+    )
+    generate.add_argument("--ar-top-k", type=int, default=0, help="AR top-k (0: off)")
+    generate.add_argument("--ar-top-p", type=float, default=1.0, help="AR top-p in (0, 1]")
+    generate.add_argument(
+        "--ar-guidance", type=float, default=1.0, help="AR classifier-free guidance (1: none)"
+    )
+    generate.add_argument("--quiet", action="store_true", help="no progress bars")
+    generate.set_defaults(run=_generate)
+
+    assemble = commands.add_parser(
+        "assemble",
+        help="put trained components together into a pipeline folder for 'generate --model'",
+        description="Write a pipeline folder (diffusers layout: model_index.json and one subfolder "
+        "per component) from trained component folders, each defaulting to the embedded one. "
+        "--vae also takes a diffusers video autoencoder folder (Wan, LTX-Video, CogVideoX, ...), "
+        "--text-encoder any local transformers text encoder (T5, CLIP, ...).",
+    )
+    assemble.add_argument("--out", required=True, type=Path, help="pipeline folder to write")
+    for name, what in (
+        ("ar", "AR transformer"),
+        ("vq", "fine latent VQ-VAE"),
+        ("dit", "DiT (baseline or ARLON)"),
+        ("vae", "video VAE"),
+    ):
+        assemble.add_argument(f"--{name}", type=Path, help=f"{what} folder (default: embedded)")
+    assemble.add_argument(
+        "--text-encoder", type=Path, help="text encoder folder (default: the packaged MiniLM)"
+    )
+    assemble.add_argument(
+        "--segment-frames", type=int, default=9, help="latent frames per DiT segment (default 9)"
+    )
+    assemble.add_argument(
+        "--reference-frames",
+        type=int,
+        default=2,
+        help="latent frames of the previous segment kept as reference (default 2)",
+    )
+    assemble.add_argument("--shift", type=float, default=1.0, help="sampling timestep shift")
+    assemble.add_argument("--fps", type=float, default=8.0, help="frames per second (default 8)")
+    assemble.set_defaults(run=_assemble)
 
     world = commands.add_parser(
         "world",
@@ -287,6 +382,106 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _assemble(args) -> None:
+    from arlon.pipeline import ARLONPipeline, assemble
+    from arlon.weights import embedded
+
+    folders = {name: getattr(args, name) or embedded(name) for name in ("ar", "vq", "dit", "vae")}
+    out = assemble(
+        args.out,
+        **folders,
+        text_encoder=args.text_encoder,
+        shift=args.shift,
+        segment_frames=args.segment_frames,
+        reference_frames=args.reference_frames,
+        fps=args.fps,
+    )
+    ARLONPipeline.from_pretrained(out)  # it loads, or the error says which part does not
+    print(f"wrote the pipeline {out}")
+
+
+def _generate(args) -> None:
+    import time
+
+    from arlon.data.timeline import check_timeline, read_timeline, switch_every
+    from arlon.data.video_io import VideoWriter
+    from arlon.pipeline import ARLONPipeline
+    from arlon.weights import ROOT
+
+    prompts = ([args.text] if args.text is not None else []) + args.prompt
+    if args.timeline is not None:
+        if prompts:
+            raise ArlonError("give prompts or --timeline, not both")
+        timeline = read_timeline(args.timeline)
+    elif not prompts:
+        raise ArlonError("give a prompt (or --prompt ... --switch-every N, or --timeline FILE)")
+    elif len(prompts) > 1 or args.switch_every is not None:
+        if args.switch_every is None:
+            raise ArlonError("several prompts need --switch-every N (frames per prompt)")
+        timeline = switch_every(prompts, args.switch_every)
+    else:
+        timeline = [(0, prompts[0])]
+    check_timeline(timeline)
+    if args.frames < 1:
+        raise ArlonError(f"--frames must be a positive integer, got {args.frames}")
+    if args.steps < 1:
+        raise ArlonError(f"--steps must be a positive integer, got {args.steps}")
+    if args.out.parent != Path() and not args.out.parent.is_dir():
+        raise ArlonError(f"cannot write {args.out}: the folder {args.out.parent} does not exist")
+    if args.init_video is not None and not args.init_video.is_file():
+        raise ArlonError(f"no such video to continue: {args.init_video}")
+    pipe = ARLONPipeline.from_pretrained(args.model or ROOT)
+    height, width = args.height or pipe.default_size()[0], args.width or pipe.default_size()[1]
+    if args.init_video is not None:
+        from arlon.data.video_io import video_info
+
+        info = video_info(args.init_video)
+        height, width = info.height, info.width
+    pipe.check_inputs(timeline, args.frames, height, width, args.steps, args.mode)
+    fps = args.fps or pipe.config.fps
+    frames = pipe.stream(
+        timeline=timeline,
+        num_frames=args.frames,
+        height=height,
+        width=width,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        ar_temperature=args.ar_temperature,
+        ar_top_k=args.ar_top_k,
+        ar_top_p=args.ar_top_p,
+        ar_guidance_scale=args.ar_guidance,
+        seed=args.seed,
+        mode=args.mode,
+        init_video=args.init_video,
+        progress=not args.quiet,
+    )
+    outputs = [args.out] + ([args.out.with_suffix(".gif")] if args.gif else [])
+    started, interrupted = time.perf_counter(), False
+    # An error removes the partial outputs; Ctrl-C ends the loop and the files are closed properly.
+    with contextlib.ExitStack() as files:
+        writers = [files.enter_context(VideoWriter(path, fps=fps)) for path in outputs]
+        try:
+            for frame in frames:
+                for writer in writers:
+                    writer.write_frame(frame)
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        done = writers[0].num_frames
+        print(
+            f"\narlon: interrupted: kept the {done} frames made so far in {args.out}",
+            file=sys.stderr,
+        )
+        raise SystemExit(130)
+    seconds = time.perf_counter() - started
+    times = pipe.last_times.as_dict()["seconds"]
+    print(
+        f"wrote {', '.join(map(str, outputs))}: {args.frames} frames in {seconds:.1f} s "
+        f"({args.frames / seconds:.1f} frames/s; AR {times['ar']:.1f} s, DiT {times['dit']:.1f} s, "
+        f"VAE {times['vae']:.1f} s)"
+    )
+
+
 def _add_ar_args(parser: argparse.ArgumentParser) -> None:
     """The components and the sampling settings of AR generation."""
     for name, what in (("ar", "AR transformer"), ("vq", "fine latent VQ-VAE"), ("vae", "VAE")):
@@ -365,7 +560,7 @@ def _ar_parts(args):
     from arlon.weights import load_embedded
 
     ar = _load_model(ARTransformer, args.ar, "AR transformer") if args.ar else load_embedded("ar")
-    vq = _load_model(LatentVQVAE, args.vq, "fine VQ-VAE") if args.vq else load_embedded("vq-fine")
+    vq = _load_model(LatentVQVAE, args.vq, "fine VQ-VAE") if args.vq else load_embedded("vq")
     vae = _load_vae(args.vae) if args.vae else load_embedded("vae")
     text_encoder = TextEncoder.from_pretrained()
     settings = dict(
@@ -430,7 +625,7 @@ def _eval_dit(args) -> None:
         raise ArlonError(f"--steps takes comma-separated integers, got {args.steps!r}") from None
     if any(s < 1 for s in steps):
         raise ArlonError(f"every step count must be at least 1, got {args.steps}")
-    vq = _load_model(LatentVQVAE, args.vq, "fine VQ-VAE") if args.vq else load_embedded("vq-fine")
+    vq = _load_model(LatentVQVAE, args.vq, "fine VQ-VAE") if args.vq else load_embedded("vq")
     vae = _load_vae(args.vae) if args.vae else load_embedded("vae")
     models = {str(folder): _load_model(STDiT, folder, "DiT") for folder in args.models}
     text_encoder = TextEncoder.from_pretrained()

@@ -78,7 +78,7 @@ def test_render_user_mistakes_are_one_line_errors_and_leave_no_file(
 ):
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, "world", "render", "--out", "out.mp4", *args)
-    assert code == 1
+    assert code == 2
     assert err.startswith("arlon: error:") and message in err and err.count("\n") == 1
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
@@ -86,11 +86,11 @@ def test_render_user_mistakes_are_one_line_errors_and_leave_no_file(
 
 def test_score_missing_or_corrupt_video(tmp_path, capsys):
     code, _, err = run(capsys, "world", "score", tmp_path / "none.mp4", "--prompt", "a red circle")
-    assert code == 1 and "no such video" in err
+    assert code == 2 and "no such video" in err
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x01 not a video" * 100)
     code, _, err = run(capsys, "world", "score", corrupt, "--prompt", "a red circle")
-    assert code == 1 and err.count("\n") == 1
+    assert code == 2 and err.count("\n") == 1
 
 
 def test_interrupted_render_leaves_nothing_behind(tmp_path, capsys, monkeypatch):

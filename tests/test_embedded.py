@@ -35,7 +35,7 @@ def _found_fraction(states, video) -> float:
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("vq", [None, "vq-fine", "vq-coarse"])
+@pytest.mark.parametrize("vq", [None, "vq", "vq-coarse"])
 def test_embedded_round_trip_keeps_the_objects(clip, vq):
     states, video = clip
     vae = load_embedded("vae")
@@ -61,7 +61,7 @@ def test_embedded_ar_draws_the_asked_background(background):
     sampler = ARSampler(load_embedded("ar"), TextEncoder.from_pretrained(), top_k=20, seed=0)
     prompt = f"a red circle moves right on a {background} background"
     frames = list(
-        coarse_video(sampler, load_embedded("vq-fine"), load_embedded("vae"), [(0, prompt)], 30)
+        coarse_video(sampler, load_embedded("vq"), load_embedded("vae"), [(0, prompt)], 30)
     )
     assert len(frames) == 30 and frames[0].shape == (64, 64, 3)
     detector = Detector()
@@ -70,7 +70,7 @@ def test_embedded_ar_draws_the_asked_background(background):
 
 def test_unknown_component():
     with pytest.raises(ArlonError, match="embedded"):
-        embedded("dit")
+        embedded("unet")
 
 
 def test_eval_ar_reports_world_metrics_of_coarse_videos(tmp_path, capsys):

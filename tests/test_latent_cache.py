@@ -85,7 +85,7 @@ def test_cache_cli_errors(tmp_path, capsys):
         cli.main(
             ["cache", "--vae", str(tmp_path), "--manifest", "m.csv", "--out", str(tmp_path / "c")]
         )
-        == 1
+        == 2
     )
     assert "not a trained VAE folder" in capsys.readouterr().err
 
@@ -113,7 +113,7 @@ def test_vqvae_trains_on_a_cache_through_the_cli(dataset, models, tmp_path, caps
     latents = LatentWindows(cache, window=4)[0]["latents"][None]
     assert vq.decode_codes(vq.encode(latents), num_frames=4).shape == latents.shape
     assert "usage_heldout" in (out / "eval.csv").read_text()
-    assert cli.main(["train", "vqvae", "--preset", "smoke", "--out", str(tmp_path / "x")]) == 1
+    assert cli.main(["train", "vqvae", "--preset", "smoke", "--out", str(tmp_path / "x")]) == 2
     assert "latent cache" in capsys.readouterr().err
 
 
@@ -161,9 +161,9 @@ def test_ar_trains_on_a_cache_and_draws_a_coarse_video(dataset, models, tmp_path
     argv = ["coarse", *parts, "--prompt", "a red circle", "--prompt", "a blue square"]
     assert cli.main([*argv, "--switch-every", "10", "--frames", "22", "--out", str(video)]) == 0
     assert video_info(video).num_frames == 22
-    assert cli.main([*argv, "--frames", "22", "--out", str(video), "--top-p", "2"]) == 1
+    assert cli.main([*argv, "--frames", "22", "--out", str(video), "--top-p", "2"]) == 2
     assert "top_p" in capsys.readouterr().err
-    assert cli.main(["train", "ar", "--preset", "smoke", "--out", str(tmp_path / "x")]) == 1
+    assert cli.main(["train", "ar", "--preset", "smoke", "--out", str(tmp_path / "x")]) == 2
     assert "latent cache" in capsys.readouterr().err
 
 
@@ -186,5 +186,5 @@ def test_codes_added_later_equal_codes_built_in(dataset, models, tmp_path, capsy
         x, y = built.tensors(a), later.tensors(b)
         assert set(x) == set(y) == {"latents", "codes", "coarse"}
         assert torch.equal(x["codes"], y["codes"]) and torch.equal(x["coarse"], y["coarse"])
-    assert cli.main([*argv, "--vae", str(tmp_path / "vae"), "--fine-vq", "x"]) == 1
+    assert cli.main([*argv, "--vae", str(tmp_path / "vae"), "--fine-vq", "x"]) == 2
     assert "leave out --vae" in capsys.readouterr().err

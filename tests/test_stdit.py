@@ -215,7 +215,7 @@ def test_baseline_then_arlon_train_through_the_cli_with_a_frozen_backbone(cache,
     baseline = STDiT.from_pretrained(tmp_path / "dit" / "model")
     assert "flow_loss_heldout" in (tmp_path / "dit" / "eval.csv").read_text()
     argv = ["train", "arlon", *common, "--out", str(tmp_path / "arlon")]
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 2
     assert "--baseline" in capsys.readouterr().err
     argv += ["--baseline", str(tmp_path / "dit" / "model")]
     assert cli.main(argv) == 0

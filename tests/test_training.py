@@ -126,7 +126,7 @@ def test_config_round_trip_and_errors(tmp_path):
     ],
 )
 def test_train_cli_errors(tmp_path, capsys, argv, message):
-    assert cli.main([*argv, "--out", str(tmp_path / "run")]) == 1
+    assert cli.main([*argv, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 
@@ -156,7 +156,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
         cli.main(
             ["train", "vae", "--preset", "smoke", "--out", str(out), "--resume", "--max-steps", "3"]
         )
-        == 1
+        == 2
     )
     assert "cannot resume" in capsys.readouterr().err
 
@@ -176,5 +176,5 @@ def test_init_from_starts_at_the_given_weights(tmp_path, capsys):
         assert torch.allclose(trained[name], value, atol=1e-6), name
     VideoVAE(latent_channels=8, channels=(8, 16, 16, 16)).save_pretrained(tmp_path / "other")
     argv = ["train", "vae", "--preset", "smoke", "--init-from", str(tmp_path / "other")]
-    assert cli.main([*argv, "--out", str(tmp_path / "b")]) == 1
+    assert cli.main([*argv, "--out", str(tmp_path / "b")]) == 2
     assert "another architecture" in capsys.readouterr().err

@@ -116,14 +116,21 @@ class ARSampler:
     # -- generation -------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def frames(self, timeline: Timeline, num_frames: int) -> Iterator[torch.Tensor]:
-        """Token frames `(h, w)` long, one at a time, for `timeline` `[(start_token_frame, prompt)]`."""
+    def frames(
+        self, timeline: Timeline, num_frames: int, history: list[torch.Tensor] | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Token frames `(h, w)` long, one at a time, for `timeline` `[(start_token_frame, prompt)]`.
+
+        `history`: token frames `(h, w)` that come before frame 0 (a video being continued); the
+        last `max_frames - 1` of them are the first context."""
         check_timeline(timeline)
         if num_frames < 1:
             raise ArlonError(f"num_frames must be >= 1, got {num_frames}")
         cfg = self.model.config
         per_frame = self.model.tokens_per_frame
-        history: deque[torch.Tensor] = deque(maxlen=cfg.max_frames - 1)
+        history: deque[torch.Tensor] = deque(
+            (codes.flatten().long() for codes in history or []), maxlen=cfg.max_frames - 1
+        )
         switches = dict(timeline)
         prefix = None
         for t in range(num_frames):

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent / "shapes-tiny"
 
 
 def embedded(component: str) -> Path:
-    """The folder of an embedded component: `vae`, `vq-fine`, `vq-coarse` or `ar`."""
+    """The folder of an embedded component: `vae`, `vq` (the fine VQ-VAE), `vq-coarse`, `ar` or `dit`."""
     folder = ROOT / component
     if not (folder / "config.json").exists():
         known = (
@@ -38,7 +38,8 @@ def load_embedded(component: str):
 
     from arlon.models.ar_transformer import ARTransformer
     from arlon.models.latent_vqvae import LatentVQVAE
+    from arlon.models.stdit import STDiT
     from arlon.models.video_vae import VideoVAE
 
-    cls = {"vae": VideoVAE, "ar": ARTransformer}.get(component, LatentVQVAE)
+    cls = {"vae": VideoVAE, "ar": ARTransformer, "dit": STDiT}.get(component, LatentVQVAE)
     return cls.from_pretrained(embedded(component), torch_dtype=torch.float32).eval()

@@ -1,0 +1,258 @@
+"""ARLONPipeline and `arlon generate`: segments chained, seeds, save/load, prompt switches reaching
+both the AR and the DiT, the embedded default, and every bad input as a one-line error (exit 2)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from arlon import cli
+from arlon.data.video_io import video_info
+from arlon.diffusion.rectified_flow import scheduler
+from arlon.errors import ArlonError
+from arlon.models.ar_sampler import ARSampler
+from arlon.models.ar_transformer import ar_transformer
+from arlon.models.latent_vqvae import latent_vqvae
+from arlon.models.stdit import stdit
+from arlon.models.text_encoder import TextEncoder
+from arlon.models.video_vae import video_vae
+from arlon.pipeline import ARLONPipeline
+
+PROMPT = "a red circle moves right on a black background"
+# smoke sizes: 32x32 frames, 4x4 latents, 2x2 token frames; segments of 3 latent frames, 1 kept
+# as reference: 17 frames = 5 latent frames = 2 segments.
+FRAMES = 17
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    dit = stdit("smoke", arlon=True)
+    with torch.no_grad():  # an ARLON DiT whose every path is live
+        for p in dit.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return ARLONPipeline(
+        TextEncoder.from_pretrained(),
+        ar_transformer("smoke"),
+        latent_vqvae("smoke", latent_channels=4),
+        dit,
+        scheduler(),
+        video_vae("smoke"),
+        segment_frames=3,
+        reference_frames=1,
+    ).set_eval()
+
+
+@pytest.fixture(scope="module")
+def folder(pipe, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipe") / "smoke"
+    pipe.save_pretrained(out)
+    return out
+
+
+def test_two_segments_make_the_asked_frames_and_the_same_seed_repeats(pipe):
+    out = pipe(PROMPT, num_frames=FRAMES, num_inference_steps=2, generator=3, progress=False)
+    assert out.frames.shape == (1, FRAMES, 32, 32, 3) and out.frames.dtype == np.uint8
+    assert pipe.last_times.segments == 2 and pipe.last_times.frames == FRAMES
+    again = pipe(PROMPT, num_frames=FRAMES, num_inference_steps=2, generator=3, progress=False)
+    assert np.array_equal(out.frames, again.frames)
+    other = pipe(PROMPT, num_frames=FRAMES, num_inference_steps=2, generator=4, progress=False)
+    assert not np.array_equal(out.frames, other.frames)
+    streamed = list(pipe.stream(PROMPT, num_frames=FRAMES, num_inference_steps=2, seed=3))
+    assert np.array_equal(np.stack(streamed), out.frames[0])
+
+
+def test_save_and_load_round_trip(pipe, folder):
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["dit"] == ["arlon.models.stdit", "STDiT"] and index["segment_frames"] == 3
+    loaded = ARLONPipeline.from_pretrained(folder)
+    settings = dict(num_frames=FRAMES, num_inference_steps=2, generator=1, progress=False)
+    assert np.array_equal(loaded(PROMPT, **settings).frames, pipe(PROMPT, **settings).frames)
+
+
+def test_a_timeline_switch_reaches_the_ar_and_the_dit(pipe, monkeypatch):
+    second = "a blue square moves up on a gray background"
+    ar_prompts, dit_states = [], []
+    original = ARSampler._prefix
+
+    def prefix(self, prompt):
+        ar_prompts.append(prompt)
+        return original(self, prompt)
+
+    monkeypatch.setattr(ARSampler, "_prefix", prefix)
+    forward = pipe.dit.forward
+
+    def spy(x, timestep, text_states=None, text_mask=None, **kwargs):
+        dit_states.append(text_states[0, : int(text_mask[0].sum())].clone())
+        return forward(x, timestep, text_states, text_mask, **kwargs)
+
+    monkeypatch.setattr(pipe.dit, "forward", spy)
+    frames = FRAMES + 8  # 3 segments
+    timeline = [(0, PROMPT), (12, second)]
+    pipe(timeline=timeline, num_frames=frames, num_inference_steps=1, progress=False)
+    assert ar_prompts == [PROMPT, second]
+    expected = [pipe.text_encoder.encode([p]).states[0] for p in (PROMPT, second)]
+    used = [next(i for i, e in enumerate(expected) if torch.equal(s, e)) for s in dit_states]
+    assert used == [0, 1, 1]  # the segment that holds the switch already renders the new prompt
+
+
+def test_baseline_mode_runs_without_the_ar(pipe, monkeypatch):
+    def no_ar(*args, **kwargs):
+        raise AssertionError("the baseline must not run the AR")
+
+    monkeypatch.setattr(ARSampler, "frames", no_ar)
+    out = pipe(PROMPT, num_frames=FRAMES, num_inference_steps=2, mode="baseline", progress=False)
+    assert out.frames.shape == (1, FRAMES, 32, 32, 3)
+    wide = pipe(PROMPT, num_frames=5, num_inference_steps=1, width=48, mode="baseline")
+    assert wide.frames.shape == (1, 5, 32, 48, 3)  # the DiT alone takes other sizes
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(prompt=""), "empty"),
+        (dict(prompt=PROMPT, num_frames=0), "positive integer"),
+        (dict(prompt=PROMPT, num_inference_steps=0), "positive integer"),
+        (dict(prompt=PROMPT, height=40), "multiples of 16"),
+        (dict(prompt=PROMPT, width=48), "draws 32x32 videos"),
+        (dict(timeline=[(5, PROMPT)]), "start at frame 0"),
+        (dict(prompt=PROMPT, mode="fast"), "mode must be"),
+    ],
+)
+def test_pipeline_bad_inputs(pipe, kwargs, message):
+    with pytest.raises(ArlonError, match=message):
+        pipe(**{"num_frames": FRAMES, **kwargs})
+
+
+def generate(capsys, *argv):
+    code = cli.main(["generate", *map(str, argv)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_generate_writes_the_video_and_a_summary(folder, tmp_path, capsys):
+    out = tmp_path / "v.mp4"
+    code, stdout, _ = generate(
+        capsys, PROMPT, "--model", folder, "--frames", FRAMES, "--steps", 1, "-o", out, "--gif"
+    )
+    assert code == 0 and "17 frames" in stdout and "frames/s" in stdout
+    assert video_info(out).num_frames == FRAMES and video_info(out.with_suffix(".gif")).num_frames
+    timeline = tmp_path / "t.txt"
+    timeline.write_text(f"0\t{PROMPT}\n8\ta blue square moves up\n")
+    code, _, _ = generate(
+        capsys, "--timeline", timeline, "--model", folder, "--frames", 9, "-o", out
+    )
+    assert code == 0 and video_info(out).num_frames == 9
+
+
+def test_embedded_default_generates(tmp_path, capsys):
+    out = tmp_path / "e.mp4"
+    code, stdout, _ = generate(capsys, PROMPT, "--frames", 12, "--steps", 1, "-o", out, "--quiet")
+    assert code == 0 and video_info(out).num_frames == 12
+    assert (video_info(out).height, video_info(out).width) == (64, 64)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        ([""], "empty"),
+        ([PROMPT, "--frames", "0"], "--frames must be a positive integer"),
+        ([PROMPT, "--frames", "-4"], "--frames must be a positive integer"),
+        ([PROMPT, "--steps", "0"], "--steps must be a positive integer"),
+        ([PROMPT, "--height", "40"], "multiples of 16"),
+        ([PROMPT, "-o", "missing/out.mp4"], "does not exist"),
+        ([PROMPT, "--model", "nowhere"], "does not exist"),
+        (["--timeline", "empty.txt"], "empty timeline"),
+        (["--timeline", "unsorted.txt"], "strictly increasing"),
+        (["--timeline", "malformed.txt"], "malformed.txt:1: expected"),
+        (["--prompt", PROMPT, "--prompt", "a blue square"], "--switch-every"),
+        ([PROMPT, "--init-video", "none.mp4"], "no such video"),
+    ],
+)
+def test_generate_bad_input_is_one_line_exit_2_and_leaves_no_file(
+    folder, tmp_path, capsys, monkeypatch, argv, message
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    (tmp_path / "unsorted.txt").write_text(f"0\t{PROMPT}\n20\tb\n10\tc\n")
+    (tmp_path / "malformed.txt").write_text(f"zero\t{PROMPT}\n")
+    model = [] if "--model" in argv else ["--model", folder]
+    out = [] if "-o" in argv else ["-o", "o.mp4"]
+    code, _, err = generate(capsys, *argv, *model, *out)
+    assert code == 2, err
+    assert err.startswith("arlon: error:") and message in err and err.count("\n") == 1
+    assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob(".*.mp4"))
+
+
+def test_generate_rejects_a_frame_count_that_is_not_an_integer(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", PROMPT, "--frames", "ten"])
+    assert exit_info.value.code == 2 and "invalid int value" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["no_index", "no_component", "corrupt"])
+def test_generate_damaged_model_folder(folder, tmp_path, capsys, damage):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    if damage == "no_index":
+        (broken / "model_index.json").unlink()
+        message = "no model_index.json"
+    elif damage == "no_component":
+        shutil.rmtree(broken / "dit")
+        message = "no dit/ folder"
+    else:
+        (broken / "dit" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 64)
+        message = "cannot load dit"
+    code, _, err = generate(capsys, PROMPT, "--model", broken, "-o", tmp_path / "o.mp4")
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_ctrl_c_keeps_a_playable_video_of_the_frames_done(folder, tmp_path, capsys, monkeypatch):
+    stream = ARLONPipeline.stream
+
+    def interrupted(self, *args, **kwargs):
+        for i, frame in enumerate(stream(self, *args, **kwargs)):
+            if i == 7:
+                raise KeyboardInterrupt
+            yield frame
+
+    monkeypatch.setattr(ARLONPipeline, "stream", interrupted)
+    out = tmp_path / "cut.mp4"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", PROMPT, "--model", str(folder), "--frames", "17", "-o", str(out)])
+    assert exit_info.value.code == 130
+    assert "kept the 7 frames" in capsys.readouterr().err
+    assert video_info(out).num_frames == 7
+
+
+def test_continuation_starts_from_the_given_video(pipe, monkeypatch):
+    video = pipe(PROMPT, num_frames=FRAMES, num_inference_steps=1, progress=False).frames[0]
+    histories, calls = [], []
+    frames = ARSampler.frames
+
+    def ar_spy(self, timeline, num_frames, history=None):
+        histories.append(history)
+        return frames(self, timeline, num_frames, history)
+
+    forward = pipe.dit.forward
+
+    def dit_spy(x, timestep, *args, frame_mask=None, **kwargs):
+        calls.append((x.clone(), frame_mask.clone()))
+        return forward(x, timestep, *args, frame_mask=frame_mask, **kwargs)
+
+    monkeypatch.setattr(ARSampler, "frames", ar_spy)
+    monkeypatch.setattr(pipe.dit, "forward", dit_spy)
+    out = pipe(PROMPT, num_frames=8, num_inference_steps=1, init_video=video, progress=False)
+    assert out.frames.shape == (1, 8, 32, 32, 3)
+    clip = torch.from_numpy(video).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    tail = pipe.vae.encode(clip)[:, :, -1:]  # the last latent frame: the reference
+    assert torch.equal(histories[0][0], pipe.vq.encode(tail)[0, 0])  # the AR's history
+    x, frame_mask = calls[0]
+    assert frame_mask[0].tolist() == [True, False, False]
+    assert torch.allclose(x[:, :, :1], tail, atol=1e-6)
+    with pytest.raises(ArlonError, match="no such video"):
+        pipe(PROMPT, num_frames=8, init_video="missing.mp4")
