@@ -256,3 +256,12 @@ def test_continuation_starts_from_the_given_video(pipe, monkeypatch):
     assert torch.allclose(x[:, :, :1], tail, atol=1e-6)
     with pytest.raises(ArlonError, match="no such video"):
         pipe(PROMPT, num_frames=8, init_video="missing.mp4")
+
+
+def test_eval_generate_scores_whole_generations(folder, tmp_path, capsys):
+    out = tmp_path / "gen.json"
+    argv = ["eval", "generate", "--model", str(folder), "--prompts", "2", "--timelines", "1"]
+    assert cli.main([*argv, "--frames", "17", "--steps", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["prompts"]["videos"] == 2 and report["timelines"]["videos"] == 1
+    assert 0 <= report["prompts"]["attribute"] <= 1 and report["mode"] == "arlon"

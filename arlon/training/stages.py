@@ -108,13 +108,28 @@ _DIT_SHAPES_TINY = dict(
     log_every=20,
     eval_every=500,
 )
+# Open-Sora v1.2's recipe, for GPUs: AdamW 1e-4, bf16, EMA 0.9999; Open-Sora's 20 latent frames
+# per sample with 5 of reference.
+_DIT_OPENSORA = dict(
+    batch_size=8,
+    lr=1e-4,
+    warmup_steps=1000,
+    ema_decay=0.9999,
+    mixed_precision="bf16",
+    checkpoint_every=1000,
+    log_every=50,
+    eval_every=5000,
+    data=dict(frames=20, max_reference=5),
+)
 TRAIN_PRESETS["dit"] = {
     "smoke": dict(max_steps=10, batch_size=2, warmup_steps=2, checkpoint_every=5, log_every=5),
     "shapes-tiny": {**_DIT_SHAPES_TINY, "max_steps": 1500},
+    "opensora-1.2": {**_DIT_OPENSORA, "max_steps": 100_000},
 }
 TRAIN_PRESETS["arlon"] = {
     "smoke": TRAIN_PRESETS["dit"]["smoke"],
     "shapes-tiny": {**_DIT_SHAPES_TINY, "max_steps": 600, "lr": 5e-4},
+    "opensora-1.2": {**_DIT_OPENSORA, "max_steps": 20_000},
 }
 
 
