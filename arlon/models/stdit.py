@@ -467,10 +467,12 @@ class STDiT(ModelMixin, ConfigMixin):
                     f"{tuple(x.shape)}"
                 )
             cond = self.condition_path(condition.to(dtype))
-            if self.training and torch.rand(()) < self.config.uncertainty_prob:
-                cond = uncertainty_sample(
+            if self.training and self.config.uncertainty_prob > 0:
+                chosen = torch.rand(b, 1, 1, device=cond.device) < self.config.uncertainty_prob
+                perturbed = uncertainty_sample(
                     cond, self.config.uncertainty, self.config.uncertainty_strength
                 )
+                cond = torch.where(chosen, perturbed, cond)  # per sample, with probability p
         for block in self.blocks:
             tokens = block(tokens, t0, text, mask, tt, cond)
         out = self.final_layer(tokens, t_emb, tt)  # (B, T'*S, pt*ph*pw*C)
