@@ -1,8 +1,9 @@
-# `make demo` installs ARLON into .venv/ and renders a video; `make test` installs and runs the tests.
+# `make demo` installs ARLON into .venv/ and generates a video; `make test` installs and runs the tests.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-DEMO_OUT ?= demo/episode.mp4
+DEMO_OUT ?= demo/arlon.mp4
+DEMO_PROMPT ?= a red circle moves right and a blue square moves up on a black background
 
 .PHONY: install install-dev demo test lint format clean
 
@@ -23,7 +24,8 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: install
-	$(BIN)/arlon world render --seed 0 --frames 600 --out $(DEMO_OUT)
+	mkdir -p $(dir $(DEMO_OUT))
+	$(BIN)/arlon generate "$(DEMO_PROMPT)" --frames 600 --steps 5 -o $(DEMO_OUT)
 
 test: install-dev
 	$(BIN)/python -m pytest -q

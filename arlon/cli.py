@@ -388,6 +388,16 @@ def _parser() -> argparse.ArgumentParser:
         "--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: none)"
     )
     dit.add_argument(
+        "--condition",
+        choices=("fine", "ar"),
+        default="fine",
+        help="ARLON's condition: the fine VQ-VAE's codes of the clip (default), or codes the AR "
+        "transformer draws teacher-forced (its per-token errors)",
+    )
+    dit.add_argument(
+        "--ar", type=Path, help="AR transformer for --condition ar (default: embedded)"
+    )
+    dit.add_argument(
         "--no-condition",
         action="store_true",
         help="also run ARLON models without their condition (the backbone alone)",
@@ -660,11 +670,22 @@ def _eval_dit(args) -> None:
     vae = _load_vae(args.vae) if args.vae else load_embedded("vae")
     models = {str(folder): _load_model(STDiT, folder, "DiT") for folder in args.models}
     text_encoder = TextEncoder.from_pretrained()
+    ar = None
+    if args.condition == "ar":
+        from arlon.models.ar_transformer import ARTransformer
+
+        ar = (
+            _load_model(ARTransformer, args.ar, "AR transformer")
+            if args.ar
+            else load_embedded("ar")
+        )
     settings = dict(clips=args.clips, reference=args.reference, guidance_scale=args.guidance)
-    report = {"settings": {"steps": list(steps), **settings}}
+    report = {"settings": {"steps": list(steps), "condition": args.condition, **settings}}
     for name, dit in models.items():
         arlon = dit.condition_path is not None
-        report[name] = teacher_forced(dit, vae, vq, text_encoder, steps, arlon, **settings)
+        report[name] = teacher_forced(
+            dit, vae, vq, text_encoder, steps, arlon, args.condition, ar, **settings
+        )
         if arlon and args.no_condition:
             report[f"{name} (no condition)"] = teacher_forced(
                 dit, vae, vq, text_encoder, steps, False, **settings

@@ -2,7 +2,9 @@
 
 Each held-out clip of the shapes world is encoded by the VAE; its first `reference` latent frames are
 the clean reference and the rest is generated from noise in N Euler steps, guided (for ARLON) by the
-fine VQ-VAE's reconstruction of the clip's own latent (what a perfect AR would give). The generated
+fine VQ-VAE's reconstruction of the clip's own latent (`condition="fine"`: what a perfect AR would
+give) or of codes the AR transformer samples, teacher-forced, after the clip's true codes
+(`condition="ar"`: the AR's per-token errors without its drift over a long video). The generated
 frames are decoded and judged against the clip's ground truth: attribute and motion accuracy, count,
 re-render PSNR, and PSNR against the real frames.
 
@@ -39,6 +41,8 @@ def teacher_forced(
     text_encoder,
     steps: tuple[int, ...] = (1, 3, 5, 10, 30),
     use_condition: bool = True,
+    condition: str = "fine",
+    ar=None,
     clips: int = 64,
     num_frames: int = 33,
     reference: int = 2,
@@ -59,13 +63,16 @@ def teacher_forced(
         batch = data[start : start + batch_size]
         video = torch.from_numpy(np.stack([f for _, f in batch])).permute(0, 4, 1, 2, 3)
         latents = vae.encode(video.float() / 127.5 - 1)  # (B, C, T', h, w)
-        condition = None
-        if use_condition:
-            condition = vq.decode_codes(vq.encode(latents), num_frames=latents.shape[2])
         text = text_encoder.encode([e.timeline[0][1] for e, _ in batch])
+        cond = None
+        if use_condition:
+            codes = vq.encode(latents)  # (B, T', h, w)
+            if condition == "ar":
+                codes = ar_codes(ar, text, codes, reference, seed + start)
+            cond = vq.decode_codes(codes, num_frames=latents.shape[2])
         b, t = latents.shape[0], latents.shape[2]
         frame_mask = (torch.arange(t) < reference)[None].expand(b, t)
-        velocity = guided(dit, guidance_scale, condition=condition)
+        velocity = guided(dit, guidance_scale, condition=cond)
         generator = torch.Generator().manual_seed(seed + start)
         noise = torch.randn(latents.shape, generator=generator)
         for s in steps:
@@ -85,6 +92,23 @@ def teacher_forced(
             bar.update(len(batch))
     bar.close()
     return {s: {m: _mean(v) for m, v in per_metric.items()} for s, per_metric in results.items()}
+
+
+def ar_codes(ar, text, codes: torch.Tensor, keep: int, seed: int) -> torch.Tensor:
+    """Codes `(B, t, h, w)` with every token frame from `keep` on drawn from the AR's teacher-forced
+    distribution (temperature 1): each frame given the true frames before it, within the AR's
+    context."""
+    b, t = codes.shape[:2]
+    context = ar.config.max_frames
+    generator = torch.Generator().manual_seed(seed)
+    out = codes.clone()
+    for f in range(keep, t):
+        first = max(0, f - context + 1)
+        logits = ar(text.states, text.mask, codes[:, first : f + 1], first_frame=first)
+        last = logits[:, -ar.tokens_per_frame :].float().softmax(-1)  # (B, h*w, K)
+        drawn = torch.multinomial(last.flatten(0, 1), 1, generator=generator)
+        out[:, f] = drawn.view(b, *codes.shape[2:])
+    return out
 
 
 def _mean(values) -> float | None:
