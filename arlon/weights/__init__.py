@@ -1,11 +1,13 @@
 """The embedded `shapes-tiny` model, trained on the shapes world and shipped inside the package.
 
-    from arlon.weights import load_embedded
-    vae = load_embedded("vae")          # VideoVAE, float32, eval mode
+    from arlon.weights import ROOT, load_embedded
+    vae = load_embedded("vae")                      # VideoVAE, float32, eval mode
+    pipe = ARLONPipeline.from_pretrained(ROOT)      # the whole pipeline (arlon.pipeline)
 
-Each component is a diffusers-style folder (`config.json` + safetensors); README.md says which
-command retrains it. The VAE is stored in float16 (measured: no loss in PSNR or detector accuracy)
-and computed in float32.
+ROOT is a pipeline folder (`model_index.json`); each component is a diffusers-style folder
+(`config.json` + safetensors); README.md says which command retrains it. The VAE, the AR and the DiT
+are stored in float16 (measured: no loss) and computed in float32. `vq-coarse` is not part of the
+pipeline: it makes the coarse latents of a training cache.
 """
 
 from __future__ import annotations
