@@ -123,7 +123,7 @@ _DIT_OPENSORA = dict(
 )
 TRAIN_PRESETS["dit"] = {
     "smoke": dict(max_steps=10, batch_size=2, warmup_steps=2, checkpoint_every=5, log_every=5),
-    "shapes-tiny": {**_DIT_SHAPES_TINY, "max_steps": 1500},
+    "shapes-tiny": {**_DIT_SHAPES_TINY, "max_steps": 1500, "lr": 4e-4},
     "opensora-1.2": {**_DIT_OPENSORA, "max_steps": 100_000},
 }
 TRAIN_PRESETS["arlon"] = {
