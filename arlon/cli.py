@@ -1,5 +1,7 @@
 """The `arlon` command line.
 
+    arlon generate "a red circle moves right" -o out.mp4 --frames 600 --steps 5    # the embedded model
+    arlon generate --timeline story.txt --frames 2400 --gif                         # progressive prompts
     arlon world render --seed 0 --frames 600 --out episode.mp4      # + episode.json (ground truth)
     arlon world render --prompt "a red circle moves right" --frames 200 --out red.mp4
     arlon world score episode.mp4 --truth episode.json               # world metrics as JSON
@@ -9,6 +11,9 @@
     arlon train dit --data cache/shapes --out runs/dit               # the baseline DiT
     arlon train arlon --data cache/shapes --baseline runs/dit/model --out runs/arlon
     arlon coarse --prompt "a red circle moves right" --frames 120 --out coarse.mp4   # AR alone
+    arlon assemble --out mymodel --dit runs/arlon/model            # a pipeline folder (--model)
+    arlon eval dit runs/dit/model runs/arlon/model --steps 1,3,5,10,30   # teacher-forced DiTs
+    arlon eval generate --prompts 50 --timelines 20 --frames 600         # whole generations
 
 A user mistake prints one line (`arlon: error: ...`) and exits with status 2, as argparse does for a
 bad command line; outputs are written atomically, so an interrupted run leaves no half-written file

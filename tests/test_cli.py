@@ -111,7 +111,18 @@ def test_interrupted_render_leaves_nothing_behind(tmp_path, capsys, monkeypatch)
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["world"], ["world", "render"], ["world", "score"], ["world", "dataset"]]
+    "command",
+    [
+        [],
+        ["world"],
+        ["world", "render"],
+        ["world", "score"],
+        ["world", "dataset"],
+        ["generate"],
+        ["assemble"],
+        ["eval", "dit"],
+        ["eval", "generate"],
+    ],
 )
 def test_help(capsys, command):
     with pytest.raises(SystemExit) as exit_info:
