@@ -28,7 +28,7 @@ import json
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +66,6 @@ class StageTimes:
     vae: float = 0.0
     frames: int = 0
     segments: int = 0
-    extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         total = self.ar + self.dit + self.vae
