@@ -162,6 +162,7 @@ def test_embedded_default_generates(tmp_path, capsys):
         ([PROMPT, "--steps", "0"], "--steps must be a positive integer"),
         ([PROMPT, "--height", "40"], "multiples of 16"),
         ([PROMPT, "-o", "missing/out.mp4"], "does not exist"),
+        ([PROMPT, "-o", "folder.mp4"], "is a directory"),
         ([PROMPT, "--model", "nowhere"], "does not exist"),
         (["--timeline", "empty.txt"], "empty timeline"),
         (["--timeline", "unsorted.txt"], "strictly increasing"),
@@ -177,12 +178,14 @@ def test_generate_bad_input_is_one_line_exit_2_and_leaves_no_file(
     (tmp_path / "empty.txt").write_text("# nothing\n")
     (tmp_path / "unsorted.txt").write_text(f"0\t{PROMPT}\n20\tb\n10\tc\n")
     (tmp_path / "malformed.txt").write_text(f"zero\t{PROMPT}\n")
+    (tmp_path / "folder.mp4").mkdir()  # an output path that cannot be written
     model = [] if "--model" in argv else ["--model", folder]
     out = [] if "-o" in argv else ["-o", "o.mp4"]
     code, _, err = generate(capsys, *argv, *model, *out)
     assert code == 2, err
     assert err.startswith("arlon: error:") and message in err and err.count("\n") == 1
-    assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob(".*.mp4"))
+    assert [p.name for p in tmp_path.glob("*.mp4")] == ["folder.mp4"]
+    assert not list(tmp_path.glob(".*.mp4"))
 
 
 def test_generate_rejects_a_frame_count_that_is_not_an_integer(capsys):
