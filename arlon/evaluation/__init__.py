@@ -3,4 +3,7 @@
 - `recon`: reconstruction quality of any video autoencoder (our VAE, a pretrained one, either with
   the latent VQ-VAE round trip): PSNR, SSIM and detector attribute accuracy on held-out shapes-world
   clips; PSNR and SSIM on real footage.
+- `ar`: the AR transformer's coarse videos, judged by the world metrics.
+- `dit`: DiTs teacher-forced (real references, real or AR-drawn conditions) per number of steps.
+- `generation`: whole generations of the pipeline (prompts and timelines), by the world metrics.
 """

@@ -101,7 +101,6 @@ TRAIN_PRESETS: dict[str, dict[str, dict]] = {
 
 _DIT_SHAPES_TINY = dict(
     batch_size=16,
-    lr=3e-4,
     warmup_steps=100,
     ema_decay=0.999,
     checkpoint_every=200,
