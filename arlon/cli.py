@@ -414,6 +414,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _timeline(prompts: list[str], every: int | None, file: Path | None, frames: int):
+    """The timeline of --timeline FILE, or of prompts (several: switched every `every` frames)."""
+    from arlon.data.timeline import read_timeline, switch_every
+
+    if file is not None:
+        if prompts:
+            raise ArlonError("give prompts or --timeline, not both")
+        return read_timeline(file)
+    if not prompts:
+        raise ArlonError("give a prompt (or --prompt ... --switch-every N, or --timeline FILE)")
+    if len(prompts) > 1 and every is None:
+        raise ArlonError("several prompts need --switch-every N (frames per prompt)")
+    if len(prompts) > 1 or every is not None:
+        return switch_every(prompts, every)
+    if not prompts[0].strip():
+        raise ArlonError("the prompt is empty")
+    return [(0, prompts[0])]
+
+
 def _assemble(args) -> None:
     from arlon.pipeline import ARLONPipeline, assemble
     from arlon.weights import embedded
@@ -435,25 +454,12 @@ def _assemble(args) -> None:
 def _generate(args) -> None:
     import time
 
-    from arlon.data.timeline import check_timeline, read_timeline, switch_every
     from arlon.data.video_io import VideoWriter
     from arlon.pipeline import ARLONPipeline
     from arlon.weights import ROOT
 
     prompts = ([args.text] if args.text is not None else []) + args.prompt
-    if args.timeline is not None:
-        if prompts:
-            raise ArlonError("give prompts or --timeline, not both")
-        timeline = read_timeline(args.timeline)
-    elif not prompts:
-        raise ArlonError("give a prompt (or --prompt ... --switch-every N, or --timeline FILE)")
-    elif len(prompts) > 1 or args.switch_every is not None:
-        if args.switch_every is None:
-            raise ArlonError("several prompts need --switch-every N (frames per prompt)")
-        timeline = switch_every(prompts, args.switch_every)
-    else:
-        timeline = [(0, prompts[0])]
-    check_timeline(timeline)
+    timeline = _timeline(prompts, args.switch_every, args.timeline, args.frames)
     if args.frames < 1:
         raise ArlonError(f"--frames must be a positive integer, got {args.frames}")
     if args.steps < 1:
@@ -611,15 +617,9 @@ def _ar_parts(args):
 
 def _coarse(args) -> None:
     from arlon.coarse import coarse_video
-    from arlon.data.timeline import read_timeline, switch_every
     from arlon.data.video_io import VideoWriter
 
-    if args.timeline is not None:
-        timeline = read_timeline(args.timeline)
-    elif len(args.prompt) > 1 or args.switch_every is not None:
-        timeline = switch_every(args.prompt, args.switch_every or args.frames)
-    else:
-        timeline = [(0, args.prompt[0])]
+    timeline = _timeline(args.prompt or [], args.switch_every, args.timeline, args.frames)
     make_sampler, vq, vae = _ar_parts(args)
     frames = coarse_video(make_sampler(args.seed), vq, vae, timeline, args.frames)
     with VideoWriter(args.out, fps=args.fps) as writer:

@@ -366,9 +366,15 @@ class ARLONPipeline(DiffusionPipeline):
                 reference[:, :, :r] = previous[:, :, -r:]
                 frame_mask[:, :r] = True
             velocity = guided(self.dit, guidance_scale, condition=condition)
-            shift = getattr(self.scheduler.config, "shift", 1.0)
             x = sample(
-                velocity, noise, steps, text.states, text.mask, reference, frame_mask, shift=shift
+                velocity,
+                noise,
+                steps,
+                text.states,
+                text.mask,
+                reference,
+                frame_mask,
+                self.scheduler,
             )
             times.dit += time.perf_counter() - started
             times.segments += 1

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import time
+
+from lengths import run_lengths
 
 
 def run(args) -> dict:
@@ -61,17 +61,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(run(args)))
         return
-    results = []
-    for frames in args.frames:
-        argv = [sys.executable, __file__, "--child", "--frames", str(frames)]
-        argv += ["--guidance", str(args.guidance), "--threads", str(args.threads)]
-        argv += ["--ar", args.ar] if args.ar else []
-        out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-        results.append(json.loads(out.strip().splitlines()[-1]))
-        print(json.dumps(results[-1]), flush=True)
-    if len(results) > 1:
-        ratio = results[-1]["peak_rss_mib"] / results[0]["peak_rss_mib"]
-        print(json.dumps({"peak_ratio_longest_to_shortest": round(ratio, 3)}))
+    argv = ["--guidance", str(args.guidance), "--threads", str(args.threads)]
+    run_lengths(__file__, args.frames, argv + (["--ar", args.ar] if args.ar else []))
 
 
 if __name__ == "__main__":

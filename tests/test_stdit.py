@@ -226,3 +226,13 @@ def test_baseline_then_arlon_train_through_the_cli_with_a_frozen_backbone(cache,
         assert torch.equal(trained[name], p), name  # the backbone did not move
     injection = arlon.injected_blocks()[0].injection.modulation.weight
     assert injection.abs().sum() > 0  # the injection did
+
+
+def test_resolution_shift_follows_open_sora():
+    from arlon.diffusion.rectified_flow import resolution_shift, shift_timesteps
+
+    assert resolution_shift(9, 8, 8, base=(9, 8, 8)) == 1.0
+    assert resolution_shift(20, 64, 64, base=(1, 64, 64)) == pytest.approx(20**0.5)
+    assert resolution_shift(1, 128, 128, base=(1, 64, 64)) == pytest.approx(2.0)
+    t = torch.tensor([0.25, 0.5])
+    assert torch.allclose(shift_timesteps(t, 3.0), torch.tensor([0.5, 0.75]))  # towards noise

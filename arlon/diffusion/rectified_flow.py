@@ -121,11 +121,11 @@ def sample(
     text_mask: torch.Tensor | None = None,
     reference: torch.Tensor | None = None,
     frame_mask: torch.Tensor | None = None,
-    shift: float = 1.0,
+    sched: FlowMatchEulerDiscreteScheduler | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Denoise `noise` `(B, C, T, H, W)` from t = 1 to 0 in `num_inference_steps` Euler steps of
-    diffusers' `FlowMatchEulerDiscreteScheduler`. Frames where `frame_mask` `(B, T)` is True are set
+    `sched` (default: diffusers' `FlowMatchEulerDiscreteScheduler` without shift). Frames where `frame_mask` `(B, T)` is True are set
     to `reference` (same shape as `noise`) before every step and at the end: they stay exact."""
     if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
         raise ArlonError(
@@ -139,7 +139,7 @@ def sample(
             )
         if reference is None:
             raise ArlonError("a reference mask needs the reference latent")
-    sched = scheduler(shift)
+    sched = sched or scheduler()
     sched.set_timesteps(num_inference_steps, device=noise.device)
     x = noise
     keep = None if frame_mask is None else frame_mask[:, None, :, None, None]

@@ -19,15 +19,10 @@ from tqdm.auto import tqdm
 
 from arlon.coarse import coarse_video
 from arlon.evaluation.recon import HELDOUT_SEED
-from arlon.world.metrics import Expected, score_video
+from arlon.world.metrics import Expected, mean_judged, score_video
 from arlon.world.simulate import random_episode
 
 SamplerFactory = Callable[[int], object]  # seed -> ARSampler
-
-
-def _mean(values) -> float | None:
-    kept = [v for v in values if v is not None]
-    return float(np.mean(kept)) if kept else None
 
 
 def _score_all(make_sampler: SamplerFactory, vq, vae, timelines, num_frames, seed, desc, progress):
@@ -60,7 +55,7 @@ def prompt_eval(
     )
     names = ("attribute", "colour", "shape", "size", "background", "motion", "speed", "count")
     out = {"prompts": prompts, "frames": num_frames}
-    out |= {n: _mean(r[n] for r in reports) for n in names}
+    out |= {n: mean_judged(r[n] for r in reports) for n in names}
     out["seconds_per_video"] = seconds / prompts
     out["frames_per_second"] = prompts * num_frames / seconds
     return out
@@ -85,13 +80,13 @@ def timeline_eval(
         "timelines": timelines,
         "frames": num_frames,
         "switches": sum(r["switch"]["count"] for r in reports),
-        "identity": _mean(r["identity"] for r in reports),
-        "attribute": _mean(r["attribute"] for r in reports),
-        "motion": _mean(r["motion"] for r in reports),
-        "switched": _mean(r["switch"]["switched"] for r in reports),
+        "identity": mean_judged(r["identity"] for r in reports),
+        "attribute": mean_judged(r["attribute"] for r in reports),
+        "motion": mean_judged(r["motion"] for r in reports),
+        "switched": mean_judged(r["switch"]["switched"] for r in reports),
         "switch_latency_median": float(np.median(latencies)) if latencies else None,
         "switch_latency_mean": float(np.mean(latencies)) if latencies else None,
-        "attribute_early": _mean(r["drift"]["early"]["attribute"] for r in reports),
-        "attribute_late": _mean(r["drift"]["late"]["attribute"] for r in reports),
+        "attribute_early": mean_judged(r["drift"]["early"]["attribute"] for r in reports),
+        "attribute_late": mean_judged(r["drift"]["late"]["attribute"] for r in reports),
         "seconds_per_video": seconds / timelines,
     }

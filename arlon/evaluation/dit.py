@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from arlon.diffusion.rectified_flow import guided, sample
 from arlon.evaluation.recon import HELDOUT_SEED
-from arlon.world.metrics import Expected, psnr, score_video
+from arlon.world.metrics import Expected, mean_judged, psnr, score_video
 from arlon.world.render import render_states
 from arlon.world.simulate import random_episode
 
@@ -91,7 +91,9 @@ def teacher_forced(
                 results[s]["psnr"].append(psnr(real[first:], fake[first:]))
             bar.update(len(batch))
     bar.close()
-    return {s: {m: _mean(v) for m, v in per_metric.items()} for s, per_metric in results.items()}
+    return {
+        s: {m: mean_judged(v) for m, v in per_metric.items()} for s, per_metric in results.items()
+    }
 
 
 def ar_codes(ar, text, codes: torch.Tensor, keep: int, seed: int) -> torch.Tensor:
@@ -109,8 +111,3 @@ def ar_codes(ar, text, codes: torch.Tensor, keep: int, seed: int) -> torch.Tenso
         drawn = torch.multinomial(last.flatten(0, 1), 1, generator=generator)
         out[:, f] = drawn.view(b, *codes.shape[2:])
     return out
-
-
-def _mean(values) -> float | None:
-    kept = [v for v in values if v is not None]
-    return float(np.mean(kept)) if kept else None

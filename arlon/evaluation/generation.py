@@ -15,15 +15,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from arlon.evaluation.recon import HELDOUT_SEED
-from arlon.world.metrics import Expected, score_video
+from arlon.world.metrics import Expected, mean_judged, score_video
 from arlon.world.simulate import random_episode
 
 NAMES = ("attribute", "colour", "shape", "size", "background", "motion", "count", "identity")
-
-
-def _mean(values) -> float | None:
-    kept = [v for v in values if v is not None]
-    return float(np.mean(kept)) if kept else None
 
 
 def _score(pipe, timelines, num_frames, settings, desc, progress) -> tuple[list[dict], float]:
@@ -41,15 +36,15 @@ def _score(pipe, timelines, num_frames, settings, desc, progress) -> tuple[list[
 
 
 def _summary(reports: list[dict], seconds: float) -> dict:
-    out = {n: _mean(r[n] for r in reports) for n in (*NAMES, "rerender_psnr")}
+    out = {n: mean_judged(r[n] for r in reports) for n in (*NAMES, "rerender_psnr")}
     latencies = [lat for r in reports for lat in r["switch"]["latencies"]]
     if latencies:
         out["switches"] = len(latencies)
-        out["switched"] = _mean(r["switch"]["switched"] for r in reports)
+        out["switched"] = mean_judged(r["switch"]["switched"] for r in reports)
         out["switch_latency_median"] = float(np.median(latencies))
     for window in ("early", "late"):
         for n in ("attribute", "identity", "motion"):
-            out[f"{n}_{window}"] = _mean(r["drift"][window][n] for r in reports)
+            out[f"{n}_{window}"] = mean_judged(r["drift"][window][n] for r in reports)
     out["seconds_per_video"] = seconds / max(len(reports), 1)
     return out
 

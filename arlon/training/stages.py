@@ -108,7 +108,7 @@ _DIT_SHAPES_TINY = dict(
     eval_every=500,
 )
 # Open-Sora v1.2's recipe, for GPUs: AdamW 1e-4, bf16, EMA 0.9999; Open-Sora's 20 latent frames
-# per sample with 5 of reference.
+# per sample with 5 of reference; its timestep shift relative to one 512x512 frame (64x64 latent).
 _DIT_OPENSORA = dict(
     batch_size=8,
     lr=1e-4,
@@ -118,7 +118,7 @@ _DIT_OPENSORA = dict(
     checkpoint_every=1000,
     log_every=50,
     eval_every=5000,
-    data=dict(frames=20, max_reference=5),
+    data=dict(frames=20, max_reference=5, shift_base=[1, 64, 64]),
 )
 TRAIN_PRESETS["dit"] = {
     "smoke": dict(max_steps=10, batch_size=2, warmup_steps=2, checkpoint_every=5, log_every=5),
@@ -378,7 +378,9 @@ class DiTStage(_CacheStage):
     """The baseline STDiT: rectified flow on windows of `frames` cached latent frames with their
     captions (Open-Sora's loop). With probability `reference_prob` a window's first 1 to
     `max_reference` frames are clean references (timestep 0, no loss), so the model learns to
-    continue a segment; `caption_dropout` of the captions become the null caption (for CFG)."""
+    continue a segment; `caption_dropout` of the captions become the null caption (for CFG).
+    Timesteps are shifted by `shift` times Open-Sora's resolution/length rule relative to
+    `shift_base` (latent frames, height, width; None: no rule)."""
 
     DEFAULTS = {
         "frames": 9,
@@ -387,6 +389,7 @@ class DiTStage(_CacheStage):
         "reference_prob": 0.75,
         "max_reference": 3,
         "shift": 1.0,
+        "shift_base": None,
     }
     NEEDS = "a latent cache: pass --data DIR (built with 'arlon cache --vae ...')"
     CONDITION = False  # the windows carry the coarse latent (ARLON)
@@ -405,7 +408,7 @@ class DiTStage(_CacheStage):
         return stdit(cfg.preset, **{**sizes, **cfg.model})
 
     def _loss(self, model, batch, data: dict, dropout: float):
-        from arlon.diffusion.rectified_flow import flow_loss
+        from arlon.diffusion.rectified_flow import flow_loss, resolution_shift
 
         x0 = batch["latents"]
         b, t = x0.shape[0], x0.shape[2]
@@ -414,11 +417,14 @@ class DiTStage(_CacheStage):
         with_reference = torch.rand(b, device=device) < data["reference_prob"]
         count = torch.randint(1, data["max_reference"] + 1, (b,), device=device) * with_reference
         frame_mask = torch.arange(t, device=device)[None] < count[:, None]  # (B, T)
+        shift = data["shift"]
+        if data["shift_base"] is not None:
+            shift *= resolution_shift(*x0.shape[2:], base=tuple(data["shift_base"]))
         return flow_loss(
             model,
             x0,
             frame_mask,
-            data["shift"],
+            shift,
             text_states=text.states.to(device),
             text_mask=text.mask.to(device),
             drop_caption=torch.rand(b, device=device) < dropout,

@@ -102,7 +102,7 @@ class WorldScore:
             return None if total == 0 else float(r[f"{name}_ok"].sum() / total)
 
         out = {n: rate(n) for n in ("colour", "shape", "size", "background", "motion", "speed")}
-        out["attribute"] = _mean(out[n] for n in ("colour", "shape", "size", "background"))
+        out["attribute"] = mean_judged(out[n] for n in ("colour", "shape", "size", "background"))
         out["count"] = rate("count")
         out["identity"] = rate("identity")
         psnr = self.psnr[start:stop]
@@ -156,7 +156,8 @@ class WorldScore:
         }
 
 
-def _mean(values: Iterable[float | None]) -> float | None:
+def mean_judged(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that were judged (not None); None if none was."""
     kept = [v for v in values if v is not None]
     return float(np.mean(kept)) if kept else None
 
