@@ -367,6 +367,13 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, default=5, help="DiT steps (default 5)")
     gen.add_argument("--mode", choices=("arlon", "baseline"), default="arlon")
     gen.add_argument("--guidance", type=float, default=1.0, help="DiT guidance (default 1)")
+    gen.add_argument(
+        "--batch",
+        type=int,
+        default=25,
+        help="videos whose AR codes are sampled together (default 25; faster per video, more "
+        "memory; the scores do not depend on it)",
+    )
     gen.add_argument("--out", type=Path, help="also write the JSON here")
     gen.set_defaults(run=_eval_generate)
 
@@ -649,11 +656,20 @@ def _eval_generate(args) -> None:
     from arlon.pipeline import ARLONPipeline
     from arlon.weights import ROOT
 
-    if args.frames < 1 or args.steps < 1 or args.prompts < 0 or args.timelines < 0:
-        raise ArlonError("--frames and --steps must be positive, --prompts and --timelines >= 0")
+    if min(args.frames, args.steps, args.batch) < 1 or min(args.prompts, args.timelines) < 0:
+        raise ArlonError(
+            "--frames, --steps and --batch must be positive, --prompts and --timelines >= 0"
+        )
     pipe = ARLONPipeline.from_pretrained(args.model or ROOT)
     report = generation_eval(
-        pipe, args.prompts, args.timelines, args.frames, args.steps, args.mode, args.guidance
+        pipe,
+        args.prompts,
+        args.timelines,
+        args.frames,
+        args.steps,
+        args.mode,
+        args.guidance,
+        batch=args.batch,
     )
     _emit_json(report, args.out)
 

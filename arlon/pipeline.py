@@ -27,7 +27,7 @@ import importlib
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,12 +210,15 @@ class ARLONPipeline(DiffusionPipeline):
         mode: str = "arlon",
         init_video: np.ndarray | str | Path | None = None,
         progress: bool = True,
+        codes: Iterable[torch.Tensor] | None = None,
     ) -> Iterator[np.ndarray]:
         """Frames `(H, W, 3)` uint8, one at a time, as the stages produce them.
 
         `init_video` (frames `(T, H, W, 3)` uint8 or a video file) is continued: its last latent
         frames are the first segment's reference and its codes the AR's history; the frames
-        returned are the `num_frames` that follow it."""
+        returned are the `num_frames` that follow it. `codes`: the AR's token frames `(h, w)` for
+        this video, sampled beforehand (`sample_codes` draws many videos' at once); the AR
+        settings are then unused."""
         timeline = _timeline(prompt, timeline)
         init = None
         if init_video is not None:
@@ -228,27 +231,27 @@ class ARLONPipeline(DiffusionPipeline):
         height, width = height or default_h, width or default_w
         self.check_inputs(timeline, num_frames, height, width, num_inference_steps, mode)
         times = self.last_times = StageTimes()
-        s, r = self.config.segment_frames, self.config.reference_frames
-        # new latent frames: a causal VAE's first latent is one frame, the others four
-        if init is None:
-            needed = 1 + latent_frame(num_frames - 1, self.temporal_ratio)
-            segments = 1 + max(0, -(-(needed - s) // (s - r)))
-        else:
-            needed = -(-num_frames // self.temporal_ratio)
-            segments = -(-needed // (s - r))
-        new_latents = segments * (s - r) + (r if init is None else 0)
+        r = self.config.reference_frames
+        segments, new_latents = self._plan(num_frames, continued=init is not None)
         conditions = None
         if mode == "arlon":
-            sampler = ARSampler(
-                self.ar,
-                self.text_encoder,
-                temperature=ar_temperature,
-                top_k=ar_top_k,
-                top_p=ar_top_p,
-                guidance_scale=ar_guidance_scale,
-                seed=seed,
-            )
-            conditions = self._conditions(sampler, timeline, new_latents, init, times)
+            history = None if init is None else list(self.vq.encode(init)[0])  # (h, w) each
+            if codes is None:
+                sampler = ARSampler(
+                    self.ar,
+                    self.text_encoder,
+                    temperature=ar_temperature,
+                    top_k=ar_top_k,
+                    top_p=ar_top_p,
+                    guidance_scale=ar_guidance_scale,
+                    seed=seed,
+                )
+                codes = sampler.frames(
+                    token_timeline(timeline, self.temporal_ratio, self.vq.ratio[0]),
+                    self._token_frames(new_latents),
+                    history,
+                )
+            conditions = self._conditions(codes, init, history, times)
         bars = _Bars(progress, num_frames, segments)
         latents = self._latents(
             timeline,
@@ -299,21 +302,73 @@ class ARLONPipeline(DiffusionPipeline):
             raise ArlonError(f"the video to continue needs at least {need} frames")
         return latents[:, :, -r:]
 
-    def _conditions(self, sampler, timeline, new_latents, init, times) -> Iterator[torch.Tensor]:
-        """Coarse latent frames `(1, C, 1, h, w)`, one at a time, from the AR's codes (and, when
-        continuing a video, its reference frames first, through the fine VQ-VAE)."""
-        r_t = self.vq.ratio[0]
-        code_window = self.ar.config.code_window
-        history = None
-        if init is not None:
-            codes = self.vq.encode(init)[0]  # (r, h, w)
-            history = list(codes)
-            yield from self.vq.decode_codes(codes[None], num_frames=init.shape[2]).split(1, dim=2)
-        windows = -(-new_latents // (code_window * r_t))
-        codes = sampler.frames(
-            token_timeline(timeline, self.temporal_ratio, r_t), windows * code_window, history
+    def _plan(self, num_frames: int, continued: bool = False) -> tuple[int, int]:
+        """`(segments, new latent frames)` for `num_frames` video frames (continuing a video: they
+        follow its reference frames)."""
+        s, r = self.config.segment_frames, self.config.reference_frames
+        # new latent frames: a causal VAE's first latent is one frame, the others four
+        if not continued:
+            needed = 1 + latent_frame(num_frames - 1, self.temporal_ratio)
+            segments = 1 + max(0, -(-(needed - s) // (s - r)))
+        else:
+            needed = -(-num_frames // self.temporal_ratio)
+            segments = -(-needed // (s - r))
+        return segments, segments * (s - r) + (0 if continued else r)
+
+    def _token_frames(self, new_latents: int) -> int:
+        """AR token frames that cover `new_latents` latent frames: whole VQ windows."""
+        frames_per_window = self.ar.config.code_window * self.vq.ratio[0]
+        return -(-new_latents // frames_per_window) * self.ar.config.code_window
+
+    @torch.inference_mode()
+    def sample_codes(
+        self,
+        timelines: list[Timeline],
+        num_frames: int,
+        seeds: list[int],
+        ar_temperature: float = 1.0,
+        ar_top_k: int = 0,
+        ar_top_p: float = 1.0,
+        ar_guidance_scale: float = 1.0,
+        progress: bool = False,
+    ) -> list[list[torch.Tensor]]:
+        """The AR's token frames for several videos at once (a batch: much faster per video than one
+        by one), to pass to `stream(codes=...)` with the same timeline, length and seed. Memory
+        grows with the batch and the length: meant for evaluations, not for unbounded videos."""
+        for timeline in timelines:
+            check_timeline(timeline)
+        _, new_latents = self._plan(num_frames)
+        sampler = ARSampler(
+            self.ar,
+            self.text_encoder,
+            temperature=ar_temperature,
+            top_k=ar_top_k,
+            top_p=ar_top_p,
+            guidance_scale=ar_guidance_scale,
+            seed=seeds,
         )
-        chunks = coarse_latents(codes, self.vq, code_window)
+        r_t = self.vq.ratio[0]
+        tokens = [token_timeline(t, self.temporal_ratio, r_t) for t in timelines]
+        total = self._token_frames(new_latents)
+        frames = list(
+            tqdm(
+                sampler.batch_frames(tokens, total),
+                total=total,
+                desc=f"AR ({len(timelines)} videos)",
+                unit="token frame",
+                disable=not progress,
+                leave=False,
+            )
+        )
+        return [[frame[i] for frame in frames] for i in range(len(timelines))]
+
+    def _conditions(self, codes, init, history, times) -> Iterator[torch.Tensor]:
+        """Coarse latent frames `(1, C, 1, h, w)`, one at a time, from the AR's token frames `codes`
+        (and, when continuing a video, from its reference frames' codes `history` first)."""
+        if init is not None:
+            decoded = self.vq.decode_codes(torch.stack(history)[None], num_frames=init.shape[2])
+            yield from decoded.split(1, dim=2)
+        chunks = coarse_latents(codes, self.vq, self.ar.config.code_window)
         while True:
             started = time.perf_counter()
             chunk = next(chunks, None)

@@ -73,6 +73,22 @@ def test_sampling_is_deterministic_per_seed(model, text_encoder):
     assert a.min() >= 0 and a.max() < model.codebook_size
 
 
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_a_batch_gives_each_video_its_own_seeds_codes(model, text_encoder, guidance):
+    """Videos sampled together (different timelines, switches at different frames) get the codes
+    each would get alone with its seed."""
+    timelines = [TIMELINE, [(0, "a green triangle stays still"), (2, "a red circle moves left")]]
+    settings = dict(top_k=20, guidance_scale=guidance)
+    sampler = ARSampler(model, text_encoder, seed=[3, 4], **settings)
+    batch = torch.stack(list(sampler.batch_frames(timelines, 9)), dim=1)  # (videos, frames, h, w)
+    for video, timeline, seed in zip(batch, timelines, [3, 4], strict=True):
+        assert torch.equal(video, generate(model, text_encoder, timeline, 9, seed=seed, **settings))
+    with pytest.raises(ArlonError, match="3 timelines for 2 seeds"):
+        next(sampler.batch_frames([TIMELINE] * 3, 9))
+    with pytest.raises(ArlonError, match="use batch_frames"):
+        next(sampler.frames(TIMELINE, 9))
+
+
 def test_the_window_slides_in_constant_memory(model, text_encoder):
     sampler = ARSampler(model, text_encoder, seed=0)
     cache = sampler.cache

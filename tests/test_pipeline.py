@@ -76,9 +76,9 @@ def test_a_timeline_switch_reaches_the_ar_and_the_dit(pipe, monkeypatch):
     ar_prompts, dit_states = [], []
     original = ARSampler._prefix
 
-    def prefix(self, prompt):
-        ar_prompts.append(prompt)
-        return original(self, prompt)
+    def prefix(self, prompts):
+        ar_prompts.extend(prompts)
+        return original(self, prompts)
 
     monkeypatch.setattr(ARSampler, "_prefix", prefix)
     forward = pipe.dit.forward
@@ -95,6 +95,16 @@ def test_a_timeline_switch_reaches_the_ar_and_the_dit(pipe, monkeypatch):
     expected = [pipe.text_encoder.encode([p]).states[0] for p in (PROMPT, second)]
     used = [next(i for i, e in enumerate(expected) if torch.equal(s, e)) for s in dit_states]
     assert used == [0, 1, 1]  # the segment that holds the switch already renders the new prompt
+
+
+def test_codes_sampled_as_a_batch_give_each_video_its_own_frames(pipe):
+    timelines = [[(0, PROMPT)], [(0, PROMPT), (12, "a blue square moves up on a gray background")]]
+    batch = pipe.sample_codes(timelines, FRAMES + 8, seeds=[5, 6])
+    for timeline, codes, seed in zip(timelines, batch, [5, 6], strict=True):
+        settings = dict(timeline=timeline, num_frames=FRAMES + 8, num_inference_steps=1, seed=seed)
+        alone = np.stack(list(pipe.stream(**settings, progress=False)))
+        given = np.stack(list(pipe.stream(**settings, progress=False, codes=codes)))
+        assert np.array_equal(alone, given)
 
 
 def test_baseline_mode_runs_without_the_ar(pipe, monkeypatch):

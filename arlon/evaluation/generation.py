@@ -21,17 +21,33 @@ from arlon.world.simulate import random_episode
 NAMES = ("attribute", "colour", "shape", "size", "background", "motion", "count", "identity")
 
 
-def _score(pipe, timelines, num_frames, settings, desc, progress) -> tuple[list[dict], float]:
+def _score(pipe, timelines, num_frames, settings, batch, desc, progress):
+    """World reports of the videos of `timelines` (video i from seed i), and the seconds taken.
+    ARLON's AR codes are sampled `batch` videos at a time, then each video is rendered alone."""
     reports, seconds = [], 0.0
     height, width = pipe.default_size()
-    for i, timeline in enumerate(tqdm(timelines, desc=desc, unit="video", disable=not progress)):
+    bar = tqdm(total=len(timelines), desc=desc, unit="video", disable=not progress)
+    for first in range(0, len(timelines), batch):
+        chunk = timelines[first : first + batch]
+        seeds = list(range(first, first + len(chunk)))
         start = time.perf_counter()
-        frames = pipe.stream(
-            timeline=timeline, num_frames=num_frames, seed=i, progress=False, **settings
-        )
-        expected = Expected.from_timeline(timeline, num_frames, height, width)
-        reports.append(score_video(frames, expected).report())
+        codes = [None] * len(chunk)
+        if settings["mode"] == "arlon":
+            codes = pipe.sample_codes(chunk, num_frames, seeds, progress=progress)
+        for timeline, seed, video_codes in zip(chunk, seeds, codes, strict=True):
+            frames = pipe.stream(
+                timeline=timeline,
+                num_frames=num_frames,
+                seed=seed,
+                progress=False,
+                codes=video_codes,
+                **settings,
+            )
+            expected = Expected.from_timeline(timeline, num_frames, height, width)
+            reports.append(score_video(frames, expected).report())
+            bar.update(1)
         seconds += time.perf_counter() - start
+    bar.close()
     return reports, seconds
 
 
@@ -58,20 +74,24 @@ def generation_eval(
     mode: str = "arlon",
     guidance_scale: float = 1.0,
     seed: int = HELDOUT_SEED,
+    batch: int = 25,
     progress: bool = True,
 ) -> dict:
     """Mean world metrics of `prompts` single-prompt videos and `timelines` videos whose caption
-    changes, `num_frames` frames each (drift: first vs last quarter)."""
+    changes, `num_frames` frames each (drift: first vs last quarter). `batch`: videos whose AR
+    codes are sampled together (the results do not depend on it, up to float rounding)."""
     settings = dict(num_inference_steps=steps, mode=mode, guidance_scale=guidance_scale)
     report = {"mode": mode, "steps": steps, "frames": num_frames}
     if prompts:
         single = [random_episode((seed, i), 2, events=False).timeline[:1] for i in range(prompts)]
-        reports, seconds = _score(pipe, single, num_frames, settings, f"{mode} prompts", progress)
+        reports, seconds = _score(
+            pipe, single, num_frames, settings, batch, f"{mode} prompts", progress
+        )
         report["prompts"] = {"videos": prompts, **_summary(reports, seconds)}
     if timelines:
         changing = [random_episode((seed + 1, i), num_frames).timeline for i in range(timelines)]
         reports, seconds = _score(
-            pipe, changing, num_frames, settings, f"{mode} timelines", progress
+            pipe, changing, num_frames, settings, batch, f"{mode} timelines", progress
         )
         report["timelines"] = {"videos": timelines, **_summary(reports, seconds)}
     return report

@@ -18,7 +18,7 @@ token: slow, and there to check the cache (both give the same codes for the same
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -32,12 +32,12 @@ def sample_logits(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """One index per row of `logits` `(B, K)` -> `(B,)` long. Temperature 0 is greedy; top-k (0:
     off) keeps the k likeliest; top-p keeps the smallest set of likeliest codes whose probability
     reaches p (Holtzman et al. 2019, arxiv.org/abs/1904.09751). Drawn by inverting the cumulative
-    distribution with one uniform number per row from `generator`."""
+    distribution with one uniform number per row from `generator` (or from each row's own)."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
@@ -51,13 +51,18 @@ def sample_logits(
         drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
         probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0))
         probs = probs / probs.sum(-1, keepdim=True)
-    u = 1 - torch.rand(probs.shape[0], 1, generator=generator, device=probs.device)  # (0, 1]
+    if isinstance(generator, Sequence):
+        u = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in generator])[:, None]
+    else:
+        u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device)
+    u = 1 - u  # (0, 1]
     cdf = probs.cumsum(-1)
     return torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_max(probs.shape[-1] - 1).squeeze(-1)
 
 
 class ARSampler:
-    """Streams codes from an `ARTransformer` for a prompt timeline (in token frames)."""
+    """Streams codes from an `ARTransformer` for a prompt timeline (in token frames), or for a batch
+    of timelines at once (one seed each: `seed=[...]`, and `batch_frames`)."""
 
     def __init__(
         self,
@@ -67,7 +72,7 @@ class ARSampler:
         top_k: int = 0,
         top_p: float = 1.0,
         guidance_scale: float = 1.0,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         use_cache: bool = True,
     ):
         if temperature < 0:
@@ -78,44 +83,49 @@ class ARSampler:
             raise ArlonError(f"top_k must be >= 0 (0: off), got {top_k}")
         if guidance_scale < 0:
             raise ArlonError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        seeds = [seed] if isinstance(seed, int) else list(seed)
+        if not seeds:
+            raise ArlonError("at least one seed is needed")
         self.model = model.eval()
         self.text_encoder = text_encoder
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.guidance_scale = guidance_scale
         self.use_cache = use_cache
         device = model.bos.device
-        self.generator = torch.Generator(device).manual_seed(seed)
-        self.batch = 1 if guidance_scale == 1 else 2
+        # one generator per video, so a video's codes depend on its seed, not on its batch
+        self.generators = [torch.Generator(device).manual_seed(s) for s in seeds]
+        self.videos = len(seeds)
+        # under guidance the rows are the videos' prompts, then as many null prompts
+        self.batch = self.videos * (1 if guidance_scale == 1 else 2)
         self.cache: KVCache | None = model.new_cache(self.batch) if use_cache else None
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _prefix(self, prompt: str) -> torch.Tensor:
-        """`(batch, P + 1, C)`: the prompt's prefix, and the null prompt's under guidance."""
-        out = self.text_encoder.encode([prompt])
+    def _prefix(self, prompts: list[str]) -> torch.Tensor:
+        """`(len(prompts), P + 1, C)`: the prompts' prefixes."""
+        out = self.text_encoder.encode(prompts)
         device = self.model.bos.device
-        prefix = self.model.embed_prefix(out.states.to(device), out.mask.to(device))
-        if self.batch == 2:
-            prefix = torch.cat([prefix, self.model.embed_prefix(None, None, 1)])
-        return prefix
+        return self.model.embed_prefix(out.states.to(device), out.mask.to(device))
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-video `(videos, ...)` -> per-row `(batch, ...)` (the null rows see the same codes)."""
+        return x.repeat(self.batch // self.videos, *[1] * (x.ndim - 1))
 
     def _next(self, logits: torch.Tensor) -> torch.Tensor:
-        """Guided logits of the last position `(batch, K)` -> the next code `(1,)`."""
-        if self.batch == 2:
-            cond, null = logits[0:1], logits[1:2]
+        """Logits of the last position `(batch, K)` -> each video's next code `(videos,)`."""
+        if self.batch > self.videos:
+            cond, null = logits[: self.videos], logits[self.videos :]
             logits = null + self.guidance_scale * (cond - null)
-        return sample_logits(logits, self.temperature, self.top_k, self.top_p, self.generator)
+        return sample_logits(logits, self.temperature, self.top_k, self.top_p, self.generators)
 
     def _embed(self, codes: list[torch.Tensor], first_frame: int) -> torch.Tensor:
-        """Whole or partial token frames (each `(n,)` long) -> `(batch, N, C)`."""
+        """Whole or partial token frames (each `(videos, n)` long) -> `(batch, N, C)`."""
         if not codes:
             return self.model.bos.new_zeros(self.batch, 0, self.model.bos.shape[0])
-        flat = torch.cat(codes)[None].expand(self.batch, -1)
-        return self.model.embed_codes(flat, 0, first_frame)
+        return self.model.embed_codes(self._rows(torch.cat(codes, dim=1)), 0, first_frame)
 
     # -- generation -------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def frames(
         self, timeline: Timeline, num_frames: int, history: list[torch.Tensor] | None = None
     ) -> Iterator[torch.Tensor]:
@@ -123,36 +133,64 @@ class ARSampler:
 
         `history`: token frames `(h, w)` that come before frame 0 (a video being continued); the
         last `max_frames - 1` of them are the first context."""
-        check_timeline(timeline)
+        if self.videos != 1:
+            raise ArlonError(f"this sampler has {self.videos} seeds: use batch_frames")
+        histories = None if history is None else [history]
+        for codes in self.batch_frames([timeline], num_frames, histories):
+            yield codes[0]
+
+    @torch.inference_mode()
+    def batch_frames(
+        self,
+        timelines: list[Timeline],
+        num_frames: int,
+        histories: list[list[torch.Tensor]] | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Token frames `(videos, h, w)`, one at a time, one timeline (and history, all of the same
+        length) per seed. Video i's codes are those `frames` gives for its timeline and seed alone
+        (up to float rounding, which batching changes)."""
+        if len(timelines) != self.videos:
+            raise ArlonError(f"{len(timelines)} timelines for {self.videos} seeds")
+        for timeline in timelines:
+            check_timeline(timeline)
         if num_frames < 1:
             raise ArlonError(f"num_frames must be >= 1, got {num_frames}")
         cfg = self.model.config
         per_frame = self.model.tokens_per_frame
-        history: deque[torch.Tensor] = deque(
-            (codes.flatten().long() for codes in history or []), maxlen=cfg.max_frames - 1
-        )
-        switches = dict(timeline)
-        prefix = None
+        history: deque[torch.Tensor] = deque(maxlen=cfg.max_frames - 1)  # (videos, h * w) each
+        if histories is not None:
+            if len(histories) != self.videos or len({len(h) for h in histories}) != 1:
+                raise ArlonError("one history per video, all of the same length")
+            for frames in zip(*histories, strict=True):
+                history.append(torch.stack([f.flatten().long() for f in frames]))
+        switches = [dict(timeline) for timeline in timelines]
+        prompts = self._prefix([timeline[0][1] for timeline in timelines])  # (videos, P + 1, C)
+        if self.batch > self.videos:
+            null = self.model.embed_prefix(None, None, self.videos)
+            prefix = torch.cat([prompts, null])  # (batch, P + 1, C)
+        else:
+            prefix = prompts
         for t in range(num_frames):
-            if t in switches:
-                prefix = self._prefix(switches[t])
+            switching = [i for i, s in enumerate(switches) if t in s and t > 0]
+            if switching:
+                prefix[switching] = self._prefix([switches[i][t] for i in switching])
             # The context: prefix, history frames (the first of them is token frame `first`), and
             # the codes of frame t so far. From frame max_frames on, the cache is full: refill.
             first = t - len(history)
-            if self.use_cache and (t in switches or t >= cfg.max_frames):
+            if self.use_cache and (t == 0 or switching or t >= cfg.max_frames):
                 self.cache.reset()
                 logits = self.model.forward_embeddings(
                     torch.cat([prefix, self._embed(list(history), first)], dim=1), self.cache
                 )[:, -1]
-            frame: list[torch.Tensor] = []
+            frame: list[torch.Tensor] = []  # (videos, 1) each
             for j in range(per_frame):
                 if not self.use_cache:
                     x = torch.cat([prefix, self._embed([*history, *frame], first)], dim=1)
                     logits = self.model.forward_embeddings(x)[:, -1]
-                frame.append(self._next(logits))
+                frame.append(self._next(logits)[:, None])
                 if self.use_cache:
-                    x = self.model.embed_codes(frame[-1][None].expand(self.batch, -1), j, t)
+                    x = self.model.embed_codes(self._rows(frame[-1]), j, t)
                     logits = self.model.forward_embeddings(x, self.cache, self.cache.length)[:, -1]
-            codes = torch.cat(frame)  # (h * w,)
+            codes = torch.cat(frame, dim=1)  # (videos, h * w)
             history.append(codes)
-            yield codes.view(cfg.frame_height, cfg.frame_width)
+            yield codes.view(self.videos, cfg.frame_height, cfg.frame_width)
