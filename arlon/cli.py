@@ -308,8 +308,73 @@ def _parser() -> argparse.ArgumentParser:
     _add_ar_args(coarse)
     coarse.set_defaults(run=_coarse)
 
-    evaluate = commands.add_parser("eval", help="measure trained components")
-    eval_commands = evaluate.add_subparsers(title="eval commands", required=True, metavar="COMMAND")
+    bench = commands.add_parser(
+        "bench",
+        help="speed and memory: generation per stage and vs length, DiT FLOP/s, training",
+        description="Measure `arlon generate` end to end and per stage at each length (each in a "
+        "fresh process: peak memory is per process), the DiT's achieved FLOP/s against this "
+        "machine's matmul FLOP/s measured in the same run, and each stage's training samples/s. "
+        "Prints JSON lines and a table; --out also writes bench.json and bench.md.",
+    )
+    bench.add_argument(
+        "--lengths",
+        type=int,
+        nargs="+",
+        default=[120, 600, 2400],
+        help="video lengths in frames (default 120 600 2400)",
+    )
+    bench.add_argument("--steps", type=int, default=5, help="DiT steps (default 5)")
+    bench.add_argument("--mode", choices=("arlon", "baseline"), default="arlon")
+    bench.add_argument("--model", type=Path, help="pipeline folder (default: the embedded one)")
+    bench.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    bench.add_argument(
+        "--train-data",
+        type=Path,
+        help="latent cache for the vqvae/ar/dit/arlon training speeds (without it only the VAE's)",
+    )
+    bench.add_argument(
+        "--train-steps", type=int, default=6, help="training steps timed per stage (default 6)"
+    )
+    bench.add_argument("--no-train", action="store_true", help="skip the training speeds")
+    bench.add_argument("--out", type=Path, help="folder for bench.json and bench.md")
+    bench.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    bench.set_defaults(run=_bench)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="run an evaluation suite, or measure one trained component",
+        description="With --suite: generate every video of a suite (a packaged one: short, "
+        "paraphrase, long-600, long-2400; or a file of prompts / timelines, VBench's prompt lists "
+        "included) for each mode and step count, score it (world metrics, VBench-style "
+        "dimensions, seam ratio, metrics over time) and write OUT/metrics.json, OUT/metrics.md "
+        "and PNG plots. Finished videos are kept in OUT/videos: a re-run skips them. With a "
+        "command: one component's evaluation.",
+    )
+    evaluate.add_argument("--suite", help="packaged suite name or suite file")
+    evaluate.add_argument(
+        "--mode", default="arlon,baseline", help="comma-separated modes (default arlon,baseline)"
+    )
+    evaluate.add_argument(
+        "--steps", dest="suite_steps", default="5", help="comma-separated DiT steps (default 5)"
+    )
+    evaluate.add_argument("--frames", type=int, help="frames per video (default: the suite's)")
+    evaluate.add_argument("--videos", type=int, help="only the first N videos of the suite")
+    evaluate.add_argument("--model", type=Path, help="pipeline folder (default: the embedded one)")
+    evaluate.add_argument(
+        "--backbone",
+        default="thumbnail",
+        help="features for subject/background consistency: thumbnail (offline default), dino or "
+        "clip (real models from --backbone-path)",
+    )
+    evaluate.add_argument(
+        "--backbone-path", type=Path, help="local folder of the dino / clip model (transformers)"
+    )
+    evaluate.add_argument(
+        "--batch", dest="suite_batch", type=int, default=25, help="videos per AR batch (default 25)"
+    )
+    evaluate.add_argument("--out", dest="suite_out", type=Path, help="output folder")
+    evaluate.set_defaults(run=_eval_suite)
+    eval_commands = evaluate.add_subparsers(title="eval commands", metavar="COMMAND")
     recon = eval_commands.add_parser(
         "recon",
         help="reconstruction metrics of a VAE (and of its VQ round trip) as JSON",
@@ -651,6 +716,86 @@ def _eval_ar(args) -> None:
     _emit_json(report, args.out)
 
 
+def _bench(args) -> None:
+    import torch
+
+    from arlon.evaluation import bench
+    from arlon.pipeline import ARLONPipeline
+    from arlon.utils import atomic_path
+    from arlon.weights import ROOT
+
+    if min(args.lengths) < 1 or args.steps < 1 or args.threads < 1 or args.train_steps < 2:
+        raise ArlonError("--lengths, --steps and --threads must be positive, --train-steps >= 2")
+    if args.model is not None and not (args.model / "model_index.json").is_file():
+        raise ArlonError(f"{args.model} is not a pipeline folder (no model_index.json)")
+    torch.set_num_threads(args.threads)
+    if args.child is not None:  # one length, in its own process
+        print(json.dumps(bench.generation_speed(args.model, args.child, args.steps, args.mode)))
+        return
+    argv = ["--steps", str(args.steps), "--mode", args.mode, "--threads", str(args.threads)]
+    argv += ["--model", str(args.model)] if args.model else []
+    report = {"machine": bench.machine()}
+    report["generation"] = bench.generation_lengths(sorted(args.lengths), argv)
+    report["dit"] = bench.dit_efficiency(ARLONPipeline.from_pretrained(args.model or ROOT).dit)
+    print(json.dumps({"dit": report["dit"]}), flush=True)
+    if not args.no_train:
+        report["training"] = []
+        for name in bench.TRAIN_STAGES:
+            report["training"].append(bench.training_speed(name, args.train_data, args.train_steps))
+            print(json.dumps(report["training"][-1]), flush=True)
+    table = bench.markdown(report)
+    print(table)
+    if args.out is not None:
+        with atomic_path(args.out / "bench.json") as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
+        with atomic_path(args.out / "bench.md") as tmp:
+            tmp.write_text(table)
+
+
+def _eval_suite(args) -> None:
+    from arlon.evaluation import vbench
+    from arlon.evaluation.suite import markdown_table, read_suite, run_suite
+    from arlon.pipeline import ARLONPipeline
+    from arlon.weights import ROOT
+
+    if args.suite is None or args.suite_out is None:
+        raise ArlonError("give --suite and --out, or an eval command (see 'arlon eval --help')")
+    steps = _int_list(args.suite_steps, "--steps")
+    modes = [m.strip() for m in args.mode.split(",") if m.strip()]
+    if (args.frames is not None and args.frames < 1) or (
+        args.videos is not None and args.videos < 1
+    ):
+        raise ArlonError("--frames and --videos must be positive")
+    if args.suite_batch < 1:
+        raise ArlonError(f"--batch must be positive, got {args.suite_batch}")
+    suite = read_suite(args.suite)
+    backbone = vbench.load_backbone(args.backbone, args.backbone_path)
+    pipe = ARLONPipeline.from_pretrained(args.model or ROOT)
+    summary = run_suite(
+        pipe,
+        suite,
+        modes,
+        steps,
+        args.suite_out,
+        frames=args.frames,
+        videos=args.videos,
+        backbone=backbone,
+        batch=args.suite_batch,
+    )
+    print(markdown_table(summary))
+    print(f"wrote {args.suite_out}/metrics.json, metrics.md and plots")
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ArlonError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise ArlonError(f"{flag} must be positive, got {text!r}")
+    return values
+
+
 def _eval_generate(args) -> None:
     from arlon.evaluation.generation import generation_eval
     from arlon.pipeline import ARLONPipeline
@@ -681,12 +826,7 @@ def _eval_dit(args) -> None:
     from arlon.models.text_encoder import TextEncoder
     from arlon.weights import load_embedded
 
-    try:
-        steps = tuple(int(s) for s in args.steps.split(","))
-    except ValueError:
-        raise ArlonError(f"--steps takes comma-separated integers, got {args.steps!r}") from None
-    if any(s < 1 for s in steps):
-        raise ArlonError(f"every step count must be at least 1, got {args.steps}")
+    steps = tuple(_int_list(args.steps, "--steps"))
     vq = _load_model(LatentVQVAE, args.vq, "fine VQ-VAE") if args.vq else load_embedded("vq")
     vae = _load_vae(args.vae) if args.vae else load_embedded("vae")
     models = {str(folder): _load_model(STDiT, folder, "DiT") for folder in args.models}

@@ -315,6 +315,13 @@ class ARLONPipeline(DiffusionPipeline):
             segments = -(-needed // (s - r))
         return segments, segments * (s - r) + (0 if continued else r)
 
+    def seams(self, num_frames: int) -> list[int]:
+        """Video frames t whose successor t + 1 is the first new frame of a DiT segment."""
+        s, r = self.config.segment_frames, self.config.reference_frames
+        segments, _ = self._plan(num_frames)
+        ends = [self.vae.video_frames(k * (s - r) + s) - 1 for k in range(segments)]
+        return [end for end in ends if end + 1 < num_frames]
+
     def _token_frames(self, new_latents: int) -> int:
         """AR token frames that cover `new_latents` latent frames: whole VQ windows."""
         frames_per_window = self.ar.config.code_window * self.vq.ratio[0]

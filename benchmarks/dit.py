@@ -1,5 +1,6 @@
 """The DiT's size and speed: parameter counts of every preset by component, and one denoising step's
-time and achieved FLOP/s against the machine's own matmul FLOP/s, measured in the same run.
+time and achieved FLOP/s against the machine's own matmul FLOP/s, measured in the same run (as
+`arlon bench` does for the embedded model).
 
     .venv/bin/python benchmarks/dit.py                      # shapes-tiny ARLON, one 9-frame segment
     .venv/bin/python benchmarks/dit.py --model runs/arlon/model --batch 2 --threads 2
@@ -12,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from arlon.evaluation.bench import dit_efficiency
 from arlon.models.stdit import STDIT_PRESETS, STDiT, stdit
 
 
@@ -49,33 +49,6 @@ def components(model: STDiT) -> dict[str, int]:
     return out
 
 
-def matmul_flops(size: int = 1024, repeats: int = 20) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - start)
-
-
-@torch.inference_mode()
-def step_speed(model: STDiT, batch: int, frames: int, height: int, width: int, repeats: int):
-    c = model.config
-    x = torch.randn(batch, c.in_channels, frames, height, width)
-    states, mask = torch.randn(batch, 30, c.text_dim), torch.ones(batch, 30, dtype=torch.bool)
-    kwargs = dict(condition=torch.randn_like(x)) if model.condition_path is not None else {}
-    t = torch.full((batch,), 500.0)
-    with FlopCounterMode(display=False) as counter:
-        model(x, t, states, mask, **kwargs)
-    flops = counter.get_total_flops()
-    model(x, t, states, mask, **kwargs)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        model(x, t, states, mask, **kwargs)
-    seconds = (time.perf_counter() - start) / repeats
-    return flops, seconds
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a DiT folder (default: a fresh shapes-tiny ARLON model)")
@@ -96,26 +69,9 @@ def main() -> None:
         print(json.dumps({"preset": preset, "parameters": counts}))
 
     model = STDiT.from_pretrained(args.model) if args.model else stdit("shapes-tiny", arlon=True)
-    model.eval()
-    peak = matmul_flops()
-    flops, seconds = step_speed(model, args.batch, args.frames, args.size, args.size, args.repeats)
-    peak_after = matmul_flops()
-    machine = max(peak, peak_after)
-    print(
-        json.dumps(
-            {
-                "model": args.model or "shapes-tiny (arlon)",
-                "batch": args.batch,
-                "latent": [model.config.in_channels, args.frames, args.size, args.size],
-                "threads": args.threads,
-                "forward_ms": round(seconds * 1000, 2),
-                "forward_gflop": round(flops / 1e9, 3),
-                "achieved_gflops": round(flops / seconds / 1e9, 2),
-                "matmul_gflops": round(machine / 1e9, 2),
-                "fraction_of_matmul": round(flops / seconds / machine, 3),
-            }
-        )
-    )
+    report = {"model": args.model or "shapes-tiny (arlon)"}
+    report |= dit_efficiency(model, args.batch, args.frames, args.size, args.repeats)
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -178,3 +178,13 @@ def test_init_from_starts_at_the_given_weights(tmp_path, capsys):
     argv = ["train", "vae", "--preset", "smoke", "--init-from", str(tmp_path / "other")]
     assert cli.main([*argv, "--out", str(tmp_path / "b")]) == 2
     assert "another architecture" in capsys.readouterr().err
+
+
+def test_eval_every_minus_one_never_evaluates(tmp_path):
+    """What `arlon bench` relies on to time training steps alone."""
+    cfg = train_config("vae", "smoke", max_steps=2, log_every=1, eval_every=-1)
+    train(stage("vae"), cfg, tmp_path / "never")
+    assert not (tmp_path / "never" / "eval.csv").exists()
+    assert len((tmp_path / "never" / "train.csv").read_text().splitlines()) == 3
+    train(stage("vae"), train_config("vae", "smoke", max_steps=2), tmp_path / "at-end")
+    assert (tmp_path / "at-end" / "eval.csv").read_text().splitlines()[1].startswith("2,")

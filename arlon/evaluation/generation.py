@@ -51,7 +51,9 @@ def _score(pipe, timelines, num_frames, settings, batch, desc, progress):
     return reports, seconds
 
 
-def _summary(reports: list[dict], seconds: float) -> dict:
+def summarise(reports: list[dict], seconds: float) -> dict:
+    """Mean world metrics of many videos' reports, switch latency over all their caption changes,
+    drift (early vs late windows), and the mean seconds per video."""
     out = {n: mean_judged(r[n] for r in reports) for n in (*NAMES, "rerender_psnr")}
     latencies = [lat for r in reports for lat in r["switch"]["latencies"]]
     if latencies:
@@ -87,11 +89,11 @@ def generation_eval(
         reports, seconds = _score(
             pipe, single, num_frames, settings, batch, f"{mode} prompts", progress
         )
-        report["prompts"] = {"videos": prompts, **_summary(reports, seconds)}
+        report["prompts"] = {"videos": prompts, **summarise(reports, seconds)}
     if timelines:
         changing = [random_episode((seed + 1, i), num_frames).timeline for i in range(timelines)]
         reports, seconds = _score(
             pipe, changing, num_frames, settings, batch, f"{mode} timelines", progress
         )
-        report["timelines"] = {"videos": timelines, **_summary(reports, seconds)}
+        report["timelines"] = {"videos": timelines, **summarise(reports, seconds)}
     return report

@@ -31,7 +31,7 @@ class TrainConfig:
     ema_decay: float = 0.999  # 0 turns EMA off
     mixed_precision: str = "no"  # "no" or "bf16"
     log_every: int = 10
-    eval_every: int = 0  # 0: evaluate only at the end
+    eval_every: int = 0  # 0: evaluate only at the end; -1: never (benchmarks)
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     # Start from these weights (a model folder an earlier run exported) instead of a random init.

@@ -288,7 +288,7 @@ def train(stage: Stage, cfg: TrainConfig, out: str | Path, resume: bool = False)
                 row |= {k: float(v) for k, v in logs.items()}
                 train_log.write(row)
             if (
-                cfg.eval_every
+                cfg.eval_every > 0
                 and progress.step % cfg.eval_every == 0
                 and progress.step < cfg.max_steps
             ):
@@ -307,7 +307,8 @@ def train(stage: Stage, cfg: TrainConfig, out: str | Path, resume: bool = False)
     bar.close()
     if progress.step > last_saved:
         save_checkpoint()
-    evaluate()
+    if cfg.eval_every >= 0:
+        evaluate()
     folder = out / "model"
     if main:
         target = ema.model if ema is not None else accelerator.unwrap_model(model)
