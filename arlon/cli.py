@@ -370,6 +370,11 @@ def _parser() -> argparse.ArgumentParser:
         "--backbone-path", type=Path, help="local folder of the dino / clip model (transformers)"
     )
     evaluate.add_argument(
+        "--dimensions",
+        help="comma-separated VBench-style dimensions (default all: dynamic_degree, "
+        "motion_smoothness, temporal_flickering, subject_consistency, background_consistency)",
+    )
+    evaluate.add_argument(
         "--batch", dest="suite_batch", type=int, default=25, help="videos per AR batch (default 25)"
     )
     evaluate.add_argument("--out", dest="suite_out", type=Path, help="output folder")
@@ -417,6 +422,17 @@ def _parser() -> argparse.ArgumentParser:
     ar.add_argument("--out", type=Path, help="also write the JSON here")
     _add_ar_args(ar)
     ar.set_defaults(run=_eval_ar)
+
+    claims = eval_commands.add_parser(
+        "claims",
+        help="check the paper's claims on suite results: numbers and holds / does not hold",
+        description="Read the metrics.json of 'arlon eval --suite' runs (both modes) and check "
+        "each of the paper's claims on them: ARLON at <= 5 steps vs the baseline at 30; dynamic "
+        "degree and subject consistency at equal steps; drift on long videos; switch latency.",
+    )
+    claims.add_argument("folders", type=Path, nargs="+", help="suite output folders")
+    claims.add_argument("--out", type=Path, help="also write the verdicts as JSON here")
+    claims.set_defaults(run=_eval_claims)
 
     gen = eval_commands.add_parser(
         "generate",
@@ -752,6 +768,18 @@ def _bench(args) -> None:
             tmp.write_text(table)
 
 
+def _eval_claims(args) -> None:
+    from arlon.evaluation.claims import check_claims, markdown, read_summaries
+
+    verdicts = check_claims(read_summaries(args.folders))
+    print(markdown(verdicts))
+    if args.out is not None:
+        from arlon.utils import atomic_path
+
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps(verdicts, indent=2))
+
+
 def _eval_suite(args) -> None:
     from arlon.evaluation import vbench
     from arlon.evaluation.suite import markdown_table, read_suite, run_suite
@@ -780,6 +808,7 @@ def _eval_suite(args) -> None:
         frames=args.frames,
         videos=args.videos,
         backbone=backbone,
+        dimensions=args.dimensions.split(",") if args.dimensions else None,
         batch=args.suite_batch,
     )
     print(markdown_table(summary))

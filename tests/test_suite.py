@@ -11,6 +11,8 @@ import torch
 from arlon import cli
 from arlon.diffusion.rectified_flow import scheduler
 from arlon.errors import ArlonError
+from arlon.evaluation.claims import check_claims
+from arlon.evaluation.claims import markdown as claims_markdown
 from arlon.evaluation.recon import HELDOUT_SEED
 from arlon.evaluation.suite import (
     SUITES,
@@ -177,6 +179,10 @@ def test_eval_suite_cli(folder, tmp_path, capsys):
         (["--suite", "short", "--out", "x", "--steps", "0"], "--steps must be positive"),
         (["--suite", "short", "--out", "x", "--backbone", "vgg"], "thumbnail, dino, clip"),
         (["--suite", "short", "--out", "x", "--backbone", "dino"], "pass --backbone-path"),
+        (
+            ["--suite", "short", "--out", "x", "--dimensions", "beauty"],
+            "choose from dynamic_degree",
+        ),
     ],
 )
 def test_eval_suite_bad_input_is_one_line(folder, args, message, capsys):
@@ -195,3 +201,54 @@ def test_bench_reports_speed_and_memory_per_length(folder, tmp_path, capsys):
     assert report["generation"]["peak_ratio_longest_to_shortest"] > 0
     assert report["dit"]["fraction_of_matmul"] > 0 and report["dit"]["forward_gflop"] > 0
     assert "| 9 |" in (tmp_path / "bench.md").read_text()
+
+
+def _run(mode, steps, q, dynamic=0.5, subject=0.9, drop=0.1, latency=20):
+    return {
+        "mode": mode,
+        "steps": steps,
+        **{k: q for k in ("attribute", "motion", "count", "identity")},
+        "dynamic_degree": dynamic,
+        "subject_consistency": subject,
+        "identity_early": 0.9,
+        "identity_late": 0.9 - drop,
+        "attribute_early": 0.8,
+        "attribute_late": 0.8 - drop,
+        "switch_latency_median": latency,
+    }
+
+
+def test_claims_hold_or_not_on_their_numbers():
+    good = {
+        "suite": "long",
+        "frames": 600,
+        "runs": [
+            _run("arlon", 3, 0.8, dynamic=0.6, drop=0.05, latency=10),
+            _run("arlon", 5, 0.85, dynamic=0.6, subject=0.89, drop=0.05, latency=10),
+            _run("baseline", 5, 0.5),
+            _run("baseline", 30, 0.8),
+        ],
+    }
+    assert [c["holds"] for c in check_claims([good])] == [True, True, True, True]
+    assert "reached from 3 step(s)" in check_claims([good])[0]["evidence"][0]
+    bad = json.loads(json.dumps(good))
+    bad["runs"][1] = _run("arlon", 5, 0.7, dynamic=0.4, subject=0.85, drop=0.2, latency=40)
+    bad["runs"][0] = _run("arlon", 3, 0.7)
+    assert [c["holds"] for c in check_claims([bad])] == [False, False, False, False]
+    short = {"suite": "short", "frames": 120, "runs": [_run("arlon", 5, 0.9)]}
+    assert [c["holds"] for c in check_claims([short])] == [None, None, None, None]
+    assert "not checked" in claims_markdown(check_claims([short]))
+
+
+def test_eval_claims_cli(tmp_path, capsys):
+    summary = {
+        "suite": "s",
+        "frames": 120,
+        "runs": [_run("arlon", 5, 0.9), _run("baseline", 30, 0.8)],
+    }
+    (tmp_path / "metrics.json").write_text(json.dumps(summary))
+    assert cli.main(["eval", "claims", str(tmp_path), "--out", str(tmp_path / "c.json")]) == 0
+    assert "**holds**" in capsys.readouterr().out
+    assert json.loads((tmp_path / "c.json").read_text())[0]["holds"] is True
+    assert cli.main(["eval", "claims", str(tmp_path / "missing")]) == 2
+    assert "holds no metrics.json" in capsys.readouterr().err

@@ -199,8 +199,11 @@ def seam_ratio(frames: np.ndarray, seams: list[int]) -> dict:
     }
 
 
-def score_one(frames: np.ndarray, timeline: Timeline, seams: list[int], backbone) -> dict:
-    """Every score of one video `(T, H, W, 3)` uint8 made for `timeline`."""
+def score_one(
+    frames: np.ndarray, timeline: Timeline, seams: list[int], backbone, dimensions=None
+) -> dict:
+    """Every score of one video `(T, H, W, 3)` uint8 made for `timeline` (VBench-style: the
+    `dimensions`, default all)."""
     n, h, w = frames.shape[:3]
     out = {"frames": n, "timeline": timeline}
     try:
@@ -215,7 +218,7 @@ def score_one(frames: np.ndarray, timeline: Timeline, seams: list[int], backbone
             {k: v for k, v in score.summary(a, b).items() if k in OVER_TIME}
             for a, b in zip(edges[:-1], edges[1:], strict=True)
         ]
-    out["vbench"] = vbench.score_video(frames, backbone=backbone)
+    out["vbench"] = vbench.score_video(frames, dimensions, backbone)
     out["seams"] = seam_ratio(frames, seams)
     return out
 
@@ -234,11 +237,13 @@ def run_suite(
     frames: int | None = None,
     videos: int | None = None,
     backbone=None,
+    dimensions: list[str] | None = None,
     batch: int = 25,
     progress: bool = True,
 ) -> dict:
     """Generate and score every video of `suite` for each mode and step count (video i from seed
-    i), skipping those already scored in `out`; write and return the summary."""
+    i), skipping those already scored in `out`; write and return the summary. `dimensions`: the
+    VBench-style ones to score (default all)."""
     for mode in modes:
         if mode not in MODES:
             raise ArlonError(f"unknown mode {mode!r}: use {' or '.join(MODES)}")
@@ -246,6 +251,7 @@ def run_suite(
         raise ArlonError(f"steps must be positive integers, got {steps}")
     frames = frames or suite.frames
     backbone = backbone or vbench.load_backbone("thumbnail")
+    vbench.check_dimensions(dimensions or list(vbench.DIMENSIONS))
     timelines = [[(s, p) for s, p in t if s < frames] for t in suite.videos[:videos]]
     seams = pipe.seams(frames)
     todo = [
@@ -277,7 +283,7 @@ def run_suite(
                 )
             )
         )
-        report = score_one(video, timelines[i], seams, backbone)
+        report = score_one(video, timelines[i], seams, backbone, dimensions)
         report |= {"mode": mode, "steps": s, "index": i, "seconds": time.perf_counter() - started}
         path = _video_path(out, mode, s, i)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -325,11 +331,13 @@ def summarise_suite(out: Path, name, modes, steps, videos: int, frames: int, bac
             run["seconds_per_video"] = seconds / len(reports)
             dims = [r["vbench"] for r in reports]
             for dim in vbench.DIMENSIONS:
-                run[dim] = float(np.mean([d[dim] for d in dims]))
-            # VBench scores flickering on static videos only
-            static = [d["temporal_flickering"] for d in dims if d["dynamic_degree"] == 0]
-            run["temporal_flickering"] = float(np.mean(static)) if static else None
-            run["static_videos"] = len(static)
+                if all(dim in d for d in dims):
+                    run[dim] = float(np.mean([d[dim] for d in dims]))
+            if "temporal_flickering" in run and "dynamic_degree" in run:
+                # VBench scores flickering on static videos only
+                static = [d["temporal_flickering"] for d in dims if d["dynamic_degree"] == 0]
+                run["temporal_flickering"] = float(np.mean(static)) if static else None
+                run["static_videos"] = len(static)
             run["seam_ratio"] = mean_judged(r["seams"]["ratio"] for r in reports)
             runs.append(run)
     return {

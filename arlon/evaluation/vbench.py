@@ -383,6 +383,15 @@ def clip_spans(num_frames: int, clip_frames: int = 16) -> list[tuple[int, int]]:
     return spans
 
 
+def check_dimensions(names: Sequence[str]) -> None:
+    """An error listing the valid names if any of `names` is not a dimension."""
+    unknown = [n for n in names if n not in DIMENSIONS]
+    if unknown:
+        raise ArlonError(
+            f"unknown VBench dimension(s) {', '.join(unknown)}; choose from {', '.join(DIMENSIONS)}"
+        )
+
+
 def score_video(
     frames: Frames,
     names: Sequence[str] | None = None,
@@ -395,11 +404,7 @@ def score_video(
     2 s: 16 frames at 8 fps). Dynamic degree samples each clip at 8 fps given the video's `fps`.
     Returns `{name: score, ..., "backbone": name}`."""
     names = list(DIMENSIONS) if names is None else list(names)
-    unknown = [n for n in names if n not in DIMENSIONS]
-    if unknown:
-        raise ArlonError(
-            f"unknown VBench dimension(s) {', '.join(unknown)}; choose from {', '.join(DIMENSIONS)}"
-        )
+    check_dimensions(names)
     video = _as_frames(frames)
     backbone = backbone or ThumbnailBackbone()
     features = backbone(video) if any(n in FEATURE_DIMENSIONS for n in names) else None

@@ -1,0 +1,165 @@
+"""The paper's claims, checked on suite results, each with its numbers and a plain verdict.
+
+    arlon eval claims runs/suite/short runs/suite/long-600 runs/suite/long-2400
+
+The summaries are the `metrics.json` of `arlon eval --suite` runs that hold both modes. A claim is
+checked on every summary that has what it needs (step counts, long videos, caption changes); it
+holds when it holds on all of them, and is unchecked (None) when none has what it needs:
+
+1. ARLON at 5 steps or fewer is at least as good as the baseline at 30: the mean of the world's
+   quality metrics (attribute, motion, count, identity) of ARLON at some s <= 5 reaches the
+   baseline's at 30;
+2. at equal steps, ARLON's dynamic degree is at least the baseline's, and its subject consistency is
+   no more than 2 points below;
+3. on videos of 600 frames or more ARLON drifts less: its drop from the first to the last quarter
+   in identity persistence and in attribute accuracy is no larger than the baseline's;
+4. with caption changes, ARLON's median switch latency is no worse than the baseline's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from arlon.errors import ArlonError
+
+QUALITY = ("attribute", "motion", "count", "identity")
+
+
+def read_summaries(folders: list[Path]) -> list[dict]:
+    summaries = []
+    for folder in folders:
+        path = Path(folder) / "metrics.json"
+        if not path.is_file():
+            raise ArlonError(f"{folder} holds no metrics.json: run 'arlon eval --suite' into it")
+        summaries.append(json.loads(path.read_text()))
+    return summaries
+
+
+def _runs(summary: dict) -> dict[tuple[str, int], dict]:
+    return {(r["mode"], r["steps"]): r for r in summary["runs"]}
+
+
+def quality(run: dict) -> float | None:
+    values = [run[k] for k in QUALITY if run.get(k) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def check_claims(summaries: list[dict]) -> list[dict]:
+    """`[{"claim", "evidence": [str, ...], "holds": bool | None}]` for the four claims."""
+    results = []
+
+    evidence, verdicts = [], []
+    for summary in summaries:
+        runs = _runs(summary)
+        base = runs.get(("baseline", 30))
+        few = sorted(s for m, s in runs if m == "arlon" and s <= 5)
+        if base is None or not few or quality(base) is None:
+            continue
+        reached = [s for s in few if (quality(runs["arlon", s]) or 0) >= quality(base)]
+        shown = max(few)
+        evidence.append(
+            f"{summary['suite']}: ARLON@{shown} {_pct(quality(runs['arlon', shown]))} vs "
+            f"baseline@30 {_pct(quality(base))} (mean of {', '.join(QUALITY)}); "
+            + (f"reached from {reached[0]} step(s)" if reached else "not reached at <= 5 steps")
+        )
+        verdicts.append(bool(reached))
+    results.append(
+        _claim("ARLON at <= 5 steps is at least as good as the baseline at 30", evidence, verdicts)
+    )
+
+    evidence, verdicts = [], []
+    for summary in summaries:
+        runs = _runs(summary)
+        for m, s in sorted(runs):
+            if m != "arlon" or ("baseline", s) not in runs:
+                continue
+            a, b = runs["arlon", s], runs["baseline", s]
+            if a.get("dynamic_degree") is None or a.get("subject_consistency") is None:
+                continue
+            dynamic = a["dynamic_degree"] >= b["dynamic_degree"]
+            subject = a["subject_consistency"] >= b["subject_consistency"] - 0.02
+            evidence.append(
+                f"{summary['suite']} @{s}: dynamic degree {_pct(a['dynamic_degree'])} vs "
+                f"{_pct(b['dynamic_degree'])}; subject consistency "
+                f"{_pct(a['subject_consistency'])} vs {_pct(b['subject_consistency'])}"
+            )
+            verdicts.append(dynamic and subject)
+    results.append(
+        _claim(
+            "ARLON's dynamic degree >= the baseline's at equal steps, subject consistency within "
+            "2 points",
+            evidence,
+            verdicts,
+        )
+    )
+
+    evidence, verdicts = [], []
+    for summary in summaries:
+        if summary["frames"] < 600:
+            continue
+        runs = _runs(summary)
+        for m, s in sorted(runs):
+            if m != "arlon" or ("baseline", s) not in runs:
+                continue
+            drops = {}
+            for mode in ("arlon", "baseline"):
+                r = runs[mode, s]
+                drops[mode] = {
+                    k: r[f"{k}_early"] - r[f"{k}_late"]
+                    for k in ("identity", "attribute")
+                    if r.get(f"{k}_early") is not None and r.get(f"{k}_late") is not None
+                }
+            if len(drops["arlon"]) < 2 or len(drops["baseline"]) < 2:
+                continue
+            evidence.append(
+                f"{summary['suite']} @{s}: drop early -> late quarter, identity "
+                f"{100 * drops['arlon']['identity']:+.1f} vs "
+                f"{100 * drops['baseline']['identity']:+.1f} points, attribute "
+                f"{100 * drops['arlon']['attribute']:+.1f} vs "
+                f"{100 * drops['baseline']['attribute']:+.1f} (ARLON vs baseline)"
+            )
+            verdicts.append(all(drops["arlon"][k] <= drops["baseline"][k] for k in drops["arlon"]))
+    results.append(
+        _claim("On 600+ frame videos ARLON drifts less than the baseline", evidence, verdicts)
+    )
+
+    evidence, verdicts = [], []
+    for summary in summaries:
+        runs = _runs(summary)
+        for m, s in sorted(runs):
+            if m != "arlon" or ("baseline", s) not in runs:
+                continue
+            a, b = runs["arlon", s], runs["baseline", s]
+            if a.get("switch_latency_median") is None or b.get("switch_latency_median") is None:
+                continue
+            evidence.append(
+                f"{summary['suite']} @{s}: median switch latency {a['switch_latency_median']:.0f} "
+                f"vs {b['switch_latency_median']:.0f} frames; switches taken "
+                f"{_pct(a.get('switched'))} vs {_pct(b.get('switched'))}"
+            )
+            verdicts.append(a["switch_latency_median"] <= b["switch_latency_median"])
+    results.append(
+        _claim(
+            "With a progressive timeline, ARLON switches no later than the baseline",
+            evidence,
+            verdicts,
+        )
+    )
+    return results
+
+
+def _claim(text: str, evidence: list[str], verdicts: list[bool]) -> dict:
+    return {"claim": text, "evidence": evidence, "holds": all(verdicts) if verdicts else None}
+
+
+def markdown(claims: list[dict]) -> str:
+    lines = ["| claim | numbers (ARLON vs baseline) | verdict |", "|---|---|---|"]
+    for c in claims:
+        verdict = {True: "holds", False: "does not hold", None: "not checked"}[c["holds"]]
+        lines.append(f"| {c['claim']} | {'<br>'.join(c['evidence']) or '-'} | **{verdict}** |")
+    return "\n".join(lines) + "\n"
