@@ -344,7 +344,7 @@ def _parser() -> argparse.ArgumentParser:
         "eval",
         help="run an evaluation suite, or measure one trained component",
         description="With --suite: generate every video of a suite (a packaged one: short, "
-        "paraphrase, long-600, long-2400; or a file of prompts / timelines, VBench's prompt lists "
+        "paraphrase, static, long-600, long-2400; or a file of prompts / timelines, VBench's prompt lists "
         "included) for each mode and step count, score it (world metrics, VBench-style "
         "dimensions, seam ratio, metrics over time) and write OUT/metrics.json, OUT/metrics.md "
         "and PNG plots. Finished videos are kept in OUT/videos: a re-run skips them. With a "

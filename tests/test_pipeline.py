@@ -107,6 +107,15 @@ def test_codes_sampled_as_a_batch_give_each_video_its_own_frames(pipe):
         assert np.array_equal(alone, given)
 
 
+def test_seams_are_where_segments_meet(pipe):
+    # smoke segments: 3 latent frames, the first the previous segment's last: the first segment
+    # ends at video frame 8, each later one 8 frames further
+    assert pipe.seams(17) == [8]
+    assert pipe.seams(40) == [8, 16, 24, 32]
+    pipe(PROMPT, num_frames=40, num_inference_steps=1, mode="baseline", progress=False)
+    assert pipe.last_times.segments == len(pipe.seams(40)) + 1
+
+
 def test_baseline_mode_runs_without_the_ar(pipe, monkeypatch):
     def no_ar(*args, **kwargs):
         raise AssertionError("the baseline must not run the AR")

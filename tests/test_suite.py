@@ -91,7 +91,7 @@ def test_a_malformed_suite_names_the_line(tmp_path, text, message):
 
 
 def test_unknown_suite_lists_the_packaged_ones():
-    with pytest.raises(ArlonError, match="long-2400, long-600, paraphrase, short"):
+    with pytest.raises(ArlonError, match="long-2400, long-600, paraphrase, short, static"):
         read_suite("nonesuch")
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -129,13 +129,17 @@ def _read_vbench_json(path: Path) -> Suite:
 def build_packaged_suites() -> dict[str, str]:
     """The text of each packaged suite, rebuilt from its seeds (the files in `SUITES` are this)."""
 
-    def prompts(seed, count: int, heldout_words: bool = False) -> list[str]:
+    def prompts(seed, count: int, heldout_words: bool = False, still: bool = False) -> list[str]:
         out = []
         for i in range(count):
             episode = random_episode((seed, i), 2, events=False)
-            if heldout_words:
+            spec = episode.specs[0]
+            if still:  # the same scene, every object at rest: what temporal flickering is for
+                objects = tuple(replace(o, motion="still", speed=None) for o in spec.objects)
+                spec = replace(spec, objects=objects)
+            if heldout_words or still:
                 rng = np.random.default_rng([seed, i, 1])
-                out.append(describe(episode.specs[0], rng, heldout=True))
+                out.append(describe(spec, rng, heldout=heldout_words))
             else:
                 out.append(episode.timeline[0][1])
         return out
@@ -161,6 +165,12 @@ def build_packaged_suites() -> dict[str, str]:
             "30 prompts worded only with held-out words (never in a training caption)",
             120,
             prompts(HELDOUT_SEED + 2, 30, heldout_words=True),
+            "\n",
+        ),
+        "static": text(
+            "20 prompts whose objects all stay still (temporal flickering is scored on static videos)",
+            120,
+            prompts(HELDOUT_SEED + 4, 20, still=True),
             "\n",
         ),
         "long-600": text(
