@@ -697,7 +697,7 @@ def _ar_parts(args):
     )
     ARSampler(ar, text_encoder, **settings)  # bad settings fail here, before any work
 
-    def make_sampler(seed: int) -> ARSampler:
+    def make_sampler(seed: int | list[int]) -> ARSampler:
         return ARSampler(ar, text_encoder, seed=seed, **settings)
 
     return make_sampler, vq, vae

@@ -59,15 +59,32 @@ def windows_for(num_frames: int, temporal_ratio: int, r_t: int, code_window: int
     return -(-latents // (code_window * r_t))
 
 
+def sample_codes(sampler, vq, vae, timelines: list[Timeline], num_frames: int) -> list[list]:
+    """Token frames `(h, w)` for each of `timelines` (in video frames), `num_frames` frames each,
+    drawn together by a sampler with one seed per timeline (`ARSampler(..., seed=[...])`)."""
+    code_window = sampler.model.config.code_window
+    r_t = vq.ratio[0]
+    count = windows_for(num_frames, vae.temporal_ratio, r_t, code_window) * code_window
+    tokens = [token_timeline(t, vae.temporal_ratio, r_t) for t in timelines]
+    frames = list(sampler.batch_frames(tokens, count))
+    return [[frame[i] for frame in frames] for i in range(len(timelines))]
+
+
 @torch.inference_mode()
-def coarse_video(sampler, vq, vae, timeline: Timeline, num_frames: int) -> Iterator[np.ndarray]:
-    """The AR's video for `timeline` (in video frames): `num_frames` frames `(H, W, 3)` uint8."""
+def coarse_video(
+    sampler, vq, vae, timeline: Timeline, num_frames: int, codes: Iterable | None = None
+) -> Iterator[np.ndarray]:
+    """The AR's video for `timeline` (in video frames): `num_frames` frames `(H, W, 3)` uint8.
+    `codes`: its token frames, drawn beforehand by `sampler` (`sample_codes`)."""
     if num_frames < 1:
         raise ArlonError(f"num_frames must be >= 1, got {num_frames}")
     code_window = sampler.model.config.code_window
-    r_t = vq.ratio[0]
-    windows = windows_for(num_frames, vae.temporal_ratio, r_t, code_window)
-    codes = sampler.frames(token_timeline(timeline, vae.temporal_ratio, r_t), windows * code_window)
+    if codes is None:
+        r_t = vq.ratio[0]
+        windows = windows_for(num_frames, vae.temporal_ratio, r_t, code_window)
+        codes = sampler.frames(
+            token_timeline(timeline, vae.temporal_ratio, r_t), windows * code_window
+        )
     left = num_frames
     for video in vae.decode_stream(coarse_latents(codes, vq, code_window)):
         frames = ((video[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (3, T, H, W)

@@ -17,25 +17,35 @@ from collections.abc import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from arlon.coarse import coarse_video
+from arlon.coarse import coarse_video, sample_codes
 from arlon.evaluation.recon import HELDOUT_SEED
 from arlon.world.metrics import Expected, mean_judged, score_video
 from arlon.world.simulate import random_episode
 
-SamplerFactory = Callable[[int], object]  # seed -> ARSampler
+SamplerFactory = Callable[[int | list[int]], object]  # seed(s) -> ARSampler
+BATCH = 25  # videos whose codes are drawn together
 
 
 def _score_all(make_sampler: SamplerFactory, vq, vae, timelines, num_frames, seed, desc, progress):
-    """World reports of the coarse videos of `timelines`, and the seconds generation took."""
+    """World reports of the coarse videos of `timelines` (video i from seed `seed + i`; codes drawn
+    `BATCH` videos at a time, each the codes it would get alone), and the seconds generation took."""
     reports, seconds = [], 0.0
-    for i, timeline in enumerate(tqdm(timelines, desc=desc, unit="video", disable=not progress)):
-        sampler = make_sampler(seed + i)
+    bar = tqdm(total=len(timelines), desc=desc, unit="video", disable=not progress)
+    for first in range(0, len(timelines), BATCH):
+        chunk = timelines[first : first + BATCH]
         start = time.perf_counter()
-        frames = list(coarse_video(sampler, vq, vae, timeline, num_frames))
+        sampler = make_sampler([seed + first + i for i in range(len(chunk))])
+        codes = sample_codes(sampler, vq, vae, chunk, num_frames)
         seconds += time.perf_counter() - start
-        h, w = frames[0].shape[:2]
-        expected = Expected.from_timeline(timeline, num_frames, h, w)
-        reports.append(score_video(frames, expected).report())
+        for timeline, video_codes in zip(chunk, codes, strict=True):
+            start = time.perf_counter()
+            frames = list(coarse_video(sampler, vq, vae, timeline, num_frames, video_codes))
+            seconds += time.perf_counter() - start
+            h, w = frames[0].shape[:2]
+            expected = Expected.from_timeline(timeline, num_frames, h, w)
+            reports.append(score_video(frames, expected).report())
+            bar.update(1)
+    bar.close()
     return reports, seconds
 
 
