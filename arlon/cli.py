@@ -355,7 +355,11 @@ def _parser() -> argparse.ArgumentParser:
         "--mode", default="arlon,baseline", help="comma-separated modes (default arlon,baseline)"
     )
     evaluate.add_argument(
-        "--steps", dest="suite_steps", default="5", help="comma-separated DiT steps (default 5)"
+        "--steps",
+        dest="suite_steps",
+        metavar="STEPS",
+        default="5",
+        help="comma-separated DiT steps (default 5)",
     )
     evaluate.add_argument("--frames", type=int, help="frames per video (default: the suite's)")
     evaluate.add_argument("--videos", type=int, help="only the first N videos of the suite")
@@ -375,9 +379,14 @@ def _parser() -> argparse.ArgumentParser:
         "motion_smoothness, temporal_flickering, subject_consistency, background_consistency)",
     )
     evaluate.add_argument(
-        "--batch", dest="suite_batch", type=int, default=25, help="videos per AR batch (default 25)"
+        "--batch",
+        dest="suite_batch",
+        metavar="N",
+        type=int,
+        default=25,
+        help="videos per AR batch (default 25)",
     )
-    evaluate.add_argument("--out", dest="suite_out", type=Path, help="output folder")
+    evaluate.add_argument("--out", dest="suite_out", metavar="OUT", type=Path, help="output folder")
     evaluate.set_defaults(run=_eval_suite)
     eval_commands = evaluate.add_subparsers(title="eval commands", metavar="COMMAND")
     recon = eval_commands.add_parser(
