@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from arlon.data.timeline import Timeline, check_timeline
 from arlon.errors import ArlonError
@@ -59,14 +60,14 @@ def windows_for(num_frames: int, temporal_ratio: int, r_t: int, code_window: int
     return -(-latents // (code_window * r_t))
 
 
-def sample_codes(sampler, vq, vae, timelines: list[Timeline], num_frames: int) -> list[list]:
-    """Token frames `(h, w)` for each of `timelines` (in video frames), `num_frames` frames each,
-    drawn together by a sampler with one seed per timeline (`ARSampler(..., seed=[...])`)."""
-    code_window = sampler.model.config.code_window
-    r_t = vq.ratio[0]
-    count = windows_for(num_frames, vae.temporal_ratio, r_t, code_window) * code_window
-    tokens = [token_timeline(t, vae.temporal_ratio, r_t) for t in timelines]
-    frames = list(sampler.batch_frames(tokens, count))
+def sample_codes(
+    sampler, timelines: list[Timeline], token_frames: int, temporal_ratio: int, r_t: int, **bar
+) -> list[list[torch.Tensor]]:
+    """`token_frames` token frames `(h, w)` for each of `timelines` (in video frames), drawn
+    together by a sampler with one seed per timeline (`ARSampler(..., seed=[...])`); `bar`: tqdm's
+    arguments for a progress bar over token frames."""
+    tokens = [token_timeline(t, temporal_ratio, r_t) for t in timelines]
+    frames = list(tqdm(sampler.batch_frames(tokens, token_frames), total=token_frames, **bar))
     return [[frame[i] for frame in frames] for i in range(len(timelines))]
 
 

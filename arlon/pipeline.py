@@ -37,7 +37,7 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
-from arlon.coarse import coarse_latents, latent_frame, token_timeline
+from arlon.coarse import coarse_latents, latent_frame, sample_codes, token_timeline
 from arlon.data.timeline import Timeline, check_timeline
 from arlon.diffusion.rectified_flow import guided, sample
 from arlon.errors import ArlonError
@@ -342,8 +342,6 @@ class ARLONPipeline(DiffusionPipeline):
         """The AR's token frames for several videos at once (a batch: much faster per video than one
         by one), to pass to `stream(codes=...)` with the same timeline, length and seed. Memory
         grows with the batch and the length: meant for evaluations, not for unbounded videos."""
-        for timeline in timelines:
-            check_timeline(timeline)
         _, new_latents = self._plan(num_frames)
         sampler = ARSampler(
             self.ar,
@@ -354,20 +352,17 @@ class ARLONPipeline(DiffusionPipeline):
             guidance_scale=ar_guidance_scale,
             seed=seeds,
         )
-        r_t = self.vq.ratio[0]
-        tokens = [token_timeline(t, self.temporal_ratio, r_t) for t in timelines]
-        total = self._token_frames(new_latents)
-        frames = list(
-            tqdm(
-                sampler.batch_frames(tokens, total),
-                total=total,
-                desc=f"AR ({len(timelines)} videos)",
-                unit="token frame",
-                disable=not progress,
-                leave=False,
-            )
+        return sample_codes(
+            sampler,
+            timelines,
+            self._token_frames(new_latents),
+            self.temporal_ratio,
+            self.vq.ratio[0],
+            desc=f"AR ({len(timelines)} videos)",
+            unit="token frame",
+            disable=not progress,
+            leave=False,
         )
-        return [[frame[i] for frame in frames] for i in range(len(timelines))]
 
     def _conditions(self, codes, init, history, times) -> Iterator[torch.Tensor]:
         """Coarse latent frames `(1, C, 1, h, w)`, one at a time, from the AR's token frames `codes`

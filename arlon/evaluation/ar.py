@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from arlon.coarse import coarse_video, sample_codes
+from arlon.coarse import coarse_video, sample_codes, windows_for
 from arlon.evaluation.recon import HELDOUT_SEED
 from arlon.world.metrics import Expected, mean_judged, score_video
 from arlon.world.simulate import random_episode
@@ -35,7 +35,9 @@ def _score_all(make_sampler: SamplerFactory, vq, vae, timelines, num_frames, see
         chunk = timelines[first : first + BATCH]
         start = time.perf_counter()
         sampler = make_sampler([seed + first + i for i in range(len(chunk))])
-        codes = sample_codes(sampler, vq, vae, chunk, num_frames)
+        code_window = sampler.model.config.code_window
+        count = windows_for(num_frames, vae.temporal_ratio, vq.ratio[0], code_window) * code_window
+        codes = sample_codes(sampler, chunk, count, vae.temporal_ratio, vq.ratio[0], disable=True)
         seconds += time.perf_counter() - start
         for timeline, video_codes in zip(chunk, codes, strict=True):
             start = time.perf_counter()

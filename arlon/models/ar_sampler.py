@@ -10,8 +10,10 @@ ones, so memory is the same for 10 frames or 10,000. When the timeline switches 
 prompt's states become the prefix and the recent frames are kept as history (refilled under the
 new prefix), which is what training on windows that cross a caption change taught the model.
 
-Classifier-free guidance runs the prompt and the null prompt as a batch of two and mixes their
-logits, `null + scale * (prompt - null)`. `use_cache=False` recomputes the whole context for every
+Many videos can be drawn at once (`seed=[...]` and `batch_frames`, a timeline per seed): each video
+has its own generator, so it gets the codes it would get alone; on this CPU a batch of 25 costs
+about 10 times one video, not 25. Classifier-free guidance runs the prompts and the null prompt as
+one batch and mixes their logits, `null + scale * (prompt - null)`. `use_cache=False` recomputes the whole context for every
 token: slow, and there to check the cache (both give the same codes for the same seed).
 """
 
