@@ -159,6 +159,8 @@ def test_a_suite_runs_scores_plots_and_resumes(folder, tmp_path, monkeypatch):
     monkeypatch.setattr(ARLONPipeline, "stream", no_generation)
     again = run_suite(pipe, read_suite(path), ["arlon", "baseline"], [1, 2], out, progress=False)
     assert again["runs"] == summary["runs"]
+    with pytest.raises(ArlonError, match="holds videos of another run"):
+        run_suite(pipe, read_suite(path), ["arlon"], [1], out, frames=9, progress=False)
 
 
 def test_eval_suite_cli(folder, tmp_path, capsys):

@@ -263,6 +263,7 @@ def run_suite(
     backbone = backbone or vbench.load_backbone("thumbnail")
     vbench.check_dimensions(dimensions or list(vbench.DIMENSIONS))
     timelines = [[(s, p) for s, p in t if s < frames] for t in suite.videos[:videos]]
+    _check_out(out, {"suite": suite.name, "frames": frames, "backbone": backbone.name})
     seams = pipe.seams(frames)
     todo = [
         (mode, s, i)
@@ -312,6 +313,20 @@ def run_suite(
     summary = summarise_suite(out, suite.name, modes, steps, len(timelines), frames, backbone.name)
     write_report(summary, out)
     return summary
+
+
+def _check_out(out: Path, settings: dict) -> None:
+    """Record what `out` holds, or refuse to mix another run's videos into it."""
+    path = out / "run.json"
+    if path.exists():
+        held = json.loads(path.read_text())
+        if held != settings:
+            raise ArlonError(
+                f"{out} holds videos of another run ({held}, not {settings}): use another --out"
+            )
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(settings))
 
 
 def _video_path(out: Path, mode: str, steps: int, index: int) -> Path:
