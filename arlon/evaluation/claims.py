@@ -49,10 +49,18 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def check_claims(summaries: list[dict]) -> list[dict]:
-    """`[{"claim", "evidence": [str, ...], "holds": bool | None}]` for the four claims."""
-    results = []
+def _pairs(summaries: list[dict], min_frames: int = 0):
+    """`(suite name, steps, ARLON's run, the baseline's run)` at every step count both modes ran."""
+    for summary in summaries:
+        if summary["frames"] < min_frames:
+            continue
+        runs = _runs(summary)
+        for mode, steps in sorted(runs):
+            if mode == "arlon" and ("baseline", steps) in runs:
+                yield summary["suite"], steps, runs[mode, steps], runs["baseline", steps]
 
+
+def _fewer_steps(summaries: list[dict]) -> tuple[list[str], list[bool]]:
     evidence, verdicts = [], []
     for summary in summaries:
         runs = _runs(summary)
@@ -68,93 +76,79 @@ def check_claims(summaries: list[dict]) -> list[dict]:
             + (f"reached from {reached[0]} step(s)" if reached else "not reached at <= 5 steps")
         )
         verdicts.append(bool(reached))
-    results.append(
-        _claim("ARLON at <= 5 steps is at least as good as the baseline at 30", evidence, verdicts)
-    )
+    return evidence, verdicts
 
-    evidence, verdicts = [], []
-    for summary in summaries:
-        runs = _runs(summary)
-        for m, s in sorted(runs):
-            if m != "arlon" or ("baseline", s) not in runs:
-                continue
-            a, b = runs["arlon", s], runs["baseline", s]
-            if a.get("dynamic_degree") is None or a.get("subject_consistency") is None:
-                continue
-            dynamic = a["dynamic_degree"] >= b["dynamic_degree"]
-            subject = a["subject_consistency"] >= b["subject_consistency"] - 0.02
-            evidence.append(
-                f"{summary['suite']} @{s}: dynamic degree {_pct(a['dynamic_degree'])} vs "
-                f"{_pct(b['dynamic_degree'])}; subject consistency "
-                f"{_pct(a['subject_consistency'])} vs {_pct(b['subject_consistency'])}"
-            )
-            verdicts.append(dynamic and subject)
-    results.append(
-        _claim(
-            "ARLON's dynamic degree >= the baseline's at equal steps, subject consistency within "
-            "2 points",
-            evidence,
-            verdicts,
-        )
-    )
 
+def _dynamics(summaries: list[dict]) -> tuple[list[str], list[bool]]:
     evidence, verdicts = [], []
-    for summary in summaries:
-        if summary["frames"] < 600:
+    for suite, steps, a, b in _pairs(summaries):
+        if a.get("dynamic_degree") is None or a.get("subject_consistency") is None:
             continue
-        runs = _runs(summary)
-        for m, s in sorted(runs):
-            if m != "arlon" or ("baseline", s) not in runs:
-                continue
-            drops = {}
-            for mode in ("arlon", "baseline"):
-                r = runs[mode, s]
-                drops[mode] = {
-                    k: r[f"{k}_early"] - r[f"{k}_late"]
-                    for k in ("identity", "attribute")
-                    if r.get(f"{k}_early") is not None and r.get(f"{k}_late") is not None
-                }
-            if len(drops["arlon"]) < 2 or len(drops["baseline"]) < 2:
-                continue
-            evidence.append(
-                f"{summary['suite']} @{s}: drop early -> late quarter, identity "
-                f"{100 * drops['arlon']['identity']:+.1f} vs "
-                f"{100 * drops['baseline']['identity']:+.1f} points, attribute "
-                f"{100 * drops['arlon']['attribute']:+.1f} vs "
-                f"{100 * drops['baseline']['attribute']:+.1f} (ARLON vs baseline)"
-            )
-            verdicts.append(all(drops["arlon"][k] <= drops["baseline"][k] for k in drops["arlon"]))
-    results.append(
-        _claim("On 600+ frame videos ARLON drifts less than the baseline", evidence, verdicts)
-    )
-
-    evidence, verdicts = [], []
-    for summary in summaries:
-        runs = _runs(summary)
-        for m, s in sorted(runs):
-            if m != "arlon" or ("baseline", s) not in runs:
-                continue
-            a, b = runs["arlon", s], runs["baseline", s]
-            if a.get("switch_latency_median") is None or b.get("switch_latency_median") is None:
-                continue
-            evidence.append(
-                f"{summary['suite']} @{s}: median switch latency {a['switch_latency_median']:.0f} "
-                f"vs {b['switch_latency_median']:.0f} frames; switches taken "
-                f"{_pct(a.get('switched'))} vs {_pct(b.get('switched'))}"
-            )
-            verdicts.append(a["switch_latency_median"] <= b["switch_latency_median"])
-    results.append(
-        _claim(
-            "With a progressive timeline, ARLON switches no later than the baseline",
-            evidence,
-            verdicts,
+        evidence.append(
+            f"{suite} @{steps}: dynamic degree {_pct(a['dynamic_degree'])} vs "
+            f"{_pct(b['dynamic_degree'])}; subject consistency "
+            f"{_pct(a['subject_consistency'])} vs {_pct(b['subject_consistency'])}"
         )
-    )
+        verdicts.append(
+            a["dynamic_degree"] >= b["dynamic_degree"]
+            and a["subject_consistency"] >= b["subject_consistency"] - 0.02
+        )
+    return evidence, verdicts
+
+
+def _drift(summaries: list[dict]) -> tuple[list[str], list[bool]]:
+    evidence, verdicts = [], []
+    keys = ("identity", "attribute")
+    for suite, steps, a, b in _pairs(summaries, min_frames=600):
+        if any(r.get(f"{k}_{w}") is None for r in (a, b) for k in keys for w in ("early", "late")):
+            continue
+        drop = {
+            m: {k: r[f"{k}_early"] - r[f"{k}_late"] for k in keys} for m, r in (("a", a), ("b", b))
+        }
+        evidence.append(
+            f"{suite} @{steps}: drop early -> late quarter, identity "
+            f"{100 * drop['a']['identity']:+.1f} vs {100 * drop['b']['identity']:+.1f} points, "
+            f"attribute {100 * drop['a']['attribute']:+.1f} vs {100 * drop['b']['attribute']:+.1f}"
+        )
+        verdicts.append(all(drop["a"][k] <= drop["b"][k] for k in keys))
+    return evidence, verdicts
+
+
+def _switches(summaries: list[dict]) -> tuple[list[str], list[bool]]:
+    evidence, verdicts = [], []
+    for suite, steps, a, b in _pairs(summaries):
+        if a.get("switch_latency_median") is None or b.get("switch_latency_median") is None:
+            continue
+        evidence.append(
+            f"{suite} @{steps}: median switch latency {a['switch_latency_median']:.0f} vs "
+            f"{b['switch_latency_median']:.0f} frames; switches taken {_pct(a.get('switched'))} "
+            f"vs {_pct(b.get('switched'))}"
+        )
+        verdicts.append(a["switch_latency_median"] <= b["switch_latency_median"])
+    return evidence, verdicts
+
+
+CLAIMS = (
+    ("ARLON at <= 5 steps is at least as good as the baseline at 30", _fewer_steps),
+    (
+        "ARLON's dynamic degree >= the baseline's at equal steps, subject consistency within "
+        "2 points",
+        _dynamics,
+    ),
+    ("On 600+ frame videos ARLON drifts less than the baseline", _drift),
+    ("With a progressive timeline, ARLON switches no later than the baseline", _switches),
+)
+
+
+def check_claims(summaries: list[dict]) -> list[dict]:
+    """`[{"claim", "evidence": [str, ...], "holds": bool | None}]` for the four claims; ARLON's
+    numbers come first in each piece of evidence."""
+    results = []
+    for text, check in CLAIMS:
+        evidence, verdicts = check(summaries)
+        holds = all(verdicts) if verdicts else None
+        results.append({"claim": text, "evidence": evidence, "holds": holds})
     return results
-
-
-def _claim(text: str, evidence: list[str], verdicts: list[bool]) -> dict:
-    return {"claim": text, "evidence": evidence, "holds": all(verdicts) if verdicts else None}
 
 
 def markdown(claims: list[dict]) -> str:
