@@ -237,15 +237,7 @@ class ARLONPipeline(DiffusionPipeline):
         if mode == "arlon":
             history = None if init is None else list(self.vq.encode(init)[0])  # (h, w) each
             if codes is None:
-                sampler = ARSampler(
-                    self.ar,
-                    self.text_encoder,
-                    temperature=ar_temperature,
-                    top_k=ar_top_k,
-                    top_p=ar_top_p,
-                    guidance_scale=ar_guidance_scale,
-                    seed=seed,
-                )
+                sampler = self._sampler(seed, ar_temperature, ar_top_k, ar_top_p, ar_guidance_scale)
                 codes = sampler.frames(
                     token_timeline(timeline, self.temporal_ratio, self.vq.ratio[0]),
                     self._token_frames(new_latents),
@@ -343,15 +335,7 @@ class ARLONPipeline(DiffusionPipeline):
         by one), to pass to `stream(codes=...)` with the same timeline, length and seed. Memory
         grows with the batch and the length: meant for evaluations, not for unbounded videos."""
         _, new_latents = self._plan(num_frames)
-        sampler = ARSampler(
-            self.ar,
-            self.text_encoder,
-            temperature=ar_temperature,
-            top_k=ar_top_k,
-            top_p=ar_top_p,
-            guidance_scale=ar_guidance_scale,
-            seed=seeds,
-        )
+        sampler = self._sampler(seeds, ar_temperature, ar_top_k, ar_top_p, ar_guidance_scale)
         return sample_codes(
             sampler,
             timelines,
@@ -362,6 +346,18 @@ class ARLONPipeline(DiffusionPipeline):
             unit="token frame",
             disable=not progress,
             leave=False,
+        )
+
+    def _sampler(self, seed, temperature, top_k, top_p, guidance_scale) -> ARSampler:
+        """The AR's sampler for one seed, or for a batch of videos (a list of seeds)."""
+        return ARSampler(
+            self.ar,
+            self.text_encoder,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            guidance_scale=guidance_scale,
+            seed=seed,
         )
 
     def _conditions(self, codes, init, history, times) -> Iterator[torch.Tensor]:
