@@ -82,7 +82,8 @@ def _fewer_steps(summaries: list[dict]) -> tuple[list[str], list[bool]]:
 def _dynamics(summaries: list[dict]) -> tuple[list[str], list[bool]]:
     evidence, verdicts = [], []
     for suite, steps, a, b in _pairs(summaries):
-        if a.get("dynamic_degree") is None or a.get("subject_consistency") is None:
+        keys = ("dynamic_degree", "subject_consistency")
+        if any(r.get(k) is None for r in (a, b) for k in keys):
             continue
         evidence.append(
             f"{suite} @{steps}: dynamic degree {_pct(a['dynamic_degree'])} vs "
