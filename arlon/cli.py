@@ -113,7 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--ar-top-k", type=int, default=0, help="AR top-k (0: off)")
     generate.add_argument("--ar-top-p", type=float, default=1.0, help="AR top-p in (0, 1]")
     generate.add_argument(
-        "--ar-guidance", type=float, default=1.0, help="AR classifier-free guidance (1: none)"
+        "--ar-guidance",
+        type=float,
+        help="AR classifier-free guidance (default 3, the pipeline's; 1: none, faster)",
     )
     generate.add_argument("--quiet", action="store_true", help="no progress bars")
     generate.set_defaults(run=_generate)
@@ -584,7 +586,7 @@ def _generate(args) -> None:
         ar_temperature=args.ar_temperature,
         ar_top_k=args.ar_top_k,
         ar_top_p=args.ar_top_p,
-        ar_guidance_scale=args.ar_guidance,
+        ar_guidance_scale=_ar_guidance(args.ar_guidance),
         seed=args.seed,
         mode=args.mode,
         init_video=args.init_video,
@@ -631,9 +633,19 @@ def _add_ar_args(parser: argparse.ArgumentParser) -> None:
         "--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1)"
     )
     parser.add_argument(
-        "--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: none)"
+        "--guidance",
+        type=float,
+        help="classifier-free guidance scale (default 3, the pipeline's; 1: none, faster)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _ar_guidance(value: float | None) -> float:
+    """The AR's guidance scale: the one given, else the pipeline's default (the CLI's parser does
+    not import torch, so its default is resolved here)."""
+    from arlon.models.ar_sampler import GUIDANCE_SCALE
+
+    return GUIDANCE_SCALE if value is None else value
 
 
 def _add_size_args(parser: argparse.ArgumentParser) -> None:
@@ -702,7 +714,7 @@ def _ar_parts(args):
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
-        guidance_scale=args.guidance,
+        guidance_scale=_ar_guidance(args.guidance),
     )
     ARSampler(ar, text_encoder, **settings)  # bad settings fail here, before any work
 
@@ -729,9 +741,8 @@ def _eval_ar(args) -> None:
     from arlon.evaluation.ar import prompt_eval, timeline_eval
 
     make_sampler, vq, vae = _ar_parts(args)
-    report = {
-        "sampling": {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "guidance")}
-    }
+    sampling = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p")}
+    report = {"sampling": {**sampling, "guidance": _ar_guidance(args.guidance)}}
     if args.prompts:
         report["prompts"] = prompt_eval(make_sampler, vq, vae, args.prompts, args.prompt_frames)
     if args.timelines:

@@ -7,8 +7,9 @@
 The stages, each holding a bounded window (DESIGN.md §2):
 
 1. the text encoder turns each prompt of the timeline into token states (cached per prompt);
-2. the AR transformer streams fine codes token frame by token frame (sliding window, KV cache), its
-   prefix switching at the timeline's boundaries; the fine VQ-VAE decodes each window of codes into
+2. the AR transformer streams fine codes token frame by token frame (sliding window, KV cache,
+   classifier-free guidance at `AR_GUIDANCE_SCALE` by default), its prefix switching at the
+   timeline's boundaries; the fine VQ-VAE decodes each window of codes into
    the coarse latent F;
 3. the DiT denoises the video latent segment by segment: `segment_frames` latent frames, the first
    `reference_frames` of them the clean tail of the previous segment (timestep 0), guided by F of
@@ -41,6 +42,7 @@ from arlon.coarse import coarse_latents, latent_frame, sample_codes, token_timel
 from arlon.data.timeline import Timeline, check_timeline
 from arlon.diffusion.rectified_flow import guided, sample
 from arlon.errors import ArlonError
+from arlon.models.ar_sampler import GUIDANCE_SCALE as AR_GUIDANCE_SCALE
 from arlon.models.ar_sampler import ARSampler
 from arlon.models.text_encoder import TextEncoder
 from arlon.utils import atomic_path
@@ -205,7 +207,7 @@ class ARLONPipeline(DiffusionPipeline):
         ar_temperature: float = 1.0,
         ar_top_k: int = 0,
         ar_top_p: float = 1.0,
-        ar_guidance_scale: float = 1.0,
+        ar_guidance_scale: float = AR_GUIDANCE_SCALE,
         seed: int = 0,
         mode: str = "arlon",
         init_video: np.ndarray | str | Path | None = None,
@@ -328,7 +330,7 @@ class ARLONPipeline(DiffusionPipeline):
         ar_temperature: float = 1.0,
         ar_top_k: int = 0,
         ar_top_p: float = 1.0,
-        ar_guidance_scale: float = 1.0,
+        ar_guidance_scale: float = AR_GUIDANCE_SCALE,
         progress: bool = False,
     ) -> list[list[torch.Tensor]]:
         """The AR's token frames for several videos at once (a batch: much faster per video than one
@@ -447,7 +449,7 @@ class ARLONPipeline(DiffusionPipeline):
         ar_temperature: float = 1.0,
         ar_top_k: int = 0,
         ar_top_p: float = 1.0,
-        ar_guidance_scale: float = 1.0,
+        ar_guidance_scale: float = AR_GUIDANCE_SCALE,
         generator: torch.Generator | int | None = None,
         output_type: str = "np",
         mode: str = "arlon",

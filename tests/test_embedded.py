@@ -77,6 +77,7 @@ def test_eval_ar_reports_world_metrics_of_coarse_videos(tmp_path, capsys):
     import json
 
     from arlon import cli
+    from arlon.models.ar_sampler import GUIDANCE_SCALE
 
     argv = ["eval", "ar", "--prompts", "2", "--prompt-frames", "20", "--timelines", "1"]
     out = tmp_path / "ar.json"
@@ -84,3 +85,4 @@ def test_eval_ar_reports_world_metrics_of_coarse_videos(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["prompts"]["prompts"] == 2 and report["prompts"]["background"] == 1.0
     assert report["timelines"]["frames"] == 120 and 0 <= report["timelines"]["identity"] <= 1
+    assert report["sampling"]["guidance"] == GUIDANCE_SCALE  # the pipeline's default

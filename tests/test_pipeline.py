@@ -11,7 +11,7 @@ from arlon import cli
 from arlon.data.video_io import video_info
 from arlon.diffusion.rectified_flow import scheduler
 from arlon.errors import ArlonError
-from arlon.models.ar_sampler import ARSampler
+from arlon.models.ar_sampler import GUIDANCE_SCALE, ARSampler
 from arlon.models.ar_transformer import ar_transformer
 from arlon.models.latent_vqvae import latent_vqvae
 from arlon.models.stdit import stdit
@@ -163,6 +163,23 @@ def test_generate_writes_the_video_and_a_summary(folder, tmp_path, capsys):
         capsys, "--timeline", timeline, "--model", folder, "--frames", 9, "-o", out
     )
     assert code == 0 and video_info(out).num_frames == 9
+
+
+def test_the_ar_is_guided_unless_told_otherwise(folder, tmp_path, capsys, monkeypatch):
+    scales = []
+    build = ARSampler.__init__
+
+    def spy(self, *args, **kwargs):
+        scales.append(kwargs["guidance_scale"])
+        build(self, *args, **kwargs)
+
+    monkeypatch.setattr(ARSampler, "__init__", spy)
+    argv = [PROMPT, "--model", folder, "--frames", 9, "--steps", 1, "-o", tmp_path / "v.mp4"]
+    assert generate(capsys, *argv)[0] == 0
+    assert generate(capsys, *argv, "--ar-guidance", 1)[0] == 0
+    pipe = ARLONPipeline.from_pretrained(folder)
+    pipe(PROMPT, num_frames=9, num_inference_steps=1, progress=False)
+    assert scales == [GUIDANCE_SCALE, 1.0, GUIDANCE_SCALE] and GUIDANCE_SCALE > 1
 
 
 def test_embedded_default_generates(tmp_path, capsys):
