@@ -460,6 +460,11 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--mode", choices=("arlon", "baseline"), default="arlon")
     gen.add_argument("--guidance", type=float, default=1.0, help="DiT guidance (default 1)")
     gen.add_argument(
+        "--ar-guidance",
+        type=float,
+        help="AR classifier-free guidance (default 3, the pipeline's; 1: none, faster)",
+    )
+    gen.add_argument(
         "--batch",
         type=int,
         default=25,
@@ -863,6 +868,7 @@ def _eval_generate(args) -> None:
         args.steps,
         args.mode,
         args.guidance,
+        _ar_guidance(args.ar_guidance),
         batch=args.batch,
     )
     _emit_json(report, args.out)

@@ -304,3 +304,4 @@ def test_eval_generate_scores_whole_generations(folder, tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["prompts"]["videos"] == 2 and report["timelines"]["videos"] == 1
     assert 0 <= report["prompts"]["attribute"] <= 1 and report["mode"] == "arlon"
+    assert report["ar_guidance"] == GUIDANCE_SCALE  # the pipeline's default, recorded

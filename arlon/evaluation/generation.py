@@ -15,13 +15,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from arlon.evaluation.recon import HELDOUT_SEED
+from arlon.models.ar_sampler import GUIDANCE_SCALE as AR_GUIDANCE_SCALE
 from arlon.world.metrics import Expected, mean_judged, score_video
 from arlon.world.simulate import random_episode
 
 NAMES = ("attribute", "colour", "shape", "size", "background", "motion", "count", "identity")
 
 
-def _score(pipe, timelines, num_frames, settings, batch, desc, progress):
+def _score(pipe, timelines, num_frames, settings, ar_guidance_scale, batch, desc, progress):
     """World reports of the videos of `timelines` (video i from seed i), and the seconds taken.
     ARLON's AR codes are sampled `batch` videos at a time, then each video is rendered alone."""
     reports, seconds = [], 0.0
@@ -33,7 +34,9 @@ def _score(pipe, timelines, num_frames, settings, batch, desc, progress):
         start = time.perf_counter()
         codes = [None] * len(chunk)
         if settings["mode"] == "arlon":
-            codes = pipe.sample_codes(chunk, num_frames, seeds, progress=progress)
+            codes = pipe.sample_codes(
+                chunk, num_frames, seeds, ar_guidance_scale=ar_guidance_scale, progress=progress
+            )
         for timeline, seed, video_codes in zip(chunk, seeds, codes, strict=True):
             frames = pipe.stream(
                 timeline=timeline,
@@ -75,6 +78,7 @@ def generation_eval(
     steps: int = 5,
     mode: str = "arlon",
     guidance_scale: float = 1.0,
+    ar_guidance_scale: float = AR_GUIDANCE_SCALE,
     seed: int = HELDOUT_SEED,
     batch: int = 25,
     progress: bool = True,
@@ -83,17 +87,20 @@ def generation_eval(
     changes, `num_frames` frames each (drift: first vs last quarter). `batch`: videos whose AR
     codes are sampled together (the results do not depend on it, up to float rounding)."""
     settings = dict(num_inference_steps=steps, mode=mode, guidance_scale=guidance_scale)
-    report = {"mode": mode, "steps": steps, "frames": num_frames}
+    report = {"mode": mode, "steps": steps, "frames": num_frames, "guidance": guidance_scale}
+    if mode == "arlon":
+        report["ar_guidance"] = ar_guidance_scale
+    score = dict(ar_guidance_scale=ar_guidance_scale, batch=batch, progress=progress)
     if prompts:
         single = [random_episode((seed, i), 2, events=False).timeline[:1] for i in range(prompts)]
         reports, seconds = _score(
-            pipe, single, num_frames, settings, batch, f"{mode} prompts", progress
+            pipe, single, num_frames, settings, desc=f"{mode} prompts", **score
         )
         report["prompts"] = {"videos": prompts, **summarise(reports, seconds)}
     if timelines:
         changing = [random_episode((seed + 1, i), num_frames).timeline for i in range(timelines)]
         reports, seconds = _score(
-            pipe, changing, num_frames, settings, batch, f"{mode} timelines", progress
+            pipe, changing, num_frames, settings, desc=f"{mode} timelines", **score
         )
         report["timelines"] = {"videos": timelines, **summarise(reports, seconds)}
     return report
