@@ -54,7 +54,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ar", help="AR transformer folder (default: the embedded one)")
     parser.add_argument("--frames", type=int, nargs="+", default=[600, 6000])
-    parser.add_argument("--guidance", type=float, default=1.0)
+    parser.add_argument(
+        "--guidance", type=float, default=3.0, help="CFG scale (default 3, the pipeline's; 1: none)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
