@@ -51,11 +51,13 @@ def run(args) -> dict:
 
 
 def main() -> None:
+    from arlon.models.ar_sampler import GUIDANCE_SCALE
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ar", help="AR transformer folder (default: the embedded one)")
     parser.add_argument("--frames", type=int, nargs="+", default=[600, 6000])
     parser.add_argument(
-        "--guidance", type=float, default=3.0, help="CFG scale (default 3, the pipeline's; 1: none)"
+        "--guidance", type=float, default=GUIDANCE_SCALE, help="CFG scale (default: the pipeline's)"
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
