@@ -267,7 +267,9 @@ def _parser() -> argparse.ArgumentParser:
         "--coarse-vq, every window of latent frames also gets its fine codes (the AR's tokens) and "
         "its coarse latent (the DiT's training condition). OUT is replaced only once complete. "
         "With --add-codes, the codes go into the existing cache OUT, whose latents are kept "
-        "(train the VQ-VAEs on a cache, then add their codes to it).",
+        "(train the VQ-VAEs on a cache, then add their codes to it). With --append, the manifest's "
+        "videos are added to the existing cache OUT (with the VQ-VAEs it was built with), keeping "
+        "its entries and their held-out split; videos already in it are skipped.",
     )
     cache.add_argument(
         "--vae", type=Path, help="trained VAE folder (OUT/model of 'arlon train vae')"
@@ -279,6 +281,11 @@ def _parser() -> argparse.ArgumentParser:
         "--add-codes",
         action="store_true",
         help="add the --fine-vq/--coarse-vq codes to the existing cache OUT",
+    )
+    cache.add_argument(
+        "--append",
+        action="store_true",
+        help="add the manifest's videos to the existing cache OUT instead of replacing it",
     )
     cache.add_argument("--out", required=True, type=Path, help="cache folder")
     cache.add_argument("--fine-vq", type=Path, help="trained fine latent VQ-VAE folder")
@@ -677,6 +684,8 @@ def _cache(args) -> None:
     from arlon.data.latent_cache import add_codes, build_cache
     from arlon.models.latent_vqvae import LatentVQVAE
 
+    if args.add_codes and args.append:
+        raise ArlonError("--add-codes and --append do not go together")
     if args.add_codes and (args.vae is not None or args.manifest is not None):
         raise ArlonError("--add-codes keeps the cache's latents: leave out --vae and --manifest")
     if not args.add_codes and (args.vae is None or args.manifest is None):
@@ -687,8 +696,9 @@ def _cache(args) -> None:
         out = add_codes(args.out, fine, coarse)
         print(f"added codes to the latent cache {out}")
         return
-    out = build_cache(_load_vae(args.vae), args.manifest, args.out, fine, coarse, args.window)
-    print(f"wrote the latent cache {out}")
+    vae = _load_vae(args.vae)
+    out = build_cache(vae, args.manifest, args.out, fine, coarse, args.window, append=args.append)
+    print(f"{'added to' if args.append else 'wrote'} the latent cache {out}")
 
 
 def _load_vae(folder: Path):

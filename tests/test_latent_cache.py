@@ -191,3 +191,33 @@ def test_codes_added_later_equal_codes_built_in(dataset, models, tmp_path, capsy
         assert torch.equal(x["codes"], y["codes"]) and torch.equal(x["coarse"], y["coarse"])
     assert cli.main([*argv, "--vae", str(tmp_path / "vae"), "--fine-vq", "x"]) == 2
     assert "leave out --vae" in capsys.readouterr().err
+
+
+def test_append_grows_a_cache_as_one_build_would(dataset, models, tmp_path, capsys):
+    vae, fine, coarse = models
+    whole = LatentCache(
+        build_cache(vae, dataset / "manifest.csv", tmp_path / "whole", fine, coarse, window=3)
+    )
+    lines = (dataset / "manifest.csv").read_text().splitlines(keepends=True)
+    first = dataset / "first_video.csv"  # beside the videos: the manifest's paths are relative
+    first.write_text("".join(lines[:2]))  # the header and the first video
+    grown = build_cache(vae, first, tmp_path / "grown", fine, coarse, window=3)
+    before = LatentCache(grown).entries
+    for name, model in [("vae", vae), ("fine", fine), ("coarse", coarse)]:
+        model.save_pretrained(tmp_path / name)
+    argv = ["cache", "--append", "--vae", str(tmp_path / "vae"), "--out", str(grown)]
+    argv += ["--manifest", str(dataset / "manifest.csv"), "--window", "3"]
+    # without the VQ-VAEs the cache was built with, the new entries would lack codes: refused
+    assert cli.main(argv) == 2
+    assert "VQ-VAEs it was built with" in capsys.readouterr().err
+    argv += ["--fine-vq", str(tmp_path / "fine"), "--coarse-vq", str(tmp_path / "coarse")]
+    assert cli.main(argv) == 0
+    assert cli.main(argv) == 0  # again: every video is in already, nothing is added
+    grown = LatentCache(grown)
+    assert grown.entries[:1] == before  # the first entry, and so the held-out split, stay
+    assert [(e.key, e.path) for e in grown.entries] == [(e.key, e.path) for e in whole.entries]
+    for a, b in zip(whole.entries, grown.entries, strict=True):
+        x, y = whole.tensors(a), grown.tensors(b)
+        assert set(x) == set(y) == {"latents", "codes", "coarse"}
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    assert a.timeline == b.timeline and len(grown.entries) == 3

@@ -95,30 +95,94 @@ def build_cache(
     coarse=None,
     window: int = 9,
     shard_bytes: int = 64 << 20,
+    append: bool = False,
 ) -> Path:
-    """Encode every video of `manifest` into `out` (replaced only once complete)."""
+    """Encode every video of `manifest` into `out` (replaced only once complete).
+
+    With `append`, the videos go into the existing cache `out` instead, after its entries (their
+    keys, and so the held-out split of the training stages, do not move); videos already in it are
+    skipped. New shards are written first and the index last, so an interrupted append leaves the
+    cache as it was."""
     out = Path(out)
     rows = read_manifest(manifest)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    entries, shard, size, shard_id = [], {}, 0, 0
+    if append:
+        cache = LatentCache(out)
+        meta = json.loads((cache.folder / "index.json").read_text())
+        if meta["window"] != window or meta["temporal_ratio"] != vae.temporal_ratio:
+            raise ArlonError(
+                f"{out} was built with window {meta['window']} and temporal ratio "
+                f"{meta['temporal_ratio']}, not {window} and {vae.temporal_ratio}"
+            )
+        has_codes = any(e.has_codes for e in cache.entries)
+        has_coarse = bool(cache.entries) and "coarse" in cache.tensors(cache.entries[0])
+        if (has_codes, has_coarse) != (fine is not None, coarse is not None) or (
+            has_codes and meta["codebook_size"] != fine.codebook_size
+        ):
+            raise ArlonError(
+                f"append to {out} with the VQ-VAEs it was built with: it has "
+                f"{'fine codes' if has_codes else 'no fine codes'} and "
+                f"{'coarse latents' if has_coarse else 'no coarse latents'}"
+            )
+        known = {e.path for e in cache.entries}
+        rows = [row for row in rows if str(row.path) not in known]
+        folder, first_key = out, 1 + max((int(e.key) for e in cache.entries), default=-1)
+        first_shard = 1 + max((_shard_number(e.shard) for e in cache.entries), default=-1)
+    else:
+        meta = {
+            "window": window,
+            "temporal_ratio": vae.temporal_ratio,
+            "codebook_size": None if fine is None else fine.codebook_size,
+            "entries": [],
+        }
+        folder, first_key, first_shard = out.with_name(out.name + ".tmp"), 0, 0
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+    entries = _encode_rows(
+        vae, rows, folder, fine, coarse, window, shard_bytes, first_key, first_shard
+    )
+    meta["entries"] += [asdict(e) for e in entries]
+    tmp = folder / "index.json.tmp"
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, folder / "index.json")
+    if not append:
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(folder, out)
+    return out
+
+
+def _shard_number(name: str) -> int:
+    return int(name.removeprefix("shard_").removesuffix(".safetensors"))
+
+
+def _encode_rows(
+    vae,
+    rows,
+    folder: Path,
+    fine,
+    coarse,
+    window: int,
+    shard_bytes,
+    first_key: int,
+    first_shard: int,
+) -> list[CacheEntry]:
+    """Encode `rows` into shards of `folder`, keys and shard numbers counting from the given ones."""
+    entries, shard, size, shard_id = [], {}, 0, first_shard
 
     def flush():
         nonlocal shard, size, shard_id
         if shard:
-            save_file(shard, str(tmp / f"shard_{shard_id:05d}.safetensors"))
+            save_file(shard, str(folder / f"shard_{shard_id:05d}.safetensors"))
             shard, size, shard_id = {}, 0, shard_id + 1
 
-    for i, row in enumerate(tqdm(rows, desc="cache", unit="video")):
+    for i, row in enumerate(tqdm(rows, desc="cache", unit="video"), start=first_key):
         latents = encode_video(vae, row.path).half()  # stored in float16
         key = f"{i:06d}"
         tensors = {f"{key}.latents": latents}
         # codes of the stored latents, as add_codes computes them
         extra = vq_windows(latents.float(), window, fine, coarse)
         tensors |= {f"{key}.{k}": v for k, v in extra.items()}
-        timeline = _timeline(row)
         entries.append(
             CacheEntry(
                 key,
@@ -126,7 +190,7 @@ def build_cache(
                 str(row.path),
                 vae.video_frames(latents.shape[1]),
                 latents.shape[1],
-                timeline,
+                _timeline(row),
                 "codes" in extra,
             )
         )
@@ -135,17 +199,7 @@ def build_cache(
         if size >= shard_bytes:
             flush()
     flush()
-    meta = {
-        "window": window,
-        "temporal_ratio": vae.temporal_ratio,
-        "codebook_size": None if fine is None else fine.codebook_size,
-        "entries": [asdict(e) for e in entries],
-    }
-    (tmp / "index.json").write_text(json.dumps(meta))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    return entries
 
 
 def add_codes(folder: str | Path, fine=None, coarse=None) -> Path:
