@@ -221,3 +221,5 @@ def test_append_grows_a_cache_as_one_build_would(dataset, models, tmp_path, caps
         assert set(x) == set(y) == {"latents", "codes", "coarse"}
         assert all(torch.equal(x[k], y[k]) for k in x)
     assert a.timeline == b.timeline and len(grown.entries) == 3
+    assert cli.main(["cache", "--append", "--add-codes", "--out", str(tmp_path / "grown")]) == 2
+    assert "do not go together" in capsys.readouterr().err

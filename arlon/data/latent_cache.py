@@ -114,7 +114,8 @@ def build_cache(
                 f"{meta['temporal_ratio']}, not {window} and {vae.temporal_ratio}"
             )
         has_codes = any(e.has_codes for e in cache.entries)
-        has_coarse = bool(cache.entries) and "coarse" in cache.tensors(cache.entries[0])
+        whole = next((e for e in cache.entries if e.latent_frames >= window), None)  # has a window
+        has_coarse = whole is not None and "coarse" in cache.tensors(whole)
         if (has_codes, has_coarse) != (fine is not None, coarse is not None) or (
             has_codes and meta["codebook_size"] != fine.codebook_size
         ):
