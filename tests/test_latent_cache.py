@@ -219,7 +219,6 @@ def test_append_grows_a_cache_as_one_build_would(dataset, models, tmp_path, caps
     for a, b in zip(whole.entries, grown.entries, strict=True):
         x, y = whole.tensors(a), grown.tensors(b)
         assert set(x) == set(y) == {"latents", "codes", "coarse"}
-        assert all(torch.equal(x[k], y[k]) for k in x)
-    assert a.timeline == b.timeline and len(grown.entries) == 3
+        assert all(torch.equal(x[k], y[k]) for k in x) and a.timeline == b.timeline
     assert cli.main(["cache", "--append", "--add-codes", "--out", str(tmp_path / "grown")]) == 2
     assert "do not go together" in capsys.readouterr().err

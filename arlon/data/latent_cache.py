@@ -164,7 +164,7 @@ def _encode_rows(
     fine,
     coarse,
     window: int,
-    shard_bytes,
+    shard_bytes: int,
     first_key: int,
     first_shard: int,
 ) -> list[CacheEntry]:
