@@ -215,6 +215,7 @@ def test_append_grows_a_cache_as_one_build_would(dataset, models, tmp_path, caps
     assert cli.main(argv) == 0  # again: every video is in already, nothing is added
     grown = LatentCache(grown)
     assert grown.entries[:1] == before  # the first entry, and so the held-out split, stay
+    assert len(grown.entries) == 3
     assert [(e.key, e.path) for e in grown.entries] == [(e.key, e.path) for e in whole.entries]
     for a, b in zip(whole.entries, grown.entries, strict=True):
         x, y = whole.tensors(a), grown.tensors(b)
