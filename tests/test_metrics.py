@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from arlon.evaluation.ar import onset_summary
 from arlon.world.metrics import Expected, score_video
 from arlon.world.render import render_states
 from arlon.world.simulate import episode_from_timeline, random_episode
@@ -41,6 +42,7 @@ def test_ground_truth_scores_near_one(clean):
     for name in ACCURACIES:
         assert clean[name] >= 0.99, name
     assert clean["switch"]["switched"] == 1.0 and clean["switch"]["median_latency"] == 0
+    assert clean["onset"] == {"held": True, "latency": 0}
     assert clean["rerender_psnr"] > 35
     for window in ("early", "late"):
         assert clean["drift"][window]["attribute"] >= 0.99
@@ -77,9 +79,21 @@ def test_switch_that_never_happens_is_caught():
     expected = Expected.from_timeline(timeline, 120, 64, 64)
     report = score_video(render_states(stuck.frames()), expected).report()
     assert report["switch"]["switched"] == 0.0 and report["switch"]["median_latency"] == 60
+    assert report["onset"] == {"held": True, "latency": 0}  # the first caption was right
     honest = episode_from_timeline(timeline, 120, seed=3)
     report = score_video(render_states(honest.frames()), expected).report()
     assert report["switch"]["switched"] == 1.0 and report["switch"]["median_latency"] <= 1
+
+
+def test_first_caption_that_never_holds_counts_its_whole_segment(clean):
+    red = episode_from_timeline([(0, "a red circle moves right on a black background")], 80, seed=3)
+    timeline = [(0, "a blue square moves left on a gray background"), (50, "a red circle")]
+    expected = Expected.from_timeline(timeline, 80, 64, 64)
+    report = score_video(render_states(red.frames()), expected).report()
+    assert report["onset"] == {"held": False, "latency": 50}
+    # over many videos: how often the first caption held, and the median frames until it did
+    summary = onset_summary([report, clean])
+    assert summary == {"onset_held": 0.5, "onset_latency_median": 25.0}
 
 
 def test_late_corruption_shows_as_drift(frames, expected):

@@ -5,6 +5,10 @@
 - `timeline_eval`: long coarse videos for timelines with caption changes (held-out episodes with
   events); identity persistence, prompt-switch latency, drift.
 
+Both report the onset (`onset_summary`): how long the first caption takes to hold from frame 0, the
+same measure as a switch's latency with nothing to switch from; a switch latency far above it means
+the old scene lingers, one near it that whole scenes are slow to come right at all.
+
 The coarse video is the fine VQ-VAE's and the VAE's decoding of the codes (`arlon.coarse`), so these
 numbers include what those two lose (measured alone by `arlon eval recon`).
 """
@@ -68,6 +72,7 @@ def prompt_eval(
     names = ("attribute", "colour", "shape", "size", "background", "motion", "speed", "count")
     out = {"prompts": prompts, "frames": num_frames}
     out |= {n: mean_judged(r[n] for r in reports) for n in names}
+    out |= onset_summary(reports)
     out["seconds_per_video"] = seconds / prompts
     out["frames_per_second"] = prompts * num_frames / seconds
     return out
@@ -98,7 +103,20 @@ def timeline_eval(
         "switched": mean_judged(r["switch"]["switched"] for r in reports),
         "switch_latency_median": float(np.median(latencies)) if latencies else None,
         "switch_latency_mean": float(np.mean(latencies)) if latencies else None,
+        **onset_summary(reports),
         "attribute_early": mean_judged(r["drift"]["early"]["attribute"] for r in reports),
         "attribute_late": mean_judged(r["drift"]["late"]["attribute"] for r in reports),
         "seconds_per_video": seconds / timelines,
+    }
+
+
+def onset_summary(reports: list[dict]) -> dict:
+    """How often the first caption comes to hold at all, and the median frames until it does (a
+    miss counts as its whole segment): the baseline a switch latency compares with."""
+    onsets = [r["onset"] for r in reports]
+    if not onsets:
+        return {"onset_held": None, "onset_latency_median": None}
+    return {
+        "onset_held": float(np.mean([o["held"] for o in onsets])),
+        "onset_latency_median": float(np.median([o["latency"] for o in onsets])),
     }

@@ -14,6 +14,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
+from arlon.evaluation.ar import onset_summary
 from arlon.evaluation.recon import HELDOUT_SEED
 from arlon.models.ar_sampler import GUIDANCE_SCALE as AR_GUIDANCE_SCALE
 from arlon.world.metrics import Expected, mean_judged, score_video
@@ -63,6 +64,7 @@ def summarise(reports: list[dict], seconds: float) -> dict:
         out["switches"] = len(latencies)
         out["switched"] = mean_judged(r["switch"]["switched"] for r in reports)
         out["switch_latency_median"] = float(np.median(latencies))
+    out |= onset_summary(reports)
     for window in ("early", "late"):
         for n in ("attribute", "identity", "motion"):
             out[f"{n}_{window}"] = mean_judged(r["drift"][window][n] for r in reports)

@@ -14,7 +14,8 @@ accuracies are in [0, 1]; PSNR is in dB; latencies in frames.
 - identity: from one frame to the next within a segment, each object keeps its shape and size and
   moves no more than `max_jump` of the frame;
 - switch latency: frames from a caption change until the new caption holds (objects, shapes,
-  background, count, motion) for `hold` frames in a row;
+  background, count, motion) for `hold` frames in a row (a missed switch counts as its whole
+  segment); onset: the same from frame 0 for the first caption, the latency's baseline;
 - rerender_psnr: each frame against the clean render of the state the detector read from it.
 """
 
@@ -109,23 +110,30 @@ class WorldScore:
         out["rerender_psnr"] = float(np.mean(psnr)) if len(psnr) else None
         return out
 
+    def _segment(self, k: int) -> tuple[int, int]:
+        starts = self.expected.starts
+        return starts[k], starts[k + 1] if k + 1 < len(starts) else self.expected.num_frames
+
+    def _hold_from(self, start: int, end: int) -> int | None:
+        """The first frame in [start, end) from which the caption holds `hold` frames in a row."""
+        holds, hold = self.records["holds"].astype(bool), self.settings.hold
+        return next((f for f in range(start, end - hold + 1) if holds[f : f + hold].all()), None)
+
+    def onset(self) -> dict:
+        """Frames from frame 0 until the first caption holds: the same measure as a switch's
+        latency, with nothing to switch from (how long a whole scene takes to get right)."""
+        s, e = self._segment(0)
+        found = self._hold_from(s, e)
+        return {"held": found is not None, "latency": (found if found is not None else e) - s}
+
     def switches(self) -> dict:
         """Prompt-switch latency over every caption change."""
-        holds = self.records["holds"].astype(bool)
         latencies, switched = [], []
-        starts, n = self.expected.starts, self.expected.num_frames
-        for k in range(1, len(starts)):
-            s, e = starts[k], starts[k + 1] if k + 1 < len(starts) else n
+        for k in range(1, len(self.expected.starts)):
+            s, e = self._segment(k)
             if e - s < self.settings.hold:
                 continue  # too short for any video to show it
-            found = next(
-                (
-                    f
-                    for f in range(s, e - self.settings.hold + 1)
-                    if holds[f : f + self.settings.hold].all()
-                ),
-                None,
-            )
+            found = self._hold_from(s, e)
             switched.append(found is not None)
             latencies.append((found if found is not None else e) - s)
         if not latencies:
@@ -152,6 +160,7 @@ class WorldScore:
             "frames": n,
             **self.summary(),
             "switch": self.switches(),
+            "onset": self.onset(),
             "drift": {"window": w, "early": self.summary(0, w), "late": self.summary(n - w, n)},
         }
 
