@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from arlon.evaluation.ar import onset_summary
-from arlon.world.metrics import Expected, score_video
+from arlon.world.metrics import Expected, onset_summary, score_video
 from arlon.world.render import render_states
 from arlon.world.simulate import episode_from_timeline, random_episode
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from arlon.coarse import coarse_video, sample_codes, windows_for
 from arlon.evaluation.recon import HELDOUT_SEED
-from arlon.world.metrics import Expected, mean_judged, score_video
+from arlon.world.metrics import Expected, mean_judged, onset_summary, score_video
 from arlon.world.simulate import random_episode
 
 SamplerFactory = Callable[[int | list[int]], object]  # seed(s) -> ARSampler
@@ -107,16 +107,4 @@ def timeline_eval(
         "attribute_early": mean_judged(r["drift"]["early"]["attribute"] for r in reports),
         "attribute_late": mean_judged(r["drift"]["late"]["attribute"] for r in reports),
         "seconds_per_video": seconds / timelines,
-    }
-
-
-def onset_summary(reports: list[dict]) -> dict:
-    """How often the first caption comes to hold at all, and the median frames until it does (a
-    miss counts as its whole segment): the baseline a switch latency compares with."""
-    onsets = [r["onset"] for r in reports]
-    if not onsets:
-        return {"onset_held": None, "onset_latency_median": None}
-    return {
-        "onset_held": float(np.mean([o["held"] for o in onsets])),
-        "onset_latency_median": float(np.median([o["latency"] for o in onsets])),
     }

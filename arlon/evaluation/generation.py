@@ -14,10 +14,9 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from arlon.evaluation.ar import onset_summary
 from arlon.evaluation.recon import HELDOUT_SEED
 from arlon.models.ar_sampler import GUIDANCE_SCALE as AR_GUIDANCE_SCALE
-from arlon.world.metrics import Expected, mean_judged, score_video
+from arlon.world.metrics import Expected, mean_judged, onset_summary, score_video
 from arlon.world.simulate import random_episode
 
 NAMES = ("attribute", "colour", "shape", "size", "background", "motion", "count", "identity")

@@ -114,17 +114,18 @@ class WorldScore:
         starts = self.expected.starts
         return starts[k], starts[k + 1] if k + 1 < len(starts) else self.expected.num_frames
 
-    def _hold_from(self, start: int, end: int) -> int | None:
-        """The first frame in [start, end) from which the caption holds `hold` frames in a row."""
+    def _take_hold(self, start: int, end: int) -> tuple[bool, int]:
+        """Whether the caption of frames [start, end) comes to hold `hold` frames in a row, and the
+        frames from `start` until it does (all of them if it never does)."""
         holds, hold = self.records["holds"].astype(bool), self.settings.hold
-        return next((f for f in range(start, end - hold + 1) if holds[f : f + hold].all()), None)
+        found = next((f for f in range(start, end - hold + 1) if holds[f : f + hold].all()), None)
+        return found is not None, (found if found is not None else end) - start
 
     def onset(self) -> dict:
         """Frames from frame 0 until the first caption holds: the same measure as a switch's
         latency, with nothing to switch from (how long a whole scene takes to get right)."""
-        s, e = self._segment(0)
-        found = self._hold_from(s, e)
-        return {"held": found is not None, "latency": (found if found is not None else e) - s}
+        held, latency = self._take_hold(*self._segment(0))
+        return {"held": held, "latency": latency}
 
     def switches(self) -> dict:
         """Prompt-switch latency over every caption change."""
@@ -133,9 +134,9 @@ class WorldScore:
             s, e = self._segment(k)
             if e - s < self.settings.hold:
                 continue  # too short for any video to show it
-            found = self._hold_from(s, e)
-            switched.append(found is not None)
-            latencies.append((found if found is not None else e) - s)
+            held, latency = self._take_hold(s, e)
+            switched.append(held)
+            latencies.append(latency)
         if not latencies:
             return {
                 "count": 0,
@@ -163,6 +164,18 @@ class WorldScore:
             "onset": self.onset(),
             "drift": {"window": w, "early": self.summary(0, w), "late": self.summary(n - w, n)},
         }
+
+
+def onset_summary(reports: list[dict]) -> dict:
+    """Over many videos' reports: how often the first caption comes to hold at all, and the median
+    frames until it does (a miss counts as its whole segment), the baseline of switch latency."""
+    onsets = [r["onset"] for r in reports]
+    if not onsets:
+        return {"onset_held": None, "onset_latency_median": None}
+    return {
+        "onset_held": float(np.mean([o["held"] for o in onsets])),
+        "onset_latency_median": float(np.median([o["latency"] for o in onsets])),
+    }
 
 
 def mean_judged(values: Iterable[float | None]) -> float | None:
