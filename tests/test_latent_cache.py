@@ -14,8 +14,10 @@ from arlon.data.latent_cache import (
     encode_video,
 )
 from arlon.data.video_io import video_info
+from arlon.errors import ArlonError
 from arlon.models.latent_vqvae import latent_vqvae
 from arlon.models.video_vae import video_vae
+from arlon.training.stages import ARStage, train_config
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +137,29 @@ def test_code_windows_pair_frames_with_their_segment_caption(dataset, models, tm
         captions = [cache.caption_at(episode, f) for f in range(start, start + 4)]
         assert item["caption"] == captions[-1] and item["first_frame"] == start
         assert item["frame_mask"].tolist() == [c == captions[-1] for c in captions]
-        crossing += not item["frame_mask"].all()
+        assert windows.crosses_change(i) == (not item["frame_mask"].all())
+        crossing += windows.crosses_change(i)
     assert crossing > 0  # windows across a caption change: the frames before it are context
     assert windows.code_window == 3
+
+
+def test_ar_stage_draws_windows_across_a_caption_change_more_often(dataset, models, tmp_path):
+    vae, fine, _ = models
+    cache = build_cache(vae, dataset / "manifest.csv", tmp_path / "c", fine, window=3)
+    stage = ARStage()
+    cfg = train_config("ar", "smoke", data={"cache": str(cache)}, model={"max_frames": 4})
+    plain = stage.dataset(cfg)
+    crossing = [i for i in range(len(plain)) if plain.crosses_change(i)]
+    assert 0 < len(crossing) < len(plain)
+    cfg.data["switch_repeats"] = 3
+    more = stage.dataset(cfg)
+    assert len(more) == len(plain) + 2 * len(crossing)
+    assert all(torch.equal(more[i]["codes"], plain[i]["codes"]) for i in range(len(plain)))
+    extra = [more[i] for i in range(len(plain), len(more))]
+    assert all(not item["frame_mask"].all() for item in extra)  # each crosses a change
+    cfg.data["switch_repeats"] = 0
+    with pytest.raises(ArlonError, match="switch_repeats"):
+        stage.dataset(cfg)
 
 
 def test_ar_trains_on_a_cache_and_draws_a_coarse_video(dataset, models, tmp_path, capsys):

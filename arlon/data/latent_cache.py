@@ -377,6 +377,11 @@ class CodeWindows(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def crosses_change(self, i: int) -> bool:
+        """Whether window `i` crosses a caption change (its first frames are context only)."""
+        video, start = self.items[i]
+        return bool(self.segments[video][start] != self.segments[video][start + self.frames - 1])
+
     def __getitem__(self, i: int) -> dict:
         video, start = self.items[i]
         segments = self.segments[video][start : start + self.frames]
