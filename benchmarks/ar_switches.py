@@ -82,9 +82,7 @@ def main() -> None:
     ar = ARTransformer.from_pretrained(args.ar).eval() if args.ar else load_embedded("ar")
     vq, vae = load_embedded("vq"), load_embedded("vae")
     code_window = ar.config.code_window
-    episodes = [
-        random_episode((HELDOUT_SEED + 1, i), args.frames) for i in range(args.timelines)
-    ]
+    episodes = [random_episode((HELDOUT_SEED + 1, i), args.frames) for i in range(args.timelines)]
     if args.truth:
         with tempfile.TemporaryDirectory() as tmp:
             codes = [
