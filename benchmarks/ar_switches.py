@@ -33,6 +33,15 @@ def event(before, after) -> str:
     return "turn"
 
 
+def stats(latencies: list) -> dict:
+    """How many switches, their median latency, and how many hold within 16 frames (the goal)."""
+    return {
+        "count": len(latencies),
+        "median_latency": float(np.median(latencies)),
+        "within_16": float(np.mean([x <= 16 for x in latencies])),
+    }
+
+
 def true_codes(episode, vae, vq, code_window: int, num_frames: int, folder: Path) -> list:
     """Token frames of the episode's own video, enough windows for `num_frames` frames."""
     import torch
@@ -69,7 +78,8 @@ def main() -> None:
     import torch
     from tqdm import tqdm
 
-    from arlon.coarse import coarse_video, sample_codes, windows_for
+    from arlon.coarse import coarse_video
+    from arlon.evaluation.ar import score_coarse_videos
     from arlon.evaluation.recon import HELDOUT_SEED
     from arlon.models.ar_sampler import GUIDANCE_SCALE, ARSampler
     from arlon.models.ar_transformer import ARTransformer
@@ -81,56 +91,40 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ar = ARTransformer.from_pretrained(args.ar).eval() if args.ar else load_embedded("ar")
     vq, vae = load_embedded("vq"), load_embedded("vae")
-    code_window = ar.config.code_window
+    # the timelines and seeds of `arlon eval ar` (its `timeline_eval`)
     episodes = [random_episode((HELDOUT_SEED + 1, i), args.frames) for i in range(args.timelines)]
     if args.truth:
+        decoder = ARSampler(ar, None)  # coarse_video reads only its model's code window
+        reports = []
         with tempfile.TemporaryDirectory() as tmp:
-            codes = [
-                true_codes(e, vae, vq, code_window, args.frames, Path(tmp))
-                for e in tqdm(episodes, desc="true codes")
-            ]
-    else:  # as `arlon eval ar` draws them: video i from seed HELDOUT_SEED + i
-        sampler = ARSampler(
-            ar,
-            TextEncoder.from_pretrained(),
-            guidance_scale=GUIDANCE_SCALE,
-            seed=[HELDOUT_SEED + i for i in range(len(episodes))],
-        )
-        count = windows_for(args.frames, vae.temporal_ratio, vq.ratio[0], code_window)
+            for e in tqdm(episodes, desc="true codes"):
+                codes = true_codes(e, vae, vq, ar.config.code_window, args.frames, Path(tmp))
+                frames = list(coarse_video(decoder, vq, vae, e.timeline, args.frames, codes))
+                expected = Expected.from_timeline(e.timeline, args.frames, *frames[0].shape[:2])
+                reports.append(score_video(frames, expected).report())
+    else:
+        text_encoder = TextEncoder.from_pretrained()
+
+        def make_sampler(seed):
+            return ARSampler(ar, text_encoder, guidance_scale=GUIDANCE_SCALE, seed=seed)
+
         timelines = [e.timeline for e in episodes]
-        codes = sample_codes(
-            sampler, timelines, count * code_window, vae.temporal_ratio, vq.ratio[0], desc="codes"
+        reports, _ = score_coarse_videos(
+            make_sampler, vq, vae, timelines, args.frames, HELDOUT_SEED, "AR timelines", True
         )
     records = []
-    decoder = ARSampler(ar, None)  # only its model's code window is read
-    for episode, video_codes in zip(tqdm(episodes, desc="score"), codes, strict=True):
-        frames = list(coarse_video(decoder, vq, vae, episode.timeline, args.frames, video_codes))
-        expected = Expected.from_timeline(episode.timeline, args.frames, *frames[0].shape[:2])
-        report = score_video(frames, expected).report()
-        switch = report["switch"]
+    for episode, report in zip(episodes, reports, strict=True):
         events = [event(a, b) for a, b in zip(episode.specs, episode.specs[1:], strict=False)]
-        for kind, latency, start in zip(
-            events, switch["latencies"], [s for s, _ in episode.timeline[1:]], strict=True
-        ):
+        starts = [s for s, _ in episode.timeline[1:]]
+        for kind, latency, start in zip(events, report["switch"]["latencies"], starts, strict=True):
             records.append({"event": kind, "latency": latency, "start": start})
         records.append({"event": "onset", "latency": report["onset"]["latency"], "start": 0})
     by_kind = defaultdict(list)
     for r in records:
         by_kind[r["event"]].append(r["latency"])
-    summary = {
-        kind: {
-            "count": len(lat),
-            "median_latency": float(np.median(lat)),
-            "within_16": float(np.mean([x <= 16 for x in lat])),
-        }
-        for kind, lat in sorted(by_kind.items())
-    }
-    switches = [r["latency"] for r in records if r["event"] != "onset"]
-    summary["all switches"] = {
-        "count": len(switches),
-        "median_latency": float(np.median(switches)),
-        "within_16": float(np.mean([x <= 16 for x in switches])),
-    }
+        if r["event"] != "onset":
+            by_kind["all switches"].append(r["latency"])
+    summary = {kind: stats(latencies) for kind, latencies in sorted(by_kind.items())}
     print(json.dumps(summary, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps({"summary": summary, "records": records}, indent=1))

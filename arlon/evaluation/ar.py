@@ -30,7 +30,9 @@ SamplerFactory = Callable[[int | list[int]], object]  # seed(s) -> ARSampler
 BATCH = 25  # videos whose codes are drawn together
 
 
-def _score_all(make_sampler: SamplerFactory, vq, vae, timelines, num_frames, seed, desc, progress):
+def score_coarse_videos(
+    make_sampler: SamplerFactory, vq, vae, timelines, num_frames, seed, desc, progress
+):
     """World reports of the coarse videos of `timelines` (video i from seed `seed + i`; codes drawn
     `BATCH` videos at a time, each the codes it would get alone), and the seconds generation took."""
     reports, seconds = [], 0.0
@@ -66,7 +68,7 @@ def prompt_eval(
 ) -> dict:
     """Coarse videos for `prompts` single captions; mean world metrics and generation speed."""
     timelines = [random_episode((seed, i), 2, events=False).timeline[:1] for i in range(prompts)]
-    reports, seconds = _score_all(
+    reports, seconds = score_coarse_videos(
         make_sampler, vq, vae, timelines, num_frames, seed, "AR prompts", progress
     )
     names = ("attribute", "colour", "shape", "size", "background", "motion", "speed", "count")
@@ -89,7 +91,7 @@ def timeline_eval(
 ) -> dict:
     """Coarse videos for `timelines` held-out episode timelines (caption changes included)."""
     episodes = [random_episode((seed + 1, i), num_frames).timeline for i in range(timelines)]
-    reports, seconds = _score_all(
+    reports, seconds = score_coarse_videos(
         make_sampler, vq, vae, episodes, num_frames, seed, "AR timelines", progress
     )
     latencies = [lat for r in reports for lat in r["switch"]["latencies"]]
