@@ -7,7 +7,8 @@ The timelines are `arlon eval ar`'s (held-out episodes with events, the same see
 change is one world event: an object turns, is recoloured, enters or leaves, or the background
 changes. The AR's coarse videos (embedded weights unless `--ar`, CFG 3) are scored per event; with
 `--truth`, the episodes' own codes (rendered, written to mp4, encoded by the VAE and the fine VQ-VAE,
-decoded) instead: the best any AR could do through this VQ-VAE and VAE.
+decoded) instead: the best any AR could do through this VQ-VAE and VAE. The videos' attribute,
+motion, count and identity are printed beside the switches (with `--truth`: their ceilings).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def main() -> None:
     from arlon.models.ar_transformer import ARTransformer
     from arlon.models.text_encoder import TextEncoder
     from arlon.weights import load_embedded
-    from arlon.world.metrics import Expected, score_video
+    from arlon.world.metrics import Expected, mean_judged, score_video
     from arlon.world.simulate import random_episode
 
     torch.set_num_threads(args.threads)
@@ -125,6 +126,11 @@ def main() -> None:
         if r["event"] != "onset":
             by_kind["all switches"].append(r["latency"])
     summary = {kind: stats(latencies) for kind, latencies in sorted(by_kind.items())}
+    # the whole videos' metrics beside the switches (with --truth: the ceiling for each)
+    summary["videos"] = {
+        name: mean_judged(r[name] for r in reports)
+        for name in ("attribute", "motion", "count", "identity")
+    }
     print(json.dumps(summary, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps({"summary": summary, "records": records}, indent=1))
