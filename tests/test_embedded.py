@@ -84,5 +84,6 @@ def test_eval_ar_reports_world_metrics_of_coarse_videos(tmp_path, capsys):
     assert cli.main([*argv, "--timeline-frames", "120", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["prompts"]["prompts"] == 2 and report["prompts"]["background"] == 1.0
+    assert 0 <= report["prompts"]["identity"] <= 1
     assert report["timelines"]["frames"] == 120 and 0 <= report["timelines"]["identity"] <= 1
     assert report["sampling"]["guidance"] == GUIDANCE_SCALE  # the pipeline's default

@@ -1,7 +1,7 @@
 """How good the AR transformer is on its own: its coarse videos, judged by the world metrics.
 
 - `prompt_eval`: one short coarse video per prompt of the world's vocabulary (captions of held-out
-  episodes without events); attribute and motion-direction accuracy, and how fast codes come;
+  episodes without events); attribute, motion-direction and identity, and how fast codes come;
 - `timeline_eval`: long coarse videos for timelines with caption changes (held-out episodes with
   events); identity persistence, prompt-switch latency, drift.
 
@@ -71,7 +71,8 @@ def prompt_eval(
     reports, seconds = score_coarse_videos(
         make_sampler, vq, vae, timelines, num_frames, seed, "AR prompts", progress
     )
-    names = ("attribute", "colour", "shape", "size", "background", "motion", "speed", "count")
+    attributes = ("attribute", "colour", "shape", "size", "background")
+    names = (*attributes, "motion", "speed", "count", "identity")
     out = {"prompts": prompts, "frames": num_frames}
     out |= {n: mean_judged(r[n] for r in reports) for n in names}
     out |= onset_summary(reports)
