@@ -1,7 +1,8 @@
 """How good the AR transformer is on its own: its coarse videos, judged by the world metrics.
 
 - `prompt_eval`: one short coarse video per prompt of the world's vocabulary (captions of held-out
-  episodes without events); attribute, motion-direction and identity, and how fast codes come;
+  episodes without events); attribute and motion-direction accuracy, identity, and how fast codes
+  come;
 - `timeline_eval`: long coarse videos for timelines with caption changes (held-out episodes with
   events); identity persistence, prompt-switch latency, drift.
 
