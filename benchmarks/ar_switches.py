@@ -81,19 +81,18 @@ def main() -> None:
 
     from arlon.coarse import coarse_video
     from arlon.evaluation.ar import score_coarse_videos
-    from arlon.evaluation.recon import HELDOUT_SEED
+    from arlon.evaluation.recon import HELDOUT_SEED, heldout_episodes
     from arlon.models.ar_sampler import GUIDANCE_SCALE, ARSampler
     from arlon.models.ar_transformer import ARTransformer
     from arlon.models.text_encoder import TextEncoder
     from arlon.weights import load_embedded
     from arlon.world.metrics import Expected, mean_judged, score_video
-    from arlon.world.simulate import random_episode
 
     torch.set_num_threads(args.threads)
     ar = ARTransformer.from_pretrained(args.ar).eval() if args.ar else load_embedded("ar")
     vq, vae = load_embedded("vq"), load_embedded("vae")
     # the timelines and seeds of `arlon eval ar` (its `timeline_eval`)
-    episodes = [random_episode((HELDOUT_SEED + 1, i), args.frames) for i in range(args.timelines)]
+    episodes = heldout_episodes(args.timelines, args.frames)
     if args.truth:
         decoder = ARSampler(ar, None)  # coarse_video reads only its model's code window
         reports = []

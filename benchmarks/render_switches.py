@@ -31,20 +31,17 @@ def main() -> None:
     from tqdm import tqdm
 
     from arlon.coarse import coarse_video
-    from arlon.evaluation.recon import HELDOUT_SEED
+    from arlon.evaluation.recon import heldout_episodes
     from arlon.models.ar_sampler import ARSampler
     from arlon.pipeline import ARLONPipeline
     from arlon.weights import ROOT
     from arlon.world.metrics import Expected, mean_judged, score_video
-    from arlon.world.simulate import random_episode
 
     torch.set_num_threads(args.threads)
     pipe = ARLONPipeline.from_pretrained(ROOT)
     decoder = ARSampler(pipe.ar, None)  # coarse_video reads only its model's code window
     # the timelines and seeds of `arlon eval generate` (its `generation_eval`)
-    timelines = [
-        random_episode((HELDOUT_SEED + 1, i), args.frames).timeline for i in range(args.timelines)
-    ]
+    timelines = [e.timeline for e in heldout_episodes(args.timelines, args.frames)]
     seeds = list(range(args.timelines))
     codes = pipe.sample_codes(timelines, args.frames, seeds, progress=True)
     height, width = pipe.default_size()

@@ -23,9 +23,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from arlon.coarse import coarse_video, sample_codes, windows_for
-from arlon.evaluation.recon import HELDOUT_SEED
+from arlon.evaluation.recon import HELDOUT_SEED, heldout_episodes, heldout_prompts
 from arlon.world.metrics import Expected, mean_judged, onset_summary, score_video
-from arlon.world.simulate import random_episode
 
 SamplerFactory = Callable[[int | list[int]], object]  # seed(s) -> ARSampler
 BATCH = 25  # videos whose codes are drawn together
@@ -68,7 +67,7 @@ def prompt_eval(
     progress: bool = True,
 ) -> dict:
     """Coarse videos for `prompts` single captions; mean world metrics and generation speed."""
-    timelines = [random_episode((seed, i), 2, events=False).timeline[:1] for i in range(prompts)]
+    timelines = heldout_prompts(prompts, seed)
     reports, seconds = score_coarse_videos(
         make_sampler, vq, vae, timelines, num_frames, seed, "AR prompts", progress
     )
@@ -92,7 +91,7 @@ def timeline_eval(
     progress: bool = True,
 ) -> dict:
     """Coarse videos for `timelines` held-out episode timelines (caption changes included)."""
-    episodes = [random_episode((seed + 1, i), num_frames).timeline for i in range(timelines)]
+    episodes = [e.timeline for e in heldout_episodes(timelines, num_frames, seed)]
     reports, seconds = score_coarse_videos(
         make_sampler, vq, vae, episodes, num_frames, seed, "AR timelines", progress
     )

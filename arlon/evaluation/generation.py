@@ -14,10 +14,9 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from arlon.evaluation.recon import HELDOUT_SEED
+from arlon.evaluation.recon import HELDOUT_SEED, heldout_episodes, heldout_prompts
 from arlon.models.ar_sampler import GUIDANCE_SCALE as AR_GUIDANCE_SCALE
 from arlon.world.metrics import Expected, mean_judged, onset_summary, score_video
-from arlon.world.simulate import random_episode
 
 NAMES = ("attribute", "colour", "shape", "size", "background", "motion", "count", "identity")
 
@@ -93,13 +92,13 @@ def generation_eval(
         report["ar_guidance"] = ar_guidance_scale
     score = dict(ar_guidance_scale=ar_guidance_scale, batch=batch, progress=progress)
     if prompts:
-        single = [random_episode((seed, i), 2, events=False).timeline[:1] for i in range(prompts)]
+        single = heldout_prompts(prompts, seed)
         reports, seconds = _score(
             pipe, single, num_frames, settings, desc=f"{mode} prompts", **score
         )
         report["prompts"] = {"videos": prompts, **summarise(reports, seconds)}
     if timelines:
-        changing = [random_episode((seed + 1, i), num_frames).timeline for i in range(timelines)]
+        changing = [e.timeline for e in heldout_episodes(timelines, num_frames, seed)]
         reports, seconds = _score(
             pipe, changing, num_frames, settings, desc=f"{mode} timelines", **score
         )
