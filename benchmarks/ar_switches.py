@@ -23,17 +23,6 @@ from pathlib import Path
 import numpy as np
 
 
-def event(before, after) -> str:
-    """The world event between two scene specs."""
-    if before.background != after.background:
-        return "background"
-    if len(after.objects) != len(before.objects):
-        return "enter" if len(after.objects) > len(before.objects) else "leave"
-    if {o.colour for o in before.objects} != {o.colour for o in after.objects}:
-        return "recolour"
-    return "turn"
-
-
 def stats(latencies: list) -> dict:
     """How many switches, their median latency, and how many hold within 16 frames (the goal)."""
     return {
@@ -87,6 +76,7 @@ def main() -> None:
     from arlon.models.text_encoder import TextEncoder
     from arlon.weights import load_embedded
     from arlon.world.metrics import Expected, mean_judged, score_video
+    from arlon.world.scene import world_event
 
     torch.set_num_threads(args.threads)
     ar = ARTransformer.from_pretrained(args.ar).eval() if args.ar else load_embedded("ar")
@@ -114,7 +104,7 @@ def main() -> None:
         )
     records = []
     for episode, report in zip(episodes, reports, strict=True):
-        events = [event(a, b) for a, b in zip(episode.specs, episode.specs[1:], strict=False)]
+        events = [world_event(a, b) for a, b in zip(episode.specs, episode.specs[1:], strict=False)]
         starts = [s for s, _ in episode.timeline[1:]]
         for kind, latency, start in zip(events, report["switch"]["latencies"], starts, strict=True):
             records.append({"event": kind, "latency": latency, "start": start})

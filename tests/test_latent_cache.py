@@ -1,6 +1,7 @@
 """The latent cache: built once from a manifest, read back as windows for the VQ, AR and DiT stages."""
 
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -18,6 +19,8 @@ from arlon.errors import ArlonError
 from arlon.models.latent_vqvae import latent_vqvae
 from arlon.models.video_vae import video_vae
 from arlon.training.stages import ARStage, train_config
+from arlon.world.captions import parse_caption
+from arlon.world.scene import world_event
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +162,30 @@ def test_ar_stage_draws_windows_across_a_caption_change_more_often(dataset, mode
     assert all(not item["frame_mask"].all() for item in extra)  # each crosses a change
     cfg.data["switch_repeats"] = 0
     with pytest.raises(ArlonError, match="switch_repeats"):
+        stage.dataset(cfg)
+
+
+def test_ar_stage_draws_windows_where_an_object_enters_more_often(models, tmp_path):
+    # seed 25: in the two training episodes (the first is held out), a turn, a recolour, an entry
+    argv = ["--clips", "0", "--episodes", "3", "--frames", "161", "--seed", "25"]
+    assert cli.main(["world", "dataset", *argv, "--out", str(tmp_path / "shapes")]) == 0
+    vae, fine, _ = models
+    cache = build_cache(vae, tmp_path / "shapes" / "manifest.csv", tmp_path / "c", fine, window=3)
+    stage = ARStage()
+    cfg = train_config("ar", "smoke", data={"cache": str(cache)}, model={"max_frames": 4})
+    plain = stage.dataset(cfg)
+    changes = [plain.change(i) for i in range(len(plain))]
+    events = [c and world_event(*map(parse_caption, c)) for c in changes]
+    entering = events.count("enter")
+    assert 0 < entering < sum(e is not None for e in events)
+    cfg.data.update(switch_repeats=2, enter_repeats=5)
+    more = stage.dataset(cfg)
+    assert len(more.datasets[0]) == len(plain)
+    drawn = Counter(i for extra in more.datasets[1:] for i in extra.indices)
+    # every window where an object enters is drawn 5 times in all, every other switch twice
+    assert drawn == {i: 4 if e == "enter" else 1 for i, e in enumerate(events) if e}
+    cfg.data["enter_repeats"] = 0.5
+    with pytest.raises(ArlonError, match="enter_repeats"):
         stage.dataset(cfg)
 
 

@@ -379,8 +379,16 @@ class CodeWindows(Dataset):
 
     def crosses_change(self, i: int) -> bool:
         """Whether window `i` crosses a caption change (its first frames are context only)."""
+        return self.change(i) is not None
+
+    def change(self, i: int) -> tuple[str, str] | None:
+        """The captions before and after the caption change window `i` crosses (the last, if it
+        crosses several), or None."""
         video, start = self.items[i]
-        return bool(self.segments[video][start] != self.segments[video][start + self.frames - 1])
+        first, last = self.segments[video][[start, start + self.frames - 1]].tolist()
+        if first == last:
+            return None
+        return self.captions[video][last - 1], self.captions[video][last]
 
     def __getitem__(self, i: int) -> dict:
         video, start = self.items[i]

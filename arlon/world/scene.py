@@ -51,6 +51,18 @@ class SceneSpec:
         return cls(tuple(ObjectSpec(**o) for o in d["objects"]), d.get("background"))
 
 
+def world_event(before: SceneSpec, after: SceneSpec) -> str:
+    """The world event between two scenes: 'background', 'enter', 'leave', 'recolour' or 'turn'
+    (a caption change makes exactly one of them; anything else is a turn)."""
+    if before.background != after.background:
+        return "background"
+    if len(after.objects) != len(before.objects):
+        return "enter" if len(after.objects) > len(before.objects) else "leave"
+    if {o.colour for o in before.objects} != {o.colour for o in after.objects}:
+        return "recolour"
+    return "turn"
+
+
 @dataclass
 class WorldObject:
     """One object in one frame; sizes, centres and velocities in pixels (x right, y down)."""
