@@ -7,8 +7,9 @@ The timelines are `arlon eval ar`'s (held-out episodes with events, the same see
 change is one world event: an object turns, is recoloured, enters or leaves, or the background
 changes. The AR's coarse videos (embedded weights unless `--ar`, CFG 3) are scored per event; with
 `--truth`, the episodes' own codes (rendered, written to mp4, encoded by the VAE and the fine VQ-VAE,
-decoded) instead: the best any AR could do through this VQ-VAE and VAE. The videos' attribute,
-motion, count and identity are printed beside the switches (with `--truth`: their ceilings).
+decoded) instead: the best any AR could do through this VQ-VAE and VAE. The videos' metrics, as
+`arlon eval ar --timelines` reports them, are printed beside the switches (with `--truth`: their
+ceilings).
 """
 
 from __future__ import annotations
@@ -69,13 +70,13 @@ def main() -> None:
     from tqdm import tqdm
 
     from arlon.coarse import coarse_video
-    from arlon.evaluation.ar import score_coarse_videos
+    from arlon.evaluation.ar import score_coarse_videos, timeline_summary
     from arlon.evaluation.recon import HELDOUT_SEED, heldout_episodes
     from arlon.models.ar_sampler import GUIDANCE_SCALE, ARSampler
     from arlon.models.ar_transformer import ARTransformer
     from arlon.models.text_encoder import TextEncoder
     from arlon.weights import load_embedded
-    from arlon.world.metrics import Expected, mean_judged, score_video
+    from arlon.world.metrics import Expected, score_video
     from arlon.world.scene import world_event
 
     torch.set_num_threads(args.threads)
@@ -115,11 +116,9 @@ def main() -> None:
         if r["event"] != "onset":
             by_kind["all switches"].append(r["latency"])
     summary = {kind: stats(latencies) for kind, latencies in sorted(by_kind.items())}
-    # the whole videos' metrics beside the switches (with --truth: the ceiling for each)
-    summary["videos"] = {
-        name: mean_judged(r[name] for r in reports)
-        for name in ("attribute", "motion", "count", "identity")
-    }
+    # the whole videos' metrics beside the switches (with --truth: the ceiling for each), as
+    # `arlon eval ar` reports them
+    summary["videos"] = timeline_summary(reports, args.frames)
     print(json.dumps(summary, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps({"summary": summary, "records": records}, indent=1))

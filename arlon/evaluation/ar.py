@@ -95,19 +95,24 @@ def timeline_eval(
     reports, seconds = score_coarse_videos(
         make_sampler, vq, vae, episodes, num_frames, seed, "AR timelines", progress
     )
+    return timeline_summary(reports, num_frames) | {"seconds_per_video": seconds / timelines}
+
+
+def timeline_summary(reports: list[dict], num_frames: int) -> dict:
+    """Mean world metrics and switches of the world reports of videos with caption changes."""
     latencies = [lat for r in reports for lat in r["switch"]["latencies"]]
     return {
-        "timelines": timelines,
+        "timelines": len(reports),
         "frames": num_frames,
         "switches": sum(r["switch"]["count"] for r in reports),
         "identity": mean_judged(r["identity"] for r in reports),
         "attribute": mean_judged(r["attribute"] for r in reports),
         "motion": mean_judged(r["motion"] for r in reports),
+        "count": mean_judged(r["count"] for r in reports),
         "switched": mean_judged(r["switch"]["switched"] for r in reports),
         "switch_latency_median": float(np.median(latencies)) if latencies else None,
         "switch_latency_mean": float(np.mean(latencies)) if latencies else None,
         **onset_summary(reports),
         "attribute_early": mean_judged(r["drift"]["early"]["attribute"] for r in reports),
         "attribute_late": mean_judged(r["drift"]["late"]["attribute"] for r in reports),
-        "seconds_per_video": seconds / timelines,
     }
