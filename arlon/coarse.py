@@ -71,21 +71,26 @@ def sample_codes(
     return [[frame[i] for frame in frames] for i in range(len(timelines))]
 
 
-@torch.inference_mode()
-def coarse_video(
-    sampler, vq, vae, timeline: Timeline, num_frames: int, codes: Iterable | None = None
-) -> Iterator[np.ndarray]:
-    """The AR's video for `timeline` (in video frames): `num_frames` frames `(H, W, 3)` uint8.
-    `codes`: its token frames, drawn beforehand by `sampler` (`sample_codes`)."""
+def coarse_video(sampler, vq, vae, timeline: Timeline, num_frames: int) -> Iterator[np.ndarray]:
+    """The AR's video for `timeline` (in video frames): `num_frames` frames `(H, W, 3)` uint8, the
+    codes drawn by `sampler` as the video streams out."""
     if num_frames < 1:
         raise ArlonError(f"num_frames must be >= 1, got {num_frames}")
     code_window = sampler.model.config.code_window
-    if codes is None:
-        r_t = vq.ratio[0]
-        windows = windows_for(num_frames, vae.temporal_ratio, r_t, code_window)
-        codes = sampler.frames(
-            token_timeline(timeline, vae.temporal_ratio, r_t), windows * code_window
-        )
+    r_t = vq.ratio[0]
+    windows = windows_for(num_frames, vae.temporal_ratio, r_t, code_window)
+    codes = sampler.frames(token_timeline(timeline, vae.temporal_ratio, r_t), windows * code_window)
+    return coarse_frames(codes, vq, vae, code_window, num_frames)
+
+
+@torch.inference_mode()
+def coarse_frames(
+    codes: Iterable[torch.Tensor], vq, vae, code_window: int, num_frames: int
+) -> Iterator[np.ndarray]:
+    """Token frames `(h, w)` (drawn beforehand, e.g. by `sample_codes`) -> the first `num_frames`
+    video frames `(H, W, 3)` uint8 they decode to, through the fine VQ decoder and the VAE."""
+    if num_frames < 1:
+        raise ArlonError(f"num_frames must be >= 1, got {num_frames}")
     left = num_frames
     for video in vae.decode_stream(coarse_latents(codes, vq, code_window)):
         frames = ((video[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (3, T, H, W)

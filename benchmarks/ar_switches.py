@@ -69,7 +69,7 @@ def main() -> None:
     import torch
     from tqdm import tqdm
 
-    from arlon.coarse import coarse_video
+    from arlon.coarse import coarse_frames
     from arlon.evaluation.ar import score_coarse_videos, timeline_summary
     from arlon.evaluation.recon import HELDOUT_SEED, heldout_episodes
     from arlon.models.ar_sampler import GUIDANCE_SCALE, ARSampler
@@ -85,12 +85,11 @@ def main() -> None:
     # the timelines and seeds of `arlon eval ar` (its `timeline_eval`)
     episodes = heldout_episodes(args.timelines, args.frames)
     if args.truth:
-        decoder = ARSampler(ar, None)  # coarse_video reads only its model's code window
         reports = []
         with tempfile.TemporaryDirectory() as tmp:
             for e in tqdm(episodes, desc="true codes"):
                 codes = true_codes(e, vae, vq, ar.config.code_window, args.frames, Path(tmp))
-                frames = list(coarse_video(decoder, vq, vae, e.timeline, args.frames, codes))
+                frames = list(coarse_frames(codes, vq, vae, ar.config.code_window, args.frames))
                 expected = Expected.from_timeline(e.timeline, args.frames, *frames[0].shape[:2])
                 reports.append(score_video(frames, expected).report())
     else:

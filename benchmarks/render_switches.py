@@ -30,16 +30,14 @@ def main() -> None:
     import torch
     from tqdm import tqdm
 
-    from arlon.coarse import coarse_video
+    from arlon.coarse import coarse_frames
     from arlon.evaluation.recon import heldout_episodes
-    from arlon.models.ar_sampler import ARSampler
     from arlon.pipeline import ARLONPipeline
     from arlon.weights import ROOT
     from arlon.world.metrics import Expected, mean_judged, score_video
 
     torch.set_num_threads(args.threads)
     pipe = ARLONPipeline.from_pretrained(ROOT)
-    decoder = ARSampler(pipe.ar, None)  # coarse_video reads only its model's code window
     # the timelines and seeds of `arlon eval generate` (its `generation_eval`)
     timelines = [e.timeline for e in heldout_episodes(args.timelines, args.frames)]
     seeds = list(range(args.timelines))
@@ -50,7 +48,8 @@ def main() -> None:
         list(zip(timelines, seeds, codes, strict=True)), desc="decode and render"
     ):
         expected = Expected.from_timeline(timeline, args.frames, height, width)
-        coarse = coarse_video(decoder, pipe.vq, pipe.vae, timeline, args.frames, video_codes)
+        code_window = pipe.ar.config.code_window
+        coarse = coarse_frames(video_codes, pipe.vq, pipe.vae, code_window, args.frames)
         rendered = pipe.stream(
             timeline=timeline,
             num_frames=args.frames,

@@ -68,6 +68,23 @@ def test_embedded_ar_draws_the_asked_background(background):
     assert all(detector(f).background == background for f in frames[::4])
 
 
+def test_coarse_video_streamed_equals_decoded_from_codes_drawn_beforehand():
+    from arlon.coarse import coarse_frames, coarse_video, sample_codes, windows_for
+    from arlon.models.ar_sampler import ARSampler
+    from arlon.models.text_encoder import TextEncoder
+
+    ar, vq, vae = load_embedded("ar"), load_embedded("vq"), load_embedded("vae")
+    text_encoder = TextEncoder.from_pretrained()
+    timeline = [(0, "a red circle moves right"), (20, "a red circle moves up")]
+    streamed = list(coarse_video(ARSampler(ar, text_encoder, seed=3), vq, vae, timeline, 40))
+    window, ratios = ar.config.code_window, (vae.temporal_ratio, vq.ratio[0])
+    token_frames = windows_for(40, *ratios, window) * window
+    codes = sample_codes(ARSampler(ar, text_encoder, seed=[3]), [timeline], token_frames, *ratios)
+    decoded = list(coarse_frames(codes[0], vq, vae, window, 40))
+    assert len(streamed) == len(decoded) == 40
+    assert all(np.array_equal(a, b) for a, b in zip(streamed, decoded, strict=True))
+
+
 def test_unknown_component():
     with pytest.raises(ArlonError, match="embedded"):
         embedded("unet")

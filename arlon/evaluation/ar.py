@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from arlon.coarse import coarse_video, sample_codes, windows_for
+from arlon.coarse import coarse_frames, sample_codes, windows_for
 from arlon.evaluation.recon import HELDOUT_SEED, heldout_episodes, heldout_prompts
 from arlon.world.metrics import Expected, mean_judged, onset_summary, score_video
 
@@ -47,7 +47,7 @@ def score_coarse_videos(
         seconds += time.perf_counter() - start
         for timeline, video_codes in zip(chunk, codes, strict=True):
             start = time.perf_counter()
-            frames = list(coarse_video(sampler, vq, vae, timeline, num_frames, video_codes))
+            frames = list(coarse_frames(video_codes, vq, vae, code_window, num_frames))
             seconds += time.perf_counter() - start
             h, w = frames[0].shape[:2]
             expected = Expected.from_timeline(timeline, num_frames, h, w)
