@@ -41,6 +41,7 @@ def main() -> None:
     # the timelines and seeds of `arlon eval generate` (its `generation_eval`)
     timelines = [e.timeline for e in heldout_episodes(args.timelines, args.frames)]
     seeds = list(range(args.timelines))
+    code_window = pipe.ar.config.code_window
     codes = pipe.sample_codes(timelines, args.frames, seeds, progress=True)
     height, width = pipe.default_size()
     reports = {"coarse": [], "rendered": []}
@@ -48,7 +49,6 @@ def main() -> None:
         list(zip(timelines, seeds, codes, strict=True)), desc="decode and render"
     ):
         expected = Expected.from_timeline(timeline, args.frames, height, width)
-        code_window = pipe.ar.config.code_window
         coarse = coarse_frames(video_codes, pipe.vq, pipe.vae, code_window, args.frames)
         rendered = pipe.stream(
             timeline=timeline,

@@ -302,8 +302,8 @@ class ARStage(_CacheStage):
     classifier-free guidance). `data.switch_repeats` > 1 draws the training windows that cross a
     caption change that many times as often (7% of the windows of shapes-world episodes): more of
     the prompt switches, which the model is slow to follow. `data.enter_repeats`, when set, does the
-    same for the windows where the change brings in a new object (1% of the windows), the switch
-    the model follows last."""
+    same for the windows where the change brings in a new object (1% of the windows), the slowest
+    switch to take hold."""
 
     DEFAULTS = {"caption_dropout": 0.1, "stride": 1, "switch_repeats": 1, "enter_repeats": None}
     NEEDS = (

@@ -52,8 +52,8 @@ class SceneSpec:
 
 
 def world_event(before: SceneSpec, after: SceneSpec) -> str:
-    """The world event between two scenes: 'background', 'enter', 'leave', 'recolour' or 'turn'
-    (a caption change makes exactly one of them; anything else is a turn)."""
+    """The world event that turns scene `before` into `after` (one per caption change of an
+    episode, `simulate.random_event`): 'background', 'enter', 'leave', 'recolour', else 'turn'."""
     if before.background != after.background:
         return "background"
     if len(after.objects) != len(before.objects):
