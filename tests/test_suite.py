@@ -161,6 +161,10 @@ def test_a_suite_runs_scores_plots_and_resumes(folder, tmp_path, monkeypatch):
     assert again["runs"] == summary["runs"]
     with pytest.raises(ArlonError, match="holds videos of another run"):
         run_suite(pipe, read_suite(path), ["arlon"], [1], out, frames=9, progress=False)
+    with torch.no_grad():  # another model's videos are not mixed in either
+        next(pipe.dit.parameters()).add_(1e-3)
+    with pytest.raises(ArlonError, match="holds videos of another run"):
+        run_suite(pipe, read_suite(path), ["arlon", "baseline"], [1, 2], out, progress=False)
 
 
 def test_eval_suite_cli(folder, tmp_path, capsys):

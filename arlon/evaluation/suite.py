@@ -21,6 +21,7 @@ they are, and so is VBench's `VBench_full_info.json` (a list of `{"prompt_en": .
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -28,6 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from arlon.data.timeline import Timeline
@@ -263,7 +265,8 @@ def run_suite(
     backbone = backbone or vbench.load_backbone("thumbnail")
     vbench.check_dimensions(dimensions or list(vbench.DIMENSIONS))
     timelines = [[(s, p) for s, p in t if s < frames] for t in suite.videos[:videos]]
-    _check_out(out, {"suite": suite.name, "frames": frames, "backbone": backbone.name})
+    settings = {"suite": suite.name, "frames": frames, "backbone": backbone.name}
+    _check_out(out, settings | {"model": weights_digest(pipe)})
     seams = pipe.seams(frames)
     todo = [
         (mode, s, i)
@@ -313,6 +316,18 @@ def run_suite(
     summary = summarise_suite(out, suite.name, modes, steps, len(timelines), frames, backbone.name)
     write_report(summary, out)
     return summary
+
+
+def weights_digest(pipe) -> str:
+    """A short digest of the pipeline's trained weights and settings: a suite folder holds the
+    videos of one model only."""
+    settings = {**pipe.config, "scheduler": dict(pipe.scheduler.config)}
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for name in ("ar", "vq", "dit", "vae"):
+        for key, tensor in getattr(pipe, name).state_dict().items():
+            h.update(f"{name}.{key}".encode())
+            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
 
 
 def _check_out(out: Path, settings: dict) -> None:
