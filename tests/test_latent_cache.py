@@ -140,8 +140,11 @@ def test_code_windows_pair_frames_with_their_segment_caption(dataset, models, tm
         captions = [cache.caption_at(episode, f) for f in range(start, start + 4)]
         assert item["caption"] == captions[-1] and item["first_frame"] == start
         assert item["frame_mask"].tolist() == [c == captions[-1] for c in captions]
-        assert windows.crosses_change(i) == (not item["frame_mask"].all())
-        crossing += windows.crosses_change(i)
+        change = windows.change(i)
+        assert (change is not None) == (not item["frame_mask"].all())
+        if change is not None:  # the new caption is the window's; the old one its first frame's
+            assert change == (captions[0], item["caption"])
+        crossing += change is not None
     assert crossing > 0  # windows across a caption change: the frames before it are context
     assert windows.code_window == 3
 
@@ -152,7 +155,7 @@ def test_ar_stage_draws_windows_across_a_caption_change_more_often(dataset, mode
     stage = ARStage()
     cfg = train_config("ar", "smoke", data={"cache": str(cache)}, model={"max_frames": 4})
     plain = stage.dataset(cfg)
-    crossing = [i for i in range(len(plain)) if plain.crosses_change(i)]
+    crossing = [i for i in range(len(plain)) if plain.change(i) is not None]
     assert 0 < len(crossing) < len(plain)
     cfg.data["switch_repeats"] = 3
     more = stage.dataset(cfg)

@@ -377,13 +377,9 @@ class CodeWindows(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def crosses_change(self, i: int) -> bool:
-        """Whether window `i` crosses a caption change (its first frames are context only)."""
-        return self.change(i) is not None
-
     def change(self, i: int) -> tuple[str, str] | None:
         """The captions before and after the caption change window `i` crosses (the last, if it
-        crosses several), or None."""
+        crosses several; its frames before the change are context only), or None."""
         video, start = self.items[i]
         first, last = self.segments[video][[start, start + self.frames - 1]].tolist()
         if first == last:

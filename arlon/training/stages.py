@@ -329,11 +329,14 @@ class ARStage(_CacheStage):
                 raise ArlonError(f"data.{name} must be an integer >= 1, got {value!r}")
         if switch == enter == 1:
             return windows
+        events = {}  # (old caption, new caption) -> world event; a change is in several windows
         repeats = defaultdict(list)  # times drawn -> windows
         for i in range(len(windows)):
-            if (change := windows.change(i)) is not None:
-                enters = enter != switch and world_event(*map(parse_caption, change)) == "enter"
-                repeats[enter if enters else switch].append(i)
+            if (change := windows.change(i)) is None:
+                continue
+            if enter != switch and change not in events:
+                events[change] = world_event(*map(parse_caption, change))
+            repeats[enter if events.get(change) == "enter" else switch].append(i)
         extra = [
             Subset(windows, picks) for times, picks in repeats.items() for _ in range(times - 1)
         ]
