@@ -31,10 +31,11 @@ def main() -> None:
     from tqdm import tqdm
 
     from arlon.coarse import coarse_frames
+    from arlon.evaluation.ar import timeline_summary
     from arlon.evaluation.recon import heldout_episodes
     from arlon.pipeline import ARLONPipeline
     from arlon.weights import ROOT
-    from arlon.world.metrics import Expected, mean_judged, score_video
+    from arlon.world.metrics import Expected, score_video
 
     torch.set_num_threads(args.threads)
     pipe = ARLONPipeline.from_pretrained(ROOT)
@@ -65,17 +66,12 @@ def main() -> None:
     for c, r in zip(reports["coarse"], reports["rendered"], strict=True):
         for lc, lr in zip(c["switch"]["latencies"], r["switch"]["latencies"], strict=True):
             records.append({"coarse": lc, "rendered": lr})
-    summary = {}
-    for kind, kind_reports in reports.items():
-        latencies = [x[kind] for x in records]
-        summary[kind] = {
-            name: mean_judged(rep[name] for rep in kind_reports)
-            for name in ("attribute", "motion", "count", "identity")
-        } | {
-            "switched": mean_judged(rep["switch"]["switched"] for rep in kind_reports),
-            "median_latency": float(np.median(latencies)),
-            "within_16": float(np.mean([x <= 16 for x in latencies])),
-        }
+    # each kind's metrics as `arlon eval ar --timelines` reports them, and its switches within 16
+    summary = {
+        kind: timeline_summary(kind_reports, args.frames)
+        | {"within_16": float(np.mean([x[kind] <= 16 for x in records]))}
+        for kind, kind_reports in reports.items()
+    }
     # each switch: within 16 frames in the coarse video, in the rendered one, in both
     fast = [(x["coarse"] <= 16, x["rendered"] <= 16) for x in records]
     summary["within_16"] = {
