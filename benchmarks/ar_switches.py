@@ -63,6 +63,11 @@ def main() -> None:
     parser.add_argument("--timelines", type=int, default=20)
     parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, help="video i's seed is seed + i (default: eval ar's)")
+    parser.add_argument("--switch-scale", type=float)
+    parser.add_argument("--switch-frames", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--out", help="also write the per-switch records here (JSON)")
     args = parser.parse_args()
 
@@ -96,11 +101,21 @@ def main() -> None:
         text_encoder = TextEncoder.from_pretrained()
 
         def make_sampler(seed):
-            return ARSampler(ar, text_encoder, guidance_scale=GUIDANCE_SCALE, seed=seed)
+            return ARSampler(
+                ar,
+                text_encoder,
+                guidance_scale=GUIDANCE_SCALE,
+                switch_scale=args.switch_scale,
+                switch_frames=args.switch_frames,
+                top_p=args.top_p,
+                temperature=args.temperature,
+                seed=seed,
+            )
 
         timelines = [e.timeline for e in episodes]
+        seed = HELDOUT_SEED if args.seed is None else args.seed
         reports, _ = score_coarse_videos(
-            make_sampler, vq, vae, timelines, args.frames, HELDOUT_SEED, "AR timelines", True
+            make_sampler, vq, vae, timelines, args.frames, seed, "AR timelines", True
         )
     records = []
     for episode, report in zip(episodes, reports, strict=True):
