@@ -649,19 +649,6 @@ def _add_ar_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="classifier-free guidance scale (default 3, the pipeline's; 1: none, faster)",
     )
-    parser.add_argument(
-        "--switch-guidance",
-        type=float,
-        help="guidance scale for the --switch-frames token frames after each prompt switch "
-        "(default: --guidance's)",
-    )
-    parser.add_argument(
-        "--switch-frames",
-        type=int,
-        default=0,
-        help="token frames (4 video frames each on shapes-tiny) after a prompt switch guided at "
-        "--switch-guidance (default 0)",
-    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
@@ -743,8 +730,6 @@ def _ar_parts(args):
         top_k=args.top_k,
         top_p=args.top_p,
         guidance_scale=_ar_guidance(args.guidance),
-        switch_scale=args.switch_guidance,
-        switch_frames=args.switch_frames,
     )
     ARSampler(ar, text_encoder, **settings)  # bad settings fail here, before any work
 
@@ -771,8 +756,7 @@ def _eval_ar(args) -> None:
     from arlon.evaluation.ar import prompt_eval, timeline_eval
 
     make_sampler, vq, vae = _ar_parts(args)
-    names = ("temperature", "top_k", "top_p", "switch_guidance", "switch_frames")
-    sampling = {k: getattr(args, k) for k in names}
+    sampling = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p")}
     report = {"sampling": {**sampling, "guidance": _ar_guidance(args.guidance)}}
     if args.prompts:
         report["prompts"] = prompt_eval(make_sampler, vq, vae, args.prompts, args.prompt_frames)

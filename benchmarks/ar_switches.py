@@ -64,8 +64,6 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, help="video i's seed is seed + i (default: eval ar's)")
-    parser.add_argument("--switch-scale", type=float)
-    parser.add_argument("--switch-frames", type=int, default=0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--out", help="also write the per-switch records here (JSON)")
@@ -105,8 +103,6 @@ def main() -> None:
                 ar,
                 text_encoder,
                 guidance_scale=GUIDANCE_SCALE,
-                switch_scale=args.switch_scale,
-                switch_frames=args.switch_frames,
                 top_p=args.top_p,
                 temperature=args.temperature,
                 seed=seed,

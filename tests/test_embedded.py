@@ -104,4 +104,3 @@ def test_eval_ar_reports_world_metrics_of_coarse_videos(tmp_path, capsys):
     assert 0 <= report["prompts"]["identity"] <= 1
     assert report["timelines"]["frames"] == 120 and 0 <= report["timelines"]["identity"] <= 1
     assert report["sampling"]["guidance"] == GUIDANCE_SCALE  # the pipeline's default
-    assert report["sampling"]["switch_frames"] == 0

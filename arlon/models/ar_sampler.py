@@ -81,8 +81,6 @@ class ARSampler:
         top_k: int = 0,
         top_p: float = 1.0,
         guidance_scale: float = 1.0,
-        switch_scale: float | None = None,
-        switch_frames: int = 0,
         seed: int | Sequence[int] = 0,
         use_cache: bool = True,
     ):
@@ -94,10 +92,6 @@ class ARSampler:
             raise ArlonError(f"top_k must be >= 0 (0: off), got {top_k}")
         if guidance_scale < 0:
             raise ArlonError(f"guidance_scale must be >= 0, got {guidance_scale}")
-        if switch_scale is not None and switch_scale < 0:
-            raise ArlonError(f"switch_scale must be >= 0, got {switch_scale}")
-        if switch_frames < 0:
-            raise ArlonError(f"switch_frames must be >= 0 token frames, got {switch_frames}")
         seeds = [seed] if isinstance(seed, int) else list(seed)
         if not seeds:
             raise ArlonError("at least one seed is needed")
@@ -105,18 +99,13 @@ class ARSampler:
         self.text_encoder = text_encoder
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.guidance_scale = guidance_scale
-        # the scale for the first switch_frames token frames after each prompt switch
-        self.switch_scale = guidance_scale if switch_scale is None else switch_scale
-        self.switch_frames = switch_frames if self.switch_scale != guidance_scale else 0
         self.use_cache = use_cache
         device = model.bos.device
         # one generator per video, so a video's codes depend on its seed, not on its batch
         self.generators = [torch.Generator(device).manual_seed(s) for s in seeds]
         self.videos = len(seeds)
         # under guidance the rows are the videos' prompts, then as many null prompts
-        guided = guidance_scale != 1 or self.switch_frames > 0
-        self.batch = self.videos * (2 if guided else 1)
-        self.scales = torch.full((self.videos, 1), guidance_scale, device=device)
+        self.batch = self.videos * (1 if guidance_scale == 1 else 2)
         self.cache: KVCache | None = model.new_cache(self.batch) if use_cache else None
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -135,7 +124,7 @@ class ARSampler:
         """Logits of the last position `(batch, K)` -> each video's next code `(videos,)`."""
         if self.batch > self.videos:
             cond, null = logits[: self.videos], logits[self.videos :]
-            logits = null + self.scales * (cond - null)
+            logits = null + self.guidance_scale * (cond - null)
         return sample_logits(logits, self.temperature, self.top_k, self.top_p, self.generators)
 
     def _embed(self, codes: list[torch.Tensor], first_frame: int) -> torch.Tensor:
@@ -190,17 +179,10 @@ class ARSampler:
             prefix = torch.cat([prompts, null])  # (batch, P + 1, C)
         else:
             prefix = prompts
-        last_switch = [-self.switch_frames] * self.videos
         for t in range(num_frames):
             switching = [i for i, s in enumerate(switches) if t in s and t > 0]
             if switching:
                 prefix[switching] = self._prefix([switches[i][t] for i in switching])
-                for i in switching:
-                    last_switch[i] = t
-            for i, s in enumerate(last_switch):
-                self.scales[i] = (
-                    self.switch_scale if t < s + self.switch_frames else self.guidance_scale
-                )
             # The context: prefix, history frames (the first of them is token frame `first`), and
             # the codes of frame t so far. From frame max_frames on, the cache is full: refill.
             first = t - len(history)
