@@ -2,14 +2,16 @@
 
     .venv/bin/python benchmarks/ar_switches.py --ar runs/ar5/model --timelines 20
     .venv/bin/python benchmarks/ar_switches.py --truth --timelines 20
+    .venv/bin/python benchmarks/ar_switches.py --timelines 20 --seed 1000 --top-p 0.95
 
-The timelines are `arlon eval ar`'s (held-out episodes with events, the same seeds). Each caption
+The timelines are `arlon eval ar`'s (held-out episodes with events, the same seeds unless `--seed`:
+then video i is drawn with seed `--seed + i`, another draw of the same timelines). Each caption
 change is one world event: an object turns, is recoloured, enters or leaves, or the background
-changes. The AR's coarse videos (embedded weights unless `--ar`, CFG 3) are scored per event; with
-`--truth`, the episodes' own codes (rendered, written to mp4, encoded by the VAE and the fine VQ-VAE,
-decoded) instead: the best any AR could do through this VQ-VAE and VAE. The videos' metrics, as
-`arlon eval ar --timelines` reports them, are printed beside the switches (with `--truth`: their
-ceilings).
+changes. The AR's coarse videos (embedded weights unless `--ar`, CFG 3, temperature and top-p as
+given) are scored per event; with `--truth`, the episodes' own codes (rendered, written to mp4,
+encoded by the VAE and the fine VQ-VAE, decoded) instead: the best any AR could do through this
+VQ-VAE and VAE. The videos' metrics, as `arlon eval ar --timelines` reports them, are printed beside
+the switches (with `--truth`: their ceilings).
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, help="video i's seed is seed + i (default: eval ar's)")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (default 1)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="(default 1)")
     parser.add_argument("--out", help="also write the per-switch records here (JSON)")
     args = parser.parse_args()
 
