@@ -67,7 +67,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, help="video i's seed is seed + i (default: eval ar's)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (default 1)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="(default 1)")
+    parser.add_argument(
+        "--temperature", type=float, default=1.0, help="sampling temperature (default 1)"
+    )
     parser.add_argument("--out", help="also write the per-switch records here (JSON)")
     args = parser.parse_args()
 
