@@ -174,3 +174,45 @@ def test_bad_codes_and_config():
         latent_vqvae("smoke", 4, ratio=(3, 2, 2))
     with pytest.raises(ArlonError, match="one entry each per level"):
         latent_vqvae("smoke", 4, ratio=(1, 8, 8))
+
+
+@pytest.mark.parametrize("ratio", [(1, 1, 1), (2, 2, 2)])
+def test_coarse_latents_decode_each_window_across_its_seams(ratio):
+    """Windows of 3 token frames decoded with 2 frames of their neighbours: a window's latents
+    depend on the codes within 2 frames of it and on no others, each window comes out as soon as
+    that context is in, and without context each window is decoded alone."""
+    from arlon.coarse import coarse_latents
+
+    vq = smoke(ratio).eval()
+    g = torch.Generator().manual_seed(0)
+    frames = [torch.randint(0, 64, (4, 4), generator=g) for _ in range(9)]
+    consumed = []
+
+    def stream(codes):
+        for i, f in enumerate(codes):
+            consumed.append(i)
+            yield f
+
+    def windows(codes, context=2):
+        return list(coarse_latents(stream(codes), vq, 3, context))
+
+    first = next(coarse_latents(stream(frames), vq, 3, 2))
+    assert consumed == [0, 1, 2, 3, 4]  # window 0 and 2 frames of window 1, no more
+    out = windows(frames)
+    assert len(out) == 3 and all(
+        w.shape == (1, 4, 3 * ratio[0], 4 * ratio[1], 4 * ratio[2]) for w in out
+    )
+    assert torch.equal(first, out[0])
+    alone = windows(frames, context=0)
+    for k, window in zip((0, 3, 6), alone, strict=True):
+        assert torch.equal(window, vq.decode_codes(torch.stack(frames[k : k + 3])[None]))
+    assert not torch.allclose(out[1], alone[1])  # the middle window sees both neighbours
+    far, near = list(frames), list(frames)
+    far[0], far[8] = (frames[0] + 1) % 64, (frames[8] + 1) % 64  # 3 frames from window 1
+    near[7] = (frames[7] + 1) % 64  # 2 frames after window 1
+    assert torch.equal(windows(far)[1], out[1]) and not torch.equal(windows(far)[0], out[0])
+    assert not torch.equal(windows(near)[1], out[1])
+    with pytest.raises(ArlonError, match="2 token frames left over"):
+        windows(frames[:8])
+    with pytest.raises(ArlonError, match="context must lie"):
+        windows(frames, context=4)
