@@ -27,9 +27,10 @@ from tqdm.auto import tqdm
 from arlon.data.timeline import Timeline, check_timeline
 from arlon.errors import ArlonError
 
-# Token frames of the neighbouring windows each window is decoded with: on the embedded model's
-# coarse videos, 1 and 2 both gain about half a point of identity over 0, as do wider contexts and
-# overlap-added windows; 2 costs 44% more decoding (a share of a percent of generation).
+# Token frames of the neighbouring windows each window is decoded with. On the embedded model's
+# 600-frame timelines, 2 gains 0.0-0.7 points of identity over 0 on three draws of the AR (0.3 on
+# the true codes); 1, 4 and overlap-added windows do as well within 0.1 points on one draw. It
+# costs about 0.2 s per 600 frames on one thread, against 85 s of AR sampling.
 SEAM_CONTEXT = 2
 
 

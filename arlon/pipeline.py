@@ -9,7 +9,8 @@ The stages, each holding a bounded window (DESIGN.md §2):
 1. the text encoder turns each prompt of the timeline into token states (cached per prompt);
 2. the AR transformer streams fine codes token frame by token frame (sliding window, KV cache,
    classifier-free guidance at `AR_GUIDANCE_SCALE` by default), its prefix switching at the
-   timeline's boundaries; the fine VQ-VAE decodes each window of codes into the coarse latent F;
+   timeline's boundaries; the fine VQ-VAE decodes each window of codes into the coarse latent F
+   (with a little of the windows on either side: `arlon.coarse.coarse_latents`);
 3. the DiT denoises the video latent segment by segment: `segment_frames` latent frames, the first
    `reference_frames` of them the clean tail of the previous segment (timestep 0), guided by F of
    the same frames (`mode="arlon"`; `mode="baseline"` runs the same chain without F, Open-Sora's

@@ -18,7 +18,8 @@ the first latent frame, as the causal VAE's first latent holds the first video f
 `decode_codes(codes, num_frames)` crops the padding off again. Spatial sizes must be multiples of r_s.
 
 Not causal: convolutions, attention and GroupNorm see the whole clip, so a long video is coded and
-decoded window by window, windows as long as the training clips.
+decoded window by window, windows as long as the training clips (`arlon.coarse.coarse_latents`
+decodes each with a few frames of its neighbours, whose latents it drops).
 """
 
 from __future__ import annotations
