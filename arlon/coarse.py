@@ -51,16 +51,24 @@ def token_timeline(timeline: Timeline, temporal_ratio: int, r_t: int) -> Timelin
 
 @torch.inference_mode()
 def coarse_latents(
-    code_frames: Iterable[torch.Tensor], vq, code_window: int, context: int = SEAM_CONTEXT
+    code_frames: Iterable[torch.Tensor],
+    vq,
+    code_window: int,
+    context: int = SEAM_CONTEXT,
+    history: list[torch.Tensor] | None = None,
 ) -> Iterator[torch.Tensor]:
     """Token frames `(h, w)` -> coarse latents `(1, C, code_window * r_t, H, W)`, one VQ window at
     a time. A window's codes are decoded together, as they were encoded, with up to `context` token
     frames of the windows on either side, whose latents are dropped; so a window comes out once
-    `context` frames of the next one are in (the last window at the end of the codes)."""
+    `context` frames of the next one are in (the last window at the end of the codes). `history`:
+    the token frames before `code_frames` (a video being continued), the first window's left
+    context."""
     if not 0 <= context <= code_window:
         raise ArlonError(f"context must lie in [0, {code_window}], got {context}")
-    pending: list[torch.Tensor] = []  # the left context, the window, the right context so far
-    start = 0  # where the window starts in `pending`
+    history = list(history or [])
+    # The left context, the window, the right context so far; the window starts at `start`.
+    pending = history[max(0, len(history) - context) :]
+    start = len(pending)
     for codes in code_frames:
         pending.append(codes)
         if len(pending) == start + code_window + context:

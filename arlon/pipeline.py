@@ -368,7 +368,7 @@ class ARLONPipeline(DiffusionPipeline):
         if init is not None:
             decoded = self.vq.decode_codes(torch.stack(history)[None], num_frames=init.shape[2])
             yield from decoded.split(1, dim=2)
-        chunks = coarse_latents(codes, self.vq, self.ar.config.code_window)
+        chunks = coarse_latents(codes, self.vq, self.ar.config.code_window, history=history)
         while True:
             started = time.perf_counter()
             chunk = next(chunks, None)

@@ -180,7 +180,8 @@ def test_bad_codes_and_config():
 def test_coarse_latents_decode_each_window_across_its_seams(ratio):
     """Windows of 3 token frames decoded with 2 frames of their neighbours: a window's latents
     depend on the codes within 2 frames of it and on no others, each window comes out as soon as
-    that context is in, and without context each window is decoded alone."""
+    that context is in, the codes of a video being continued are the first window's context, and
+    without context each window is decoded alone."""
     from arlon.coarse import coarse_latents
 
     vq = smoke(ratio).eval()
@@ -213,6 +214,10 @@ def test_coarse_latents_decode_each_window_across_its_seams(ratio):
     far_out = windows(far)
     assert torch.equal(far_out[1], out[1]) and not torch.equal(far_out[0], out[0])
     assert not torch.equal(windows(near)[1], out[1])
+    # Continuing a video: the codes before are the first window's left context, so the windows
+    # come out as they do in the whole stream.
+    continued = list(coarse_latents(frames[3:], vq, 3, 2, history=frames[:3]))
+    assert len(continued) == 2 and all(map(torch.equal, continued, out[1:]))
     with pytest.raises(ArlonError, match="2 token frames left over"):
         windows(frames[:8])
     with pytest.raises(ArlonError, match="context must lie"):
