@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from arlon.data.timeline import Timeline, check_timeline
 from arlon.errors import ArlonError
 
-# Token frames of the neighbouring windows each window is decoded with. On the embedded model's
-# 600-frame timelines, 2 gains 0.0-0.7 points of identity over 0 on three draws of the AR (0.3 on
+# Token frames of the neighbouring windows each window is decoded with. On the seventh AR run's
+# 600-frame timelines, 2 gains 0.0-0.7 points of identity over 0 on three draws of it (0.3 on
 # the true codes); 1, 4 and overlap-added windows do as well within 0.1 points on one draw.
 # Decoding 600 frames takes 0.3-0.55 s on one thread with it or without (against 85 s of sampling).
 SEAM_CONTEXT = 2
