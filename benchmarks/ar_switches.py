@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/ar_switches.py --ar runs/ar5/model --timelines 20
     .venv/bin/python benchmarks/ar_switches.py --truth --timelines 20
     .venv/bin/python benchmarks/ar_switches.py --timelines 20 --seed 1000 --top-p 0.95
+    .venv/bin/python benchmarks/ar_switches.py --timelines 20 --vq runs/vq-dec/model --vq embedded
 
 The timelines are `arlon eval ar`'s (held-out episodes with events, the same seeds unless `--seed`:
 then video i is drawn with seed `--seed + i`, another draw of the same timelines). Each caption
@@ -11,7 +12,9 @@ changes. The AR's coarse videos (embedded weights unless `--ar`, CFG 3, temperat
 given) are scored per event; with `--truth`, the episodes' own codes (rendered, written to mp4,
 encoded by the VAE and the fine VQ-VAE, decoded) instead: the best any AR could do through this
 VQ-VAE and VAE. The videos' metrics, as `arlon eval ar --timelines` reports them, are printed beside
-the switches (with `--truth`: their ceilings).
+the switches (with `--truth`: their ceilings). With several `--vq`, the same codes are decoded and
+scored through each fine VQ-VAE in turn (with `--truth`, encoded by the first one's encoder): for
+decoders that share the embedded one's encoder and codebook.
 """
 
 from __future__ import annotations
@@ -62,6 +65,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ar", help="AR transformer folder (default: the embedded one)")
     parser.add_argument("--truth", action="store_true", help="score the episodes' own codes")
+    parser.add_argument(
+        "--vq",
+        action="append",
+        help="fine VQ-VAE folder, or 'embedded' (the default); repeat to compare decoders",
+    )
     parser.add_argument("--timelines", type=int, default=20)
     parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--threads", type=int, default=1)
@@ -70,35 +78,38 @@ def main() -> None:
     parser.add_argument(
         "--temperature", type=float, default=1.0, help="sampling temperature (default 1)"
     )
-    parser.add_argument("--out", help="also write the per-switch records here (JSON)")
+    parser.add_argument("--out", help="also write the per-switch records here (JSON, per --vq)")
     args = parser.parse_args()
 
     import torch
     from tqdm import tqdm
 
-    from arlon.coarse import coarse_frames
-    from arlon.evaluation.ar import score_coarse_videos, timeline_summary
+    from arlon.evaluation.ar import draw_codes, score_codes
     from arlon.evaluation.recon import HELDOUT_SEED, heldout_episodes
     from arlon.models.ar_sampler import GUIDANCE_SCALE, ARSampler
     from arlon.models.ar_transformer import ARTransformer
+    from arlon.models.latent_vqvae import LatentVQVAE
     from arlon.models.text_encoder import TextEncoder
     from arlon.weights import load_embedded
-    from arlon.world.metrics import Expected, score_video
-    from arlon.world.scene import world_event
 
     torch.set_num_threads(args.threads)
     ar = ARTransformer.from_pretrained(args.ar).eval() if args.ar else load_embedded("ar")
-    vq, vae = load_embedded("vq"), load_embedded("vae")
+    vae = load_embedded("vae")
+    names = args.vq or ["embedded"]
+    vqs = [
+        load_embedded("vq") if n == "embedded" else LatentVQVAE.from_pretrained(n).eval()
+        for n in names
+    ]
+    code_window = ar.config.code_window
     # the timelines and seeds of `arlon eval ar` (its `timeline_eval`)
     episodes = heldout_episodes(args.timelines, args.frames)
+    timelines = [e.timeline for e in episodes]
     if args.truth:
-        reports = []
         with tempfile.TemporaryDirectory() as tmp:
-            for e in tqdm(episodes, desc="true codes"):
-                codes = true_codes(e, vae, vq, ar.config.code_window, args.frames, Path(tmp))
-                frames = list(coarse_frames(codes, vq, vae, ar.config.code_window, args.frames))
-                expected = Expected.from_timeline(e.timeline, args.frames, *frames[0].shape[:2])
-                reports.append(score_video(frames, expected).report())
+            codes = [
+                true_codes(e, vae, vqs[0], code_window, args.frames, Path(tmp))
+                for e in tqdm(episodes, desc="true codes")
+            ]
     else:
         text_encoder = TextEncoder.from_pretrained()
 
@@ -112,11 +123,26 @@ def main() -> None:
                 seed=seed,
             )
 
-        timelines = [e.timeline for e in episodes]
         seed = HELDOUT_SEED if args.seed is None else args.seed
-        reports, _ = score_coarse_videos(
-            make_sampler, vq, vae, timelines, args.frames, seed, "AR timelines", True
+        codes, _, _ = draw_codes(
+            make_sampler, vqs[0], vae, timelines, args.frames, seed, "AR timelines", True
         )
+    results = []
+    for name, vq in zip(names, vqs, strict=True):
+        reports, _ = score_codes(codes, code_window, vq, vae, timelines, args.frames, True)
+        results.append({"vq": name, **switches(episodes, reports, args.frames)})
+        print(json.dumps({"vq": name, **results[-1]["summary"]}, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+def switches(episodes, reports, num_frames) -> dict:
+    """Per-switch records (event, latency, start) and their summary per kind of event, with the
+    videos' metrics beside them (with --truth: the ceiling for each), as `arlon eval ar` reports
+    them."""
+    from arlon.evaluation.ar import timeline_summary
+    from arlon.world.scene import world_event
+
     records = []
     for episode, report in zip(episodes, reports, strict=True):
         events = [world_event(a, b) for a, b in zip(episode.specs, episode.specs[1:], strict=False)]
@@ -130,12 +156,8 @@ def main() -> None:
         if r["event"] != "onset":
             by_kind["all switches"].append(r["latency"])
     summary = {kind: stats(latencies) for kind, latencies in sorted(by_kind.items())}
-    # the whole videos' metrics beside the switches (with --truth: the ceiling for each), as
-    # `arlon eval ar` reports them
-    summary["videos"] = timeline_summary(reports, args.frames)
-    print(json.dumps(summary, indent=1))
-    if args.out:
-        Path(args.out).write_text(json.dumps({"summary": summary, "records": records}, indent=1))
+    summary["videos"] = timeline_summary(reports, num_frames)
+    return {"summary": summary, "records": records}
 
 
 if __name__ == "__main__":

@@ -118,6 +118,17 @@ def test_vqvae_trains_on_a_cache_through_the_cli(dataset, models, tmp_path, caps
     latents = LatentWindows(cache, window=4)[0]["latents"][None]
     assert vq.decode_codes(vq.encode(latents), num_frames=4).shape == latents.shape
     assert "usage_heldout" in (out / "eval.csv").read_text()
+    # The decoder alone, from those weights: the codes of every latent stay the same.
+    tuned = tmp_path / "vq-decoder"
+    argv = argv[:-4] + ["--init-from", str(out / "model"), "--out", str(tuned)]
+    assert cli.main([*argv, "--set", "data.window=4", "data.decoder_only=true"]) == 0
+    vq_tuned = LatentVQVAE.from_pretrained(tuned / "model")
+    assert torch.equal(vq_tuned.encode(latents), vq.encode(latents))
+    assert not torch.equal(vq_tuned.decoder.conv_out.weight, vq.decoder.conv_out.weight)
+    capsys.readouterr()
+    bad = [*argv[:-1], str(tmp_path / "bad"), "--set", "data.window=4", "data.decoder_only=2"]
+    assert cli.main(bad) == 2
+    assert "data.decoder_only must be true or false" in capsys.readouterr().err
     assert cli.main(["train", "vqvae", "--preset", "smoke", "--out", str(tmp_path / "x")]) == 2
     assert "latent cache" in capsys.readouterr().err
 

@@ -109,6 +109,31 @@ def test_dead_codes_are_replaced():
     assert not torch.equal(before, vq.quantizer.codebook)
 
 
+def test_frozen_codes_train_the_decoder_alone():
+    """After `freeze_codes`, training moves the decoder only: the encoder, the codebook and so
+    every latent's codes stay as they were, while the reconstruction still improves."""
+    vq = smoke().train()
+    x = latents(b=4, t=3)
+    vq(x)  # the first training forward replaces the random codebook (see above)
+    vq.freeze_codes()
+    assert vq.training and not vq.encoder.training and not vq.quantizer.training
+    encoder = {k: v.clone() for k, v in vq.encoder.state_dict().items()}
+    codebook, codes = vq.quantizer.codebook.clone(), vq.encode(x)
+    opt = torch.optim.Adam([p for p in vq.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(20):
+        out = vq(x)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    assert torch.equal(vq.quantizer.codebook, codebook) and torch.equal(vq.encode(x), codes)
+    assert all(torch.equal(v, encoder[k]) for k, v in vq.encoder.state_dict().items())
+    vq.eval().train()  # switching modes does not wake the encoder or the codebook
+    assert vq.decoder.training and not vq.encoder.training and not vq.quantizer.training
+
+
 def test_codebook_stats_exact():
     vq = smoke()  # K = 64
     codes = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]).view(1, 2, 2, 2)

@@ -33,9 +33,21 @@ BATCH = 25  # videos whose codes are drawn together
 def score_coarse_videos(
     make_sampler: SamplerFactory, vq, vae, timelines, num_frames, seed, desc, progress
 ):
-    """World reports of the coarse videos of `timelines` (video i from seed `seed + i`; codes drawn
-    `BATCH` videos at a time, each the codes it would get alone), and the seconds generation took."""
-    reports, seconds = [], 0.0
+    """World reports of the coarse videos of `timelines` (video i from seed `seed + i`), and the
+    seconds generation took (drawing the codes and decoding them)."""
+    drawn = draw_codes(make_sampler, vq, vae, timelines, num_frames, seed, desc, progress)
+    codes, code_window, drawing = drawn
+    reports, decoding = score_codes(codes, code_window, vq, vae, timelines, num_frames, progress)
+    return reports, drawing + decoding
+
+
+def draw_codes(
+    make_sampler: SamplerFactory, vq, vae, timelines, num_frames, seed, desc, progress
+) -> tuple[list[list], int, float]:
+    """The token frames of each of `timelines`, enough for `num_frames` video frames (video i from
+    seed `seed + i`; drawn `BATCH` videos at a time, each the codes it would get alone), the AR's
+    VQ window (token frames decoded together), and the seconds it took."""
+    codes, code_window, seconds = [], None, 0.0
     bar = tqdm(total=len(timelines), desc=desc, unit="video", disable=not progress)
     for first in range(0, len(timelines), BATCH):
         chunk = timelines[first : first + BATCH]
@@ -43,17 +55,30 @@ def score_coarse_videos(
         sampler = make_sampler([seed + first + i for i in range(len(chunk))])
         code_window = sampler.model.config.code_window
         count = windows_for(num_frames, vae.temporal_ratio, vq.ratio[0], code_window) * code_window
-        codes = sample_codes(sampler, chunk, count, vae.temporal_ratio, vq.ratio[0], disable=True)
+        codes += sample_codes(sampler, chunk, count, vae.temporal_ratio, vq.ratio[0], disable=True)
         seconds += time.perf_counter() - start
-        for timeline, video_codes in zip(chunk, codes, strict=True):
-            start = time.perf_counter()
-            frames = list(coarse_frames(video_codes, vq, vae, code_window, num_frames))
-            seconds += time.perf_counter() - start
-            h, w = frames[0].shape[:2]
-            expected = Expected.from_timeline(timeline, num_frames, h, w)
-            reports.append(score_video(frames, expected).report())
-            bar.update(1)
+        bar.update(len(chunk))
     bar.close()
+    return codes, code_window, seconds
+
+
+def score_codes(
+    codes, code_window, vq, vae, timelines, num_frames, progress=False
+) -> tuple[list[dict], float]:
+    """World reports of the coarse videos that `codes` (one list of token frames per timeline)
+    decode to through `vq` and `vae` (`code_window` token frames at a time), and the seconds
+    decoding took."""
+    reports, seconds = [], 0.0
+    pairs = tqdm(
+        list(zip(timelines, codes, strict=True)), desc="scoring", unit="video", disable=not progress
+    )
+    for timeline, video_codes in pairs:
+        start = time.perf_counter()
+        frames = list(coarse_frames(video_codes, vq, vae, code_window, num_frames))
+        seconds += time.perf_counter() - start
+        h, w = frames[0].shape[:2]
+        expected = Expected.from_timeline(timeline, num_frames, h, w)
+        reports.append(score_video(frames, expected).report())
     return reports, seconds
 
 

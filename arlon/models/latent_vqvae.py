@@ -282,6 +282,23 @@ class LatentVQVAE(ModelMixin, ConfigMixin):
         )
         # How often each code was picked by training forwards since the last reset_usage().
         self.register_buffer("code_counts", torch.zeros(codebook_size), persistent=False)
+        self.codes_frozen = False
+
+    def freeze_codes(self) -> LatentVQVAE:
+        """Train the decoder alone from now on: the encoder and the codebook neither learn nor move
+        (they stay in eval mode, so no EMA update or dead-code reset), so every latent keeps its
+        codes, and the codes already drawn (a cache, the AR's training data) keep their meaning."""
+        self.encoder.requires_grad_(False)
+        self.quantizer.requires_grad_(False)
+        self.codes_frozen = True
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> LatentVQVAE:
+        super().train(mode)
+        if self.codes_frozen:
+            self.encoder.eval()
+            self.quantizer.eval()
+        return self
 
     # -- sizes ------------------------------------------------------------------------------------
 

@@ -261,8 +261,12 @@ class VQStage(_CacheStage):
     """Latent VQ-VAE on cached VAE latents: reconstruction MSE plus the commitment loss.
 
     EMA of weights is off by default: the codebook already moves by its own EMA, and averaging the
-    encoder's weights would drift it away from the codes it was assigned.
+    encoder's weights would drift it away from the codes it was assigned. `data.decoder_only`
+    trains the decoder alone (with `--init-from` a trained VQ-VAE): the codes of every latent stay
+    what they were, so a cache's codes and an AR trained on them stay valid.
     """
+
+    DEFAULTS = {"decoder_only": False}
 
     def _make_windows(self, cfg: TrainConfig, cache, entries):
         from arlon.data.latent_cache import LatentWindows
@@ -274,7 +278,11 @@ class VQStage(_CacheStage):
 
         windows = self._windows(cfg, held_out=False)
         channels = windows[0]["latents"].shape[0]
-        return latent_vqvae(cfg.preset, latent_channels=channels, **cfg.model)
+        model = latent_vqvae(cfg.preset, latent_channels=channels, **cfg.model)
+        decoder_only = {**self.DEFAULTS, **cfg.data}["decoder_only"]
+        if not isinstance(decoder_only, bool):
+            raise ArlonError(f"data.decoder_only must be true or false, got {decoder_only!r}")
+        return model.freeze_codes() if decoder_only else model
 
     def loss(self, model, batch, cfg: TrainConfig):
         out = model(batch["latents"])
