@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -39,3 +40,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, value) -> None:
+    """Write `value` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def check_seed(seed) -> int:
+    """A seed every generator here takes (torch's and numpy's): an integer in [0, 2**63)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ArlonError(f"a seed is an integer in [0, 2**63), got {seed!r}")
+    return seed
+
+
+def read_json(path: Path, what: str = "model") -> dict:
+    """A JSON object from `path`, or a one-line error naming the file (`what`: whose folder)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArlonError(f"{path.parent} is not a {what} folder (no {path.name})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        reason = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else str(e).splitlines()[0]
+        raise ArlonError(f"cannot read {path}: {reason}") from None
+    if not isinstance(value, dict):
+        raise ArlonError(f"{path} holds a JSON {type(value).__name__}, not an object")
+    return value

@@ -21,15 +21,16 @@ from lengths import run_lengths
 def run(args) -> dict:
     import torch
 
-    from arlon.coarse import token_timeline, windows_for
-    from arlon.models.ar_sampler import ARSampler
+    from arlon.models.ar_sampler import ARSampler, ARSampling
     from arlon.models.ar_transformer import ARTransformer
     from arlon.models.text_encoder import TextEncoder
+    from arlon.pipeline.coarse import token_timeline, windows_for
     from arlon.weights import load_embedded
 
     torch.set_num_threads(args.threads)
     ar = ARTransformer.from_pretrained(args.ar).eval() if args.ar else load_embedded("ar")
-    sampler = ARSampler(ar, TextEncoder.from_pretrained(), guidance_scale=args.guidance, seed=0)
+    sampling = ARSampling(guidance_scale=args.guidance)
+    sampler = ARSampler(ar, TextEncoder.from_pretrained(), sampling, seed=0)
     prompt = "a red circle moves right and a blue square moves up on a black background"
     code_window = ar.config.code_window
     token_frames = windows_for(args.frames[0], 4, 1, code_window) * code_window

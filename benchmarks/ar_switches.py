@@ -42,9 +42,9 @@ def true_codes(episode, vae, vq, code_window: int, num_frames: int, folder: Path
     """Token frames of the episode's own video, enough windows for `num_frames` frames."""
     import torch
 
-    from arlon.coarse import windows_for
     from arlon.data.latent_cache import encode_video, vq_windows
     from arlon.data.video_io import VideoWriter
+    from arlon.pipeline.coarse import windows_for
     from arlon.world.render import render_states
 
     r_t = vq.ratio[0]
@@ -85,8 +85,8 @@ def main() -> None:
     from tqdm import tqdm
 
     from arlon.evaluation.ar import draw_codes, score_codes
-    from arlon.evaluation.recon import HELDOUT_SEED, heldout_episodes
-    from arlon.models.ar_sampler import GUIDANCE_SCALE, ARSampler
+    from arlon.evaluation.heldout import HELDOUT_SEED, heldout_episodes
+    from arlon.models.ar_sampler import ARSampler, ARSampling
     from arlon.models.ar_transformer import ARTransformer
     from arlon.models.latent_vqvae import LatentVQVAE
     from arlon.models.text_encoder import TextEncoder
@@ -113,15 +113,10 @@ def main() -> None:
     else:
         text_encoder = TextEncoder.from_pretrained()
 
+        sampling = ARSampling(temperature=args.temperature, top_p=args.top_p)
+
         def make_sampler(seed):
-            return ARSampler(
-                ar,
-                text_encoder,
-                guidance_scale=GUIDANCE_SCALE,
-                top_p=args.top_p,
-                temperature=args.temperature,
-                seed=seed,
-            )
+            return ARSampler(ar, text_encoder, sampling, seed)
 
         seed = HELDOUT_SEED if args.seed is None else args.seed
         codes, _, _ = draw_codes(

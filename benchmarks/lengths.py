@@ -1,5 +1,5 @@
 """Run a benchmark once per video length, each in a fresh process (peak resident memory is per
-process), and report the ratio of the peaks: shared by `ar.py` and `pipeline.py`."""
+process), and report the ratio of the peaks (used by `ar.py`)."""
 
 from __future__ import annotations
 

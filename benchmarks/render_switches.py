@@ -30,10 +30,10 @@ def main() -> None:
     import torch
     from tqdm import tqdm
 
-    from arlon.coarse import coarse_frames
     from arlon.evaluation.ar import timeline_summary
-    from arlon.evaluation.recon import heldout_episodes
-    from arlon.pipeline import ARLONPipeline
+    from arlon.evaluation.heldout import heldout_episodes
+    from arlon.pipeline import ARLONPipeline, DiTSampling
+    from arlon.pipeline.coarse import coarse_frames
     from arlon.weights import ROOT
     from arlon.world.metrics import Expected, score_video
 
@@ -54,7 +54,7 @@ def main() -> None:
         rendered = pipe.stream(
             timeline=timeline,
             num_frames=args.frames,
-            num_inference_steps=args.steps,
+            sampling=DiTSampling(args.steps),
             seed=seed,
             progress=False,
             codes=video_codes,

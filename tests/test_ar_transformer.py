@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from arlon.errors import ArlonError
-from arlon.models.ar_sampler import ARSampler, sample_logits
+from arlon.models.ar_sampler import ARSampler, ARSampling, sample_logits
 from arlon.models.ar_transformer import ARTransformer, ar_transformer
 from arlon.models.text_encoder import TextEncoder
 
@@ -24,8 +24,8 @@ def codes(b=2, t=4, seed=1) -> torch.Tensor:
     return torch.randint(0, 64, (b, t, 2, 2), generator=torch.Generator().manual_seed(seed))
 
 
-def generate(model, text_encoder, timeline, frames, **settings) -> torch.Tensor:
-    sampler = ARSampler(model, text_encoder, **settings)
+def generate(model, text_encoder, timeline, frames, seed=0, use_cache=True, **sampling):
+    sampler = ARSampler(model, text_encoder, ARSampling(**sampling), seed, use_cache)
     return torch.stack(list(sampler.frames(timeline, frames)))  # (frames, h, w)
 
 
@@ -79,7 +79,7 @@ def test_a_batch_gives_each_video_its_own_seeds_codes(model, text_encoder, guida
     each would get alone with its seed."""
     timelines = [TIMELINE, [(0, "a green triangle stays still"), (2, "a red circle moves left")]]
     settings = dict(top_k=20, guidance_scale=guidance)
-    sampler = ARSampler(model, text_encoder, seed=[3, 4], **settings)
+    sampler = ARSampler(model, text_encoder, ARSampling(**settings), seed=[3, 4])
     batch = torch.stack(list(sampler.batch_frames(timelines, 9)), dim=1)  # (videos, frames, h, w)
     for video, timeline, seed in zip(batch, timelines, [3, 4], strict=True):
         assert torch.equal(video, generate(model, text_encoder, timeline, 9, seed=seed, **settings))
@@ -160,8 +160,10 @@ def test_presets_build():
     "settings, timeline, match",
     [
         (dict(temperature=-1.0), TIMELINE, "temperature"),
-        (dict(top_p=0.0), TIMELINE, "top_p"),
-        (dict(top_p=1.5), TIMELINE, "top_p"),
+        (dict(top_p=0.0), TIMELINE, "top-p"),
+        (dict(top_p=1.5), TIMELINE, "top-p"),
+        (dict(top_k=-1), TIMELINE, "top-k"),
+        (dict(guidance_scale=float("nan")), TIMELINE, "guidance"),
         (dict(), [(2, "a red circle")], "start at frame 0"),
         (dict(), [(0, "a red circle"), (4, "x"), (3, "y")], "increasing"),
         (dict(), [(0, "  ")], "empty"),
@@ -178,12 +180,12 @@ def test_codes_that_do_not_fit_are_a_clear_error(model):
 
 
 def test_video_timelines_map_onto_token_frames():
-    from arlon.coarse import latent_frame, token_timeline, windows_for
+    from arlon.pipeline.coarse import latent_frame, token_timeline, windows_for
 
     # video frame 0 is latent frame 0; frames 4k-3..4k are latent frame k
     assert [latent_frame(f, 4) for f in (0, 1, 4, 5, 8, 9)] == [0, 1, 1, 2, 2, 3]
     timeline = [(0, "a"), (5, "b"), (6, "c"), (40, "d")]
-    assert token_timeline(timeline, 4, 1) == [(0, "a"), (2, "c"), (10, "d")]  # c wins over b
-    assert token_timeline(timeline, 4, 2) == [(0, "a"), (1, "c"), (5, "d")]
+    assert list(token_timeline(timeline, 4, 1)) == [(0, "a"), (2, "c"), (10, "d")]  # c wins
+    assert list(token_timeline(timeline, 4, 2)) == [(0, "a"), (1, "c"), (5, "d")]
     # 64 frames -> 17 latent frames -> two windows of 9; 33 frames -> 9 latent frames -> one
     assert windows_for(64, 4, 1, 9) == 2 and windows_for(33, 4, 1, 9) == 1

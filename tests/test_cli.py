@@ -66,8 +66,10 @@ def test_timeline_file(tmp_path, capsys):
     "args,message",
     [
         (["--width", "60"], "multiple of 8"),
-        (["--frames", "0"], "must be positive"),
-        (["--frames", "-5"], "must be positive"),
+        (["--frames", "0"], "--frames: must be a positive integer"),
+        (["--frames", "-5"], "--frames: must be a positive integer"),
+        (["--seed", str(2**64)], "--seed: a seed is an integer in [0, 2**63)"),
+        (["--fps", "0"], "--fps: must be positive"),
         (["--prompt", "a mauve circle moves left"], "no known colour"),
         (["--prompt", ""], "empty"),
         (["--timeline", "missing.txt"], "cannot read timeline"),
@@ -91,6 +93,25 @@ def test_score_missing_or_corrupt_video(tmp_path, capsys):
     corrupt.write_bytes(b"\x00\x01 not a video" * 100)
     code, _, err = run(capsys, "world", "score", corrupt, "--prompt", "a red circle")
     assert code == 2 and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "flag,content,message",
+    [
+        ("--truth", bytes(range(256)) * 4, "not UTF-8 text"),
+        ("--truth", b'"a string"', "holds a JSON str, not an object"),
+        ("--truth", b'{"specs": 3}', "is not a shapes-world ground-truth file"),
+        ("--timeline", bytes(range(256)) * 4, "not UTF-8 text"),
+        ("--timeline", "\u0661\ta red circle\n".encode(), "expected 'START_FRAME<TAB>prompt'"),
+    ],
+)
+def test_score_damaged_truth_or_timeline_is_one_line(tmp_path, capsys, flag, content, message):
+    video = tmp_path / "ep.mp4"
+    assert run(capsys, "world", "render", "--frames", 8, "--out", video)[0] == 0
+    damaged = tmp_path / "damaged"
+    damaged.write_bytes(content)
+    code, _, err = run(capsys, "world", "score", video, flag, damaged)
+    assert code == 2 and message in err and err.count("\n") == 1
 
 
 def test_interrupted_render_leaves_nothing_behind(tmp_path, capsys, monkeypatch):

@@ -54,11 +54,11 @@ def test_embedded_round_trip_keeps_the_objects(clip, vq):
 def test_embedded_ar_draws_the_asked_background(background):
     """The first AR run is far from its targets (docs/RESULTS.md) but gets the background right;
     its codes decode through the embedded fine VQ-VAE and VAE into a video of the asked length."""
-    from arlon.coarse import coarse_video
-    from arlon.models.ar_sampler import ARSampler
+    from arlon.models.ar_sampler import ARSampler, ARSampling
     from arlon.models.text_encoder import TextEncoder
+    from arlon.pipeline.coarse import coarse_video
 
-    sampler = ARSampler(load_embedded("ar"), TextEncoder.from_pretrained(), top_k=20, seed=0)
+    sampler = ARSampler(load_embedded("ar"), TextEncoder.from_pretrained(), ARSampling(top_k=20))
     prompt = f"a red circle moves right on a {background} background"
     frames = list(
         coarse_video(sampler, load_embedded("vq"), load_embedded("vae"), [(0, prompt)], 30)
@@ -69,9 +69,9 @@ def test_embedded_ar_draws_the_asked_background(background):
 
 
 def test_coarse_video_streamed_equals_decoded_from_codes_drawn_beforehand():
-    from arlon.coarse import coarse_frames, coarse_video, sample_codes, windows_for
     from arlon.models.ar_sampler import ARSampler
     from arlon.models.text_encoder import TextEncoder
+    from arlon.pipeline.coarse import coarse_frames, coarse_video, sample_codes, windows_for
 
     ar, vq, vae = load_embedded("ar"), load_embedded("vq"), load_embedded("vae")
     text_encoder = TextEncoder.from_pretrained()
@@ -103,4 +103,4 @@ def test_eval_ar_reports_world_metrics_of_coarse_videos(tmp_path, capsys):
     assert report["prompts"]["prompts"] == 2 and report["prompts"]["background"] == 1.0
     assert 0 <= report["prompts"]["identity"] <= 1
     assert report["timelines"]["frames"] == 120 and 0 <= report["timelines"]["identity"] <= 1
-    assert report["sampling"]["guidance"] == GUIDANCE_SCALE  # the pipeline's default
+    assert report["sampling"]["guidance_scale"] == GUIDANCE_SCALE  # the default

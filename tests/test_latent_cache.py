@@ -18,7 +18,8 @@ from arlon.data.video_io import video_info
 from arlon.errors import ArlonError
 from arlon.models.latent_vqvae import latent_vqvae
 from arlon.models.video_vae import video_vae
-from arlon.training.stages import ARStage, train_config
+from arlon.training.presets import train_config
+from arlon.training.stages import ARStage
 from arlon.world.captions import parse_caption
 from arlon.world.scene import world_event
 
@@ -86,13 +87,12 @@ def test_windows_carry_the_caption_in_force(dataset, models, tmp_path):
 
 
 def test_cache_cli_errors(tmp_path, capsys):
-    assert (
-        cli.main(
-            ["cache", "--vae", str(tmp_path), "--manifest", "m.csv", "--out", str(tmp_path / "c")]
-        )
-        == 2
-    )
-    assert "not a trained VAE folder" in capsys.readouterr().err
+    argv = ["cache", "--vae", str(tmp_path), "--manifest", str(tmp_path / "m.csv")]
+    assert cli.main([*argv, "--out", str(tmp_path / "c")]) == 2
+    assert "no such manifest" in capsys.readouterr().err
+    (tmp_path / "m.csv").write_text("path,text\n")
+    assert cli.main([*argv, "--out", str(tmp_path / "c")]) == 2
+    assert "is not a video VAE folder (no config.json)" in capsys.readouterr().err
 
 
 def test_vqvae_trains_on_a_cache_through_the_cli(dataset, models, tmp_path, capsys):
@@ -226,7 +226,7 @@ def test_ar_trains_on_a_cache_and_draws_a_coarse_video(dataset, models, tmp_path
     assert video_info(video).num_frames == 22
     bad = ["--switch-every", "10", "--frames", "22", "--out", str(video), "--top-p", "2"]
     assert cli.main([*argv, *bad]) == 2
-    assert "top_p" in capsys.readouterr().err
+    assert "top-p" in capsys.readouterr().err
     assert cli.main([*argv, "--frames", "22", "--out", str(video)]) == 2  # 2 prompts, no switch
     assert "--switch-every" in capsys.readouterr().err
     assert cli.main(["train", "ar", "--preset", "smoke", "--out", str(tmp_path / "x")]) == 2

@@ -207,7 +207,7 @@ def test_coarse_latents_decode_each_window_across_its_seams(ratio):
     depend on the codes within 2 frames of it and on no others, each window comes out as soon as
     that context is in, the codes of a video being continued are the first window's context, and
     without context each window is decoded alone."""
-    from arlon.coarse import coarse_latents
+    from arlon.pipeline.coarse import coarse_latents
 
     vq = smoke(ratio).eval()
     g = torch.Generator().manual_seed(0)

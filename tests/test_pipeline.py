@@ -11,13 +11,13 @@ from arlon import cli
 from arlon.data.video_io import video_info
 from arlon.diffusion.rectified_flow import scheduler
 from arlon.errors import ArlonError
-from arlon.models.ar_sampler import GUIDANCE_SCALE, ARSampler
+from arlon.models.ar_sampler import GUIDANCE_SCALE, ARSampler, ARSampling
 from arlon.models.ar_transformer import ar_transformer
 from arlon.models.latent_vqvae import latent_vqvae
 from arlon.models.stdit import stdit
 from arlon.models.text_encoder import TextEncoder
 from arlon.models.video_vae import video_vae
-from arlon.pipeline import ARLONPipeline
+from arlon.pipeline import ARLONPipeline, DiTSampling
 
 PROMPT = "a red circle moves right on a black background"
 # smoke sizes: 32x32 frames, 4x4 latents, 2x2 token frames; segments of 3 latent frames, 1 kept
@@ -59,7 +59,7 @@ def test_two_segments_make_the_asked_frames_and_the_same_seed_repeats(pipe):
     assert np.array_equal(out.frames, again.frames)
     other = pipe(PROMPT, num_frames=FRAMES, num_inference_steps=2, generator=4, progress=False)
     assert not np.array_equal(out.frames, other.frames)
-    streamed = list(pipe.stream(PROMPT, num_frames=FRAMES, num_inference_steps=2, seed=3))
+    streamed = list(pipe.stream(PROMPT, num_frames=FRAMES, sampling=DiTSampling(2), seed=3))
     assert np.array_equal(np.stack(streamed), out.frames[0])
 
 
@@ -101,7 +101,7 @@ def test_codes_sampled_as_a_batch_give_each_video_its_own_frames(pipe):
     timelines = [[(0, PROMPT)], [(0, PROMPT), (12, "a blue square moves up on a gray background")]]
     batch = pipe.sample_codes(timelines, FRAMES + 8, seeds=[5, 6])
     for timeline, codes, seed in zip(timelines, batch, [5, 6], strict=True):
-        settings = dict(timeline=timeline, num_frames=FRAMES + 8, num_inference_steps=1, seed=seed)
+        settings = dict(timeline=timeline, num_frames=FRAMES + 8, sampling=DiTSampling(1), seed=seed)
         alone = np.stack(list(pipe.stream(**settings, progress=False)))
         given = np.stack(list(pipe.stream(**settings, progress=False, codes=codes)))
         assert np.array_equal(alone, given)
@@ -169,9 +169,9 @@ def test_the_ar_is_guided_unless_told_otherwise(folder, tmp_path, capsys, monkey
     scales = []
     build = ARSampler.__init__
 
-    def spy(self, *args, **kwargs):
-        scales.append(kwargs["guidance_scale"])
-        build(self, *args, **kwargs)
+    def spy(self, model, text_encoder, sampling=ARSampling(), *args, **kwargs):
+        scales.append(sampling.guidance_scale)
+        build(self, model, text_encoder, sampling, *args, **kwargs)
 
     monkeypatch.setattr(ARSampler, "__init__", spy)
     argv = [PROMPT, "--model", folder, "--frames", 9, "--steps", 1, "-o", tmp_path / "v.mp4"]
@@ -193,16 +193,23 @@ def test_embedded_default_generates(tmp_path, capsys):
     "argv,message",
     [
         ([""], "empty"),
-        ([PROMPT, "--frames", "0"], "--frames must be a positive integer"),
-        ([PROMPT, "--frames", "-4"], "--frames must be a positive integer"),
-        ([PROMPT, "--steps", "0"], "--steps must be a positive integer"),
+        ([PROMPT, "--frames", "0"], "--frames: must be a positive integer"),
+        ([PROMPT, "--frames", "-4"], "--frames: must be a positive integer"),
+        ([PROMPT, "--frames", "ten"], "--frames: expected a number"),
+        ([PROMPT, "--steps", "0"], "--steps: must be a positive integer"),
+        ([PROMPT, "--seed", str(2**64)], "a seed is an integer in [0, 2**63)"),
+        ([PROMPT, "--fps", "0"], "--fps: must be positive"),
+        ([PROMPT, "-o", "video.avi"], "the suffix must be one of"),
         ([PROMPT, "--height", "40"], "multiples of 16"),
         ([PROMPT, "-o", "missing/out.mp4"], "does not exist"),
-        ([PROMPT, "-o", "folder.mp4"], "is a directory"),
+        ([PROMPT, "-o", "folder.mp4"], "it is a folder"),
         ([PROMPT, "--model", "nowhere"], "does not exist"),
         (["--timeline", "empty.txt"], "empty timeline"),
         (["--timeline", "unsorted.txt"], "strictly increasing"),
         (["--timeline", "malformed.txt"], "malformed.txt:1: expected"),
+        (["--timeline", "arabic.txt"], "arabic.txt:1: expected"),
+        (["--timeline", "superscript.txt"], "superscript.txt:2: expected"),
+        (["--timeline", "random.txt"], "not UTF-8 text"),
         (["--prompt", PROMPT, "--prompt", "a blue square"], "--switch-every"),
         ([PROMPT, "--init-video", "none.mp4"], "no such video"),
     ],
@@ -214,6 +221,9 @@ def test_generate_bad_input_is_one_line_exit_2_and_leaves_no_file(
     (tmp_path / "empty.txt").write_text("# nothing\n")
     (tmp_path / "unsorted.txt").write_text(f"0\t{PROMPT}\n20\tb\n10\tc\n")
     (tmp_path / "malformed.txt").write_text(f"zero\t{PROMPT}\n")
+    (tmp_path / "arabic.txt").write_text(f"\u0660\t{PROMPT}\n")  # an Arabic-Indic zero
+    (tmp_path / "superscript.txt").write_text(f"0\t{PROMPT}\n\u00b2\tb\n")
+    (tmp_path / "random.txt").write_bytes(bytes(range(128, 256)) * 8)
     (tmp_path / "folder.mp4").mkdir()  # an output path that cannot be written
     model = [] if "--model" in argv else ["--model", folder]
     out = [] if "-o" in argv else ["-o", "o.mp4"]
@@ -224,27 +234,47 @@ def test_generate_bad_input_is_one_line_exit_2_and_leaves_no_file(
     assert not list(tmp_path.glob(".*.mp4"))
 
 
-def test_generate_rejects_a_frame_count_that_is_not_an_integer(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["generate", PROMPT, "--frames", "ten"])
-    assert exit_info.value.code == 2 and "invalid int value" in capsys.readouterr().err
+def _damage(folder, damage: str) -> str:
+    """Damage a copy of a pipeline folder; the message its loading must give."""
+    import shutil
+
+    index = folder / "model_index.json"
+    if damage == "no_index":
+        index.unlink()
+        return "no model_index.json"
+    if damage == "no_component":
+        shutil.rmtree(folder / "dit")
+        return "no dit/ folder"
+    if damage == "corrupt":
+        (folder / "dit" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 64)
+        return "cannot load the DiT"
+    if damage == "random_index":
+        index.write_bytes(bytes(range(256)) * 4)
+        return "not UTF-8 text"
+    if damage == "string_index":
+        index.write_text('"ARLONPipeline"')
+        return "holds a JSON str, not an object"
+    if damage == "planted_class":  # a class that runs code when built: never imported
+        index.write_text(index.read_text().replace('"arlon.models.stdit"', '"subprocess"'))
+        return "names ['subprocess', 'STDiT'] for dit"
+    config = folder / "dit" / "config.json"  # damage == "other_model"
+    config.write_text(config.read_text().replace('"STDiT"', '"Popen"'))
+    return "holds a Popen, not a DiT"
 
 
-@pytest.mark.parametrize("damage", ["no_index", "no_component", "corrupt"])
+DAMAGES = [
+    "no_index", "no_component", "corrupt", "random_index", "string_index", "planted_class",
+    "other_model",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
 def test_generate_damaged_model_folder(folder, tmp_path, capsys, damage):
     import shutil
 
     broken = tmp_path / "broken"
     shutil.copytree(folder, broken)
-    if damage == "no_index":
-        (broken / "model_index.json").unlink()
-        message = "no model_index.json"
-    elif damage == "no_component":
-        shutil.rmtree(broken / "dit")
-        message = "no dit/ folder"
-    else:
-        (broken / "dit" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 64)
-        message = "cannot load dit"
+    message = _damage(broken, damage)
     code, _, err = generate(capsys, PROMPT, "--model", broken, "-o", tmp_path / "o.mp4")
     assert code == 2 and message in err and err.count("\n") == 1
     assert not (tmp_path / "o.mp4").exists()
@@ -261,9 +291,8 @@ def test_ctrl_c_keeps_a_playable_video_of_the_frames_done(folder, tmp_path, caps
 
     monkeypatch.setattr(ARLONPipeline, "stream", interrupted)
     out = tmp_path / "cut.mp4"
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["generate", PROMPT, "--model", str(folder), "--frames", "17", "-o", str(out)])
-    assert exit_info.value.code == 130
+    code = cli.main(["generate", PROMPT, "--model", str(folder), "--frames", "17", "-o", str(out)])
+    assert code == 130
     assert "kept the 7 frames" in capsys.readouterr().err
     assert video_info(out).num_frames == 7
 
@@ -305,3 +334,72 @@ def test_eval_generate_scores_whole_generations(folder, tmp_path, capsys):
     assert report["prompts"]["videos"] == 2 and report["timelines"]["videos"] == 1
     assert 0 <= report["prompts"]["attribute"] <= 1 and report["mode"] == "arlon"
     assert report["ar_guidance"] == GUIDANCE_SCALE  # the pipeline's default, recorded
+
+
+def test_sigterm_keeps_the_frames_done_and_exits_143(folder, tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    stream = ARLONPipeline.stream
+
+    def terminated(self, *args, **kwargs):
+        for i, frame in enumerate(stream(self, *args, **kwargs)):
+            if i == 5:
+                os.kill(os.getpid(), signal.SIGTERM)  # as `kill` or a job scheduler sends it
+            yield frame
+
+    monkeypatch.setattr(ARLONPipeline, "stream", terminated)
+    out = tmp_path / "cut.mp4"
+    code = cli.main(["generate", PROMPT, "--model", str(folder), "--frames", "17", "-o", str(out)])
+    assert code == 143 and "kept the 5 frames" in capsys.readouterr().err
+    assert video_info(out).num_frames == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["cut.mp4"]  # no temporary file left
+
+
+def test_ctrl_c_before_the_first_frame_leaves_nothing_and_exits_130(
+    folder, tmp_path, capsys, monkeypatch
+):
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+        yield
+
+    monkeypatch.setattr(ARLONPipeline, "stream", interrupted)
+    out = tmp_path / "none.mp4"
+    code = cli.main(["generate", PROMPT, "--model", str(folder), "--frames", "17", "-o", str(out)])
+    assert code == 130 and "interrupted" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mistakes_are_reported_before_torch_is_imported(tmp_path):
+    """Arguments and files are checked before the models (and torch, seconds to import) load."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from arlon.cli import main\n"
+        "codes = [main(argv) for argv in (['generate', '', '-o', 'x.mp4'], "
+        "['generate', 'a red circle', '--frames', '0'], ['generate', 'a', '--timeline', 't.txt'], "
+        "['world', 'render', '--out', 'x.avi'], ['train', 'ar', '--out', 'r', '--data', 'none'])]\n"
+        "assert codes == [2] * 5, codes\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-500:]
+    assert done.stderr.decode().count("arlon: error:") == 5
+
+
+def test_words_the_model_never_saw_are_named(folder, tmp_path, capsys):
+    argv = ["--model", folder, "--frames", 9, "--steps", 1, "-o", tmp_path / "v.mp4"]
+    code, _, err = generate(capsys, "a cat playing piano on a black background", *argv)
+    assert code == 0 and "never saw these words in training: cat, playing, piano" in err
+    code, _, err = generate(capsys, PROMPT, *argv)
+    assert code == 0 and "warning" not in err
+    code, _, err = generate(capsys, " ".join([PROMPT] * 20), *argv)
+    assert code == 0 and "is cut to its first 64 tokens" in err and "never saw" not in err
+
+
+def test_the_same_seed_writes_the_same_bytes(folder, tmp_path, capsys):
+    argv = [PROMPT, "--model", folder, "--frames", FRAMES, "--steps", 1, "--seed", 7]
+    for name in ("a.mp4", "b.mp4"):
+        assert generate(capsys, *argv, "-o", tmp_path / name)[0] == 0
+    assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()

@@ -15,8 +15,8 @@ from arlon.evaluation.recon import (
     ssim,
     world_recon,
 )
+from arlon.frames import PSNR_CAP, psnr
 from arlon.models.autoencoder import VideoAutoencoder
-from arlon.world.metrics import PSNR_CAP, psnr
 
 
 class PoolAutoencoder(VideoAutoencoder):

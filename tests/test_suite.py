@@ -13,7 +13,7 @@ from arlon.diffusion.rectified_flow import scheduler
 from arlon.errors import ArlonError
 from arlon.evaluation.claims import check_claims
 from arlon.evaluation.claims import markdown as claims_markdown
-from arlon.evaluation.recon import HELDOUT_SEED
+from arlon.evaluation.heldout import HELDOUT_SEED
 from arlon.evaluation.suite import (
     SUITES,
     build_packaged_suites,
@@ -181,8 +181,8 @@ def test_eval_suite_cli(folder, tmp_path, capsys):
     "args, message",
     [
         ([], "give --suite and --out"),
-        (["--suite", "short", "--out", "x", "--mode", "fast"], "unknown mode 'fast'"),
-        (["--suite", "short", "--out", "x", "--steps", "0"], "--steps must be positive"),
+        (["--suite", "short", "--out", "x", "--mode", "fast"], "arlon, baseline, got 'fast'"),
+        (["--suite", "short", "--out", "x", "--steps", "0"], "--steps: must be a positive"),
         (["--suite", "short", "--out", "x", "--backbone", "vgg"], "thumbnail, dino, clip"),
         (["--suite", "short", "--out", "x", "--backbone", "dino"], "pass --backbone-path"),
         (

@@ -1,6 +1,9 @@
 """The shared trainer: exact resume after SIGKILL, two processes under accelerate, configs, errors."""
 
+import json
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +18,8 @@ from arlon import cli
 from arlon.errors import ArlonError
 from arlon.models.video_vae import VideoVAE
 from arlon.training.config import TrainConfig
-from arlon.training.stages import stage, train_config
+from arlon.training.presets import train_config
+from arlon.training.stages import stage
 from arlon.training.trainer import train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
@@ -67,18 +71,38 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
         assert torch.equal(a[name], b[name]), name
 
 
-def test_two_processes_under_accelerate_train_and_save_a_loadable_model(tmp_path):
+def test_two_processes_under_accelerate_train_resume_and_save_a_loadable_model(tmp_path):
+    # accelerate's torchrun launcher; with no GPU visible it runs DDP on gloo (with --cpu,
+    # `accelerate launch` would start a single process).
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes"]
+    launch += ["2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+    def run(out: Path, *extra: str) -> None:
+        # The same training command, run as a module under the launcher.
+        command = launch + _train_cmd(out, *extra)[1:]
+        env = {**ENV, "CUDA_VISIBLE_DEVICES": ""}
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+
     out = tmp_path / "ddp"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    # The same training command, run as a module under the launcher.
-    command = launch + _train_cmd(out, "--max-steps", "4", "--set", "checkpoint_every=2")[1:]
-    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    run(out, "--max-steps", "4", "--set", "checkpoint_every=2")
     model = VideoVAE.from_pretrained(out / "model")
     video = torch.zeros(1, 3, 5, 64, 64)
     assert model.decode(model.encode(video)).shape == video.shape
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_0000004"
+    checkpoint = out / "checkpoints" / "step_0000004"
+    assert json.loads((checkpoint / "state.json").read_text())["processes"] == 2
+    assert {p.name for p in checkpoint.glob("rng_*")} == {"rng_0.safetensors", "rng_1.safetensors"}
+
+    # Rewound to its first checkpoint, as a kill would leave it, it resumes to the same weights.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    shutil.rmtree(resumed / "model")
+    shutil.rmtree(resumed / "checkpoints" / "step_0000004")
+    (resumed / "checkpoints" / "latest").write_text("step_0000002")
+    run(resumed, "--resume")
+    a, b = _weights(out), _weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
 
 
 def test_interrupt_saves_a_checkpoint_and_resume_refuses_to_overwrite(tmp_path, monkeypatch):
@@ -116,11 +140,57 @@ def test_config_round_trip_and_errors(tmp_path):
         cfg.override(["batch_size=0"])
 
 
+def test_merged_replaces_settings_and_merges_data_and_model():
+    cfg = train_config("vae", "smoke")
+    new = cfg.merged(data={"cache": "x"}, model={"latent_channels": 8}, max_steps=5)
+    assert new.max_steps == 5 and new.data == {**cfg.data, "cache": "x"}
+    assert new.model == {"latent_channels": 8}
+    assert cfg.max_steps == 20 and "cache" not in cfg.data  # a copy: the original is untouched
+    again = new.merged(model={"channels": [8, 8]})
+    assert again.model == {"latent_channels": 8, "channels": [8, 8]}
+    assert cfg.merged(betas=[0.8, 0.9]).betas == (0.8, 0.9)
+    with pytest.raises(ArlonError, match="unknown config key"):
+        cfg.merged(colour="red")
+    with pytest.raises(ArlonError, match="positive"):
+        cfg.merged(batch_size=0)
+    with pytest.raises(ArlonError, match="data must be dict"):
+        cfg.merged(data="x")
+    with pytest.raises(ArlonError, match="betas must be two numbers"):
+        cfg.merged(betas="ab")
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (random.Random(0).randbytes(200), "is damaged: it is not UTF-8 text"),
+        (b"- stage\n- vae\n", "is damaged: it holds the list ['stage', 'vae'], not a mapping"),
+        (b"42\n", "is damaged: it holds the int 42, not a mapping"),
+        (b"", "is damaged: it holds nothing"),
+        (b"stage: [vae\n", "is damaged: expected ',' or ']'"),
+        (b"\x00\x01", "is damaged: unacceptable character"),
+        (b"stage: vae\nlr: -1\n", "is damaged: lr must be positive"),
+        (b"stage: vae\n3: x\ncolour: red\n", "is damaged: unknown config key(s) 3, colour"),
+    ],
+)
+def test_a_damaged_config_is_a_one_line_error(tmp_path, capsys, content, message):
+    path = tmp_path / "run" / "config.yaml"
+    path.parent.mkdir()
+    path.write_bytes(content)
+    with pytest.raises(ArlonError) as e:
+        TrainConfig.load(path)
+    assert str(e.value).startswith(f"config {path} ") and message in str(e.value)
+    assert "\n" not in str(e.value)
+    # `arlon train --resume` reads the run's own config first
+    assert cli.main(["train", "vae", "--out", str(path.parent), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
         (["train", "vae", "--preset", "huge"], "unknown preset"),
-        (["train", "gan", "--preset", "smoke"], "unknown stage"),
+        (["train", "gan", "--preset", "smoke"], "invalid choice: 'gan'"),
         (["train", "vae", "--preset", "smoke", "--set", "colour=red"], "unknown config key"),
         (["train", "vae", "--preset", "smoke", "--resume"], "nothing to resume"),
     ],

@@ -10,7 +10,7 @@ Both report the onset (`onset_summary`): how long the first caption takes to hol
 same measure as a switch's latency with nothing to switch from; a switch latency far above it means
 the old scene lingers, one near it that whole scenes are slow to come right at all.
 
-The coarse video is the fine VQ-VAE's and the VAE's decoding of the codes (`arlon.coarse`), so these
+The coarse video is the fine VQ-VAE's and the VAE's decoding of the codes (`arlon.pipeline.coarse`), so these
 numbers include what those two lose (measured alone by `arlon eval recon`).
 """
 
@@ -22,8 +22,8 @@ from collections.abc import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from arlon.coarse import coarse_frames, sample_codes, windows_for
-from arlon.evaluation.recon import HELDOUT_SEED, heldout_episodes, heldout_prompts
+from arlon.evaluation.heldout import HELDOUT_SEED, heldout_episodes, heldout_prompts
+from arlon.pipeline.coarse import coarse_frames, sample_codes, windows_for
 from arlon.world.metrics import Expected, mean_judged, onset_summary, score_video
 
 SamplerFactory = Callable[[int | list[int]], object]  # seed(s) -> ARSampler

@@ -19,22 +19,74 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import multiprocessing
 import os
 import platform
 import resource
-import subprocess
-import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from arlon.data.video_io import VideoWriter
 from arlon.errors import ArlonError
+from arlon.pipeline.pipeline import ARLONPipeline, DiTSampling
+from arlon.training.config import TrainConfig
+from arlon.training.presets import DEFAULT_PRESETS, train_config
+from arlon.training.stages import stage
+from arlon.training.trainer import train
+from arlon.utils import atomic_path
+from arlon.weights import ROOT
 
 PROMPT = "a red circle moves right and a blue square moves up on a black background"
 TRAIN_STAGES = ("vae", "vqvae", "ar", "dit", "arlon")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What `arlon bench` measures: generation at `lengths`, the DiT step, training speeds."""
+
+    model: Path | None = None  # a pipeline folder; None: the embedded model
+    lengths: tuple[int, ...] = (120, 600, 2400)
+    sampling: DiTSampling = field(default_factory=DiTSampling)
+    threads: int = 2
+    train_data: Path | None = None  # a latent cache; without it only the VAE's training speed
+    train_steps: int = 6
+    train: bool = True
+
+    def __post_init__(self):
+        if not self.lengths or min(self.lengths) < 1 or self.threads < 1:
+            raise ArlonError("lengths and threads must be positive")
+        if self.train_steps < 2:
+            raise ArlonError(f"train_steps must be at least 2, got {self.train_steps}")
+
+
+def run_bench(settings: BenchSettings, out: Path | None = None) -> dict:
+    """Every measurement of `settings`; printed as JSON lines as they come, and, with `out`,
+    written to `out/bench.json` and `out/bench.md`."""
+    torch.set_num_threads(settings.threads)
+    report = {"machine": machine()}
+    lengths = sorted(settings.lengths)
+    report["generation"] = generation_lengths(
+        settings.model, lengths, settings.sampling, settings.threads
+    )
+    report["dit"] = dit_efficiency(ARLONPipeline.from_pretrained(settings.model or ROOT).dit)
+    print(json.dumps({"dit": report["dit"]}), flush=True)
+    if settings.train:
+        report["training"] = []
+        for name in TRAIN_STAGES:
+            speed = training_speed(name, settings.train_data, settings.train_steps)
+            report["training"].append(speed)
+            print(json.dumps(speed), flush=True)
+    if out is not None:
+        with atomic_path(out / "bench.json") as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
+        with atomic_path(out / "bench.md") as tmp:
+            tmp.write_text(markdown(report))
+    return report
 
 
 def peak_rss_mib() -> float:
@@ -63,23 +115,14 @@ def machine() -> dict:
 
 
 def generation_speed(
-    model: str | Path | None, frames: int, steps: int = 5, mode: str = "arlon", guidance=1.0
+    model: str | Path | None, frames: int, sampling: DiTSampling, threads: int | None = None
 ) -> dict:
     """One `arlon generate` of `frames` frames in this process: seconds per stage, peak memory."""
-    from arlon.data.video_io import VideoWriter
-    from arlon.pipeline import ARLONPipeline
-    from arlon.weights import ROOT
-
+    if threads is not None:
+        torch.set_num_threads(threads)
     pipe = ARLONPipeline.from_pretrained(model or ROOT)
     loaded = peak_rss_mib()
-    stream = pipe.stream(
-        PROMPT,
-        num_frames=frames,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        mode=mode,
-        progress=False,
-    )
+    stream = pipe.stream(PROMPT, num_frames=frames, sampling=sampling, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         with VideoWriter(Path(tmp) / "v.mp4", fps=8) as writer:
@@ -89,8 +132,8 @@ def generation_speed(
     stages = pipe.last_times.as_dict()["seconds"]
     return {
         "frames": frames,
-        "mode": mode,
-        "steps": steps,
+        "mode": sampling.mode,
+        "steps": sampling.num_inference_steps,
         "threads": torch.get_num_threads(),
         "seconds": round(seconds, 2),
         "frames_per_second": round(frames / seconds, 2),
@@ -105,19 +148,16 @@ def generation_speed(
     }
 
 
-def generation_lengths(lengths: list[int], argv: list[str], progress: bool = True) -> dict:
-    """`generation_speed` at each length, each in a fresh `arlon bench --child` process."""
+def generation_lengths(
+    model: Path | None, lengths: list[int], sampling: DiTSampling, threads: int
+) -> dict:
+    """`generation_speed` at each length, each in a fresh process: peak memory is per process."""
     runs = []
+    context = multiprocessing.get_context("spawn")  # fresh: no memory of the runs before
     for frames in lengths:
-        command = [sys.executable, "-m", "arlon.cli", "bench", "--child", str(frames), *argv]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise ArlonError(
-                f"the {frames}-frame run failed: {done.stderr.strip().splitlines()[-1]}"
-            )
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        if progress:
-            print(json.dumps(runs[-1]), flush=True)
+        with context.Pool(1) as pool:
+            runs.append(pool.apply(generation_speed, (model, frames, sampling, threads)))
+        print(json.dumps(runs[-1]), flush=True)
     out = {"runs": runs}
     if len(runs) > 1:
         out["peak_ratio_longest_to_shortest"] = round(
@@ -184,10 +224,6 @@ def dit_efficiency(model, batch: int = 2, frames: int = 9, size: int = 8, repeat
 def training_speed(name: str, data: Path | None, steps: int = 6) -> dict:
     """Samples/s of `steps` training steps of stage `name` at its default preset (fp32, no
     evaluation), the median of the steps after the first; in a temporary run folder."""
-    from arlon.training.config import TrainConfig
-    from arlon.training.stages import DEFAULT_PRESETS, stage, train_config
-    from arlon.training.trainer import train
-
     cfg = train_config(name, DEFAULT_PRESETS[name]).to_dict()
     budget = dict(max_steps=steps, log_every=1, eval_every=-1, checkpoint_every=steps + 1)
     cfg |= {**budget, "mixed_precision": "no"}

@@ -18,8 +18,9 @@ import torch
 from tqdm.auto import tqdm
 
 from arlon.diffusion.rectified_flow import guided, sample
-from arlon.evaluation.recon import HELDOUT_SEED
-from arlon.world.metrics import Expected, mean_judged, psnr, score_video
+from arlon.evaluation.heldout import HELDOUT_SEED
+from arlon.frames import psnr, to_frames
+from arlon.world.metrics import Expected, mean_judged, score_video
 from arlon.world.render import render_states
 from arlon.world.simulate import random_episode
 
@@ -77,8 +78,7 @@ def teacher_forced(
         noise = torch.randn(latents.shape, generator=generator)
         for s in steps:
             out = sample(velocity, noise, s, text.states, text.mask, latents, frame_mask)
-            frames = ((vae.decode(out).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-            frames = frames.permute(0, 2, 3, 4, 1).numpy()  # (B, T, H, W, 3)
+            frames = to_frames(vae.decode(out))  # (B, T, H, W, 3)
             for (episode, real), fake in zip(batch, frames, strict=True):
                 truth = Expected.from_truth(episode.truth())
                 n = num_frames - first

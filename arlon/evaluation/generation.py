@@ -1,7 +1,7 @@
 """Whole generations judged by the world metrics: prompts of the world's vocabulary and timelines
 with caption changes, each video streamed from the pipeline straight into the detector.
 
-    report = generation_eval(pipe, prompts=50, timelines=20, num_frames=600, steps=5, mode="arlon")
+    report = generation_eval(pipe, prompts=50, timelines=20, num_frames=600, sampling=DiTSampling())
 
 Prompts and timelines come from held-out episodes (seeds disjoint from training), as in
 `arlon.evaluation.ar`, so ARLON, its baseline and the AR alone are judged on the same videos.
@@ -14,14 +14,15 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from arlon.evaluation.recon import HELDOUT_SEED, heldout_episodes, heldout_prompts
-from arlon.models.ar_sampler import GUIDANCE_SCALE as AR_GUIDANCE_SCALE
+from arlon.evaluation.heldout import HELDOUT_SEED, heldout_episodes, heldout_prompts
+from arlon.models.ar_sampler import ARSampling
+from arlon.pipeline.pipeline import DiTSampling
 from arlon.world.metrics import Expected, mean_judged, onset_summary, score_video
 
 NAMES = ("attribute", "colour", "shape", "size", "background", "motion", "count", "identity")
 
 
-def _score(pipe, timelines, num_frames, settings, ar_guidance_scale, batch, desc, progress):
+def _score(pipe, timelines, num_frames, sampling, ar_sampling, batch, desc, progress):
     """World reports of the videos of `timelines` (video i from seed i), and the seconds taken.
     ARLON's AR codes are sampled `batch` videos at a time, then each video is rendered alone."""
     reports, seconds = [], 0.0
@@ -32,10 +33,8 @@ def _score(pipe, timelines, num_frames, settings, ar_guidance_scale, batch, desc
         seeds = list(range(first, first + len(chunk)))
         start = time.perf_counter()
         codes = [None] * len(chunk)
-        if settings["mode"] == "arlon":
-            codes = pipe.sample_codes(
-                chunk, num_frames, seeds, ar_guidance_scale=ar_guidance_scale, progress=progress
-            )
+        if sampling.mode == "arlon":
+            codes = pipe.sample_codes(chunk, num_frames, seeds, ar_sampling, progress=progress)
         for timeline, seed, video_codes in zip(chunk, seeds, codes, strict=True):
             frames = pipe.stream(
                 timeline=timeline,
@@ -43,7 +42,7 @@ def _score(pipe, timelines, num_frames, settings, ar_guidance_scale, batch, desc
                 seed=seed,
                 progress=False,
                 codes=video_codes,
-                **settings,
+                sampling=sampling,
             )
             expected = Expected.from_timeline(timeline, num_frames, height, width)
             reports.append(score_video(frames, expected).report())
@@ -75,10 +74,8 @@ def generation_eval(
     prompts: int = 50,
     timelines: int = 20,
     num_frames: int = 600,
-    steps: int = 5,
-    mode: str = "arlon",
-    guidance_scale: float = 1.0,
-    ar_guidance_scale: float = AR_GUIDANCE_SCALE,
+    sampling: DiTSampling = DiTSampling(),
+    ar_sampling: ARSampling = ARSampling(),
     seed: int = HELDOUT_SEED,
     batch: int = 25,
     progress: bool = True,
@@ -86,21 +83,22 @@ def generation_eval(
     """Mean world metrics of `prompts` single-prompt videos and `timelines` videos whose caption
     changes, `num_frames` frames each (drift: first vs last quarter). `batch`: videos whose AR
     codes are sampled together (the results do not depend on it, up to float rounding)."""
-    settings = dict(num_inference_steps=steps, mode=mode, guidance_scale=guidance_scale)
-    report = {"mode": mode, "steps": steps, "frames": num_frames, "guidance": guidance_scale}
+    mode = sampling.mode
+    report = {"mode": mode, "steps": sampling.num_inference_steps, "frames": num_frames}
+    report["guidance"] = sampling.guidance_scale
     if mode == "arlon":
-        report["ar_guidance"] = ar_guidance_scale
-    score = dict(ar_guidance_scale=ar_guidance_scale, batch=batch, progress=progress)
+        report["ar_guidance"] = ar_sampling.guidance_scale
+    score = dict(ar_sampling=ar_sampling, batch=batch, progress=progress)
     if prompts:
         single = heldout_prompts(prompts, seed)
         reports, seconds = _score(
-            pipe, single, num_frames, settings, desc=f"{mode} prompts", **score
+            pipe, single, num_frames, sampling, desc=f"{mode} prompts", **score
         )
         report["prompts"] = {"videos": prompts, **summarise(reports, seconds)}
     if timelines:
         changing = [e.timeline for e in heldout_episodes(timelines, num_frames, seed)]
         reports, seconds = _score(
-            pipe, changing, num_frames, settings, desc=f"{mode} timelines", **score
+            pipe, changing, num_frames, sampling, desc=f"{mode} timelines", **score
         )
         report["timelines"] = {"videos": timelines, **summarise(reports, seconds)}
     return report

@@ -31,27 +31,25 @@ from tqdm.auto import tqdm
 
 from arlon.data.video_io import read_clip
 from arlon.errors import ArlonError
+from arlon.evaluation.heldout import HELDOUT_SEED
+from arlon.frames import psnr, to_frames
 from arlon.models.autoencoder import VideoAutoencoder
 from arlon.world.detect import Detector
-from arlon.world.metrics import compare_to_truth, psnr
+from arlon.world.metrics import compare_to_truth
 from arlon.world.render import render_states
 from arlon.world.simulate import random_episode
 
-# Training draws its clips from seeds (0, i); the held-out clips come from (HELDOUT_SEED, i).
-HELDOUT_SEED = 7919
-
-
-def heldout_prompts(count: int, seed: int = HELDOUT_SEED) -> list[list[tuple[int, str]]]:
-    """Single-caption timelines: the first captions of `count` held-out episodes without events."""
-    return [random_episode((seed, i), 2, events=False).timeline[:1] for i in range(count)]
-
-
-def heldout_episodes(count: int, num_frames: int, seed: int = HELDOUT_SEED) -> list:
-    """`count` held-out episodes of `num_frames` frames with events (their captions change)."""
-    return [random_episode((seed + 1, i), num_frames) for i in range(count)]
-
-
 Codec = Callable[[torch.Tensor], torch.Tensor]
+
+
+def vq_codec(vq) -> Codec:
+    """Latents -> a latent VQ-VAE's codes -> latents: the round trip through its tokens."""
+
+    def codec(latents: torch.Tensor) -> torch.Tensor:
+        return vq.decode_codes(vq.encode(latents), num_frames=latents.shape[2])
+
+    return codec
+
 
 # ------------------------------------------------------------------------------------------------
 # Frame metrics
@@ -86,12 +84,6 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 def _to_video(frames: np.ndarray) -> torch.Tensor:
     """uint8 `(B, T, H, W, 3)` -> `(B, 3, T, H, W)` in [-1, 1]."""
     return torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
-
-
-def _to_frames(video: torch.Tensor) -> np.ndarray:
-    """`(B, 3, T, H, W)` in [-1, 1] -> uint8 `(B, T, H, W, 3)`, as a video writer would store it."""
-    x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 4, 1).cpu().numpy()
 
 
 def _device(vae: VideoAutoencoder) -> torch.device:
@@ -136,7 +128,7 @@ def round_trip(
         raise ArlonError(
             f"the autoencoder returned {tuple(out.shape)} for a video of {tuple(video.shape)}"
         )
-    return _to_frames(out), seconds
+    return to_frames(out), seconds
 
 
 # ------------------------------------------------------------------------------------------------

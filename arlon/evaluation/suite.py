@@ -32,11 +32,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from arlon.data.timeline import Timeline
 from arlon.errors import ArlonError
 from arlon.evaluation import vbench
 from arlon.evaluation.generation import summarise
-from arlon.evaluation.recon import HELDOUT_SEED
+from arlon.evaluation.heldout import HELDOUT_SEED
+from arlon.pipeline.pipeline import MODES, DiTSampling
+from arlon.timeline import Timeline
 from arlon.utils import atomic_path
 from arlon.world.captions import describe
 from arlon.world.metrics import Expected, mean_judged, score_video
@@ -45,7 +46,6 @@ from arlon.world.simulate import random_episode
 SUITES = Path(__file__).parent / "suites"
 WINDOWS = 8  # windows of time for the metrics-over-time curves
 OVER_TIME = ("attribute", "identity", "motion", "rerender_psnr")
-MODES = ("arlon", "baseline")
 
 
 @dataclass
@@ -296,9 +296,8 @@ def run_suite(
                 pipe.stream(
                     timeline=timelines[i],
                     num_frames=frames,
-                    num_inference_steps=s,
+                    sampling=DiTSampling(s, mode=mode),
                     seed=i,
-                    mode=mode,
                     progress=False,
                     codes=video_codes,
                 )

@@ -1,7 +1,7 @@
 """Generation with the AR transformer: token frames streamed out for a timeline of prompts.
 
-    sampler = ARSampler(ar, text_encoder, temperature=1.0, top_k=100, seed=0)
-    for t, frame in enumerate(sampler.frames([(0, "a red circle moves right")], num_frames=150)):
+    sampler = ARSampler(ar, text_encoder, ARSampling(top_k=100), seed=0)
+    for t, frame in enumerate(sampler.frames(Timeline.of("a red circle moves right"), 150)):
         ...                                   # frame: (h, w) long codes of token frame t
 
 The context holds the prompt's prefix and at most `max_frames - 1` earlier token frames: when the
@@ -14,7 +14,8 @@ Many videos can be drawn at once (`seed=[...]` and `batch_frames`, a timeline pe
 has its own generator, so it gets the codes it would get alone; on this CPU a batch of 25 costs
 about 10 times one video, not 25. Classifier-free guidance runs the prompts and the null prompt as
 one batch and mixes their logits, `null + scale * (prompt - null)`; the pipeline and the CLI
-default to `GUIDANCE_SCALE`, the best scale measured on shapes-tiny (docs/RESULTS.md).
+default to `GUIDANCE_SCALE`, the best scale measured on shapes-tiny (docs/RESULTS.md). Timelines
+here count token frames, not video frames (`arlon.pipeline.coarse.token_timeline` converts).
 `use_cache=False` recomputes the whole context for every token: slow, and there to check the cache
 (both give the same codes for the same seed).
 """
@@ -23,17 +24,39 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
-from arlon.data.timeline import Timeline, check_timeline
 from arlon.errors import ArlonError
 from arlon.models.ar_transformer import ARTransformer, KVCache
+from arlon.timeline import Timeline
 
 # Classifier-free guidance on the AR by default: on shapes-tiny, scale 3 beats 1, 2 and 5 on every
 # prompt metric and triples the prompt switches that take hold, for 1.1x (one thread) to 1.6x (a
 # batch of videos) the AR's time.
 GUIDANCE_SCALE = 3.0
+
+
+@dataclass(frozen=True)
+class ARSampling:
+    """How the AR draws codes: temperature (0: greedy), top-k (0: off), top-p in (0, 1] and
+    classifier-free guidance on the text (1: none, and faster)."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    guidance_scale: float = GUIDANCE_SCALE
+
+    def __post_init__(self):
+        if not self.temperature >= 0:
+            raise ArlonError(f"the AR temperature must be >= 0, got {self.temperature}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ArlonError(f"the AR top-k must be an integer >= 0 (0: off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ArlonError(f"the AR top-p must lie in (0, 1], got {self.top_p}")
+        if not self.guidance_scale >= 0:
+            raise ArlonError(f"the AR guidance scale must be >= 0, got {self.guidance_scale}")
 
 
 def sample_logits(
@@ -77,35 +100,23 @@ class ARSampler:
         self,
         model: ARTransformer,
         text_encoder,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        guidance_scale: float = 1.0,
+        sampling: ARSampling = ARSampling(),
         seed: int | Sequence[int] = 0,
         use_cache: bool = True,
     ):
-        if temperature < 0:
-            raise ArlonError(f"temperature must be >= 0, got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ArlonError(f"top_p must lie in (0, 1], got {top_p}")
-        if top_k < 0:
-            raise ArlonError(f"top_k must be >= 0 (0: off), got {top_k}")
-        if guidance_scale < 0:
-            raise ArlonError(f"guidance_scale must be >= 0, got {guidance_scale}")
         seeds = [seed] if isinstance(seed, int) else list(seed)
         if not seeds:
             raise ArlonError("at least one seed is needed")
         self.model = model.eval()
         self.text_encoder = text_encoder
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-        self.guidance_scale = guidance_scale
+        self.sampling = sampling
         self.use_cache = use_cache
         device = model.bos.device
         # one generator per video, so a video's codes depend on its seed, not on its batch
         self.generators = [torch.Generator(device).manual_seed(s) for s in seeds]
         self.videos = len(seeds)
         # under guidance the rows are the videos' prompts, then as many null prompts
-        self.batch = self.videos * (1 if guidance_scale == 1 else 2)
+        self.batch = self.videos * (1 if sampling.guidance_scale == 1 else 2)
         self.cache: KVCache | None = model.new_cache(self.batch) if use_cache else None
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -124,8 +135,9 @@ class ARSampler:
         """Logits of the last position `(batch, K)` -> each video's next code `(videos,)`."""
         if self.batch > self.videos:
             cond, null = logits[: self.videos], logits[self.videos :]
-            logits = null + self.guidance_scale * (cond - null)
-        return sample_logits(logits, self.temperature, self.top_k, self.top_p, self.generators)
+            logits = null + self.sampling.guidance_scale * (cond - null)
+        s = self.sampling
+        return sample_logits(logits, s.temperature, s.top_k, s.top_p, self.generators)
 
     def _embed(self, codes: list[torch.Tensor], first_frame: int) -> torch.Tensor:
         """Whole or partial token frames (each `(videos, n)` long) -> `(batch, N, C)`."""
@@ -160,8 +172,7 @@ class ARSampler:
         (up to float rounding, which batching changes)."""
         if len(timelines) != self.videos:
             raise ArlonError(f"{len(timelines)} timelines for {self.videos} seeds")
-        for timeline in timelines:
-            check_timeline(timeline)
+        timelines = [Timeline.of(timeline) for timeline in timelines]
         if num_frames < 1:
             raise ArlonError(f"num_frames must be >= 1, got {num_frames}")
         cfg = self.model.config

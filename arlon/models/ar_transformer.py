@@ -6,7 +6,7 @@ over one sequence per video window:
     [text prefix: P projected text states] [BOS] [frame 0: h*w codes] [frame 1: h*w codes] ...
 
 A token frame is the fine VQ-VAE's code grid for r_t latent frames, flattened in (h, w) raster order,
-so the whole sequence is the (t, h, w) raster of ARLON_NOTES.md. Every code token also gets a learned
+so the whole sequence is the paper's (t, h, w) raster of codes. Every code token also gets a learned
 embedding of its (h, w) cell and of its phase in the VQ-VAE's window (the VQ-VAE codes windows of
 `code_window` token frames independently, so a code depends on where in its window it sits).
 
@@ -34,25 +34,11 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from arlon.errors import ArlonError
+from arlon.models.layers import apply_rope, rope_tables
 
 # ------------------------------------------------------------------------------------------------
-# Rotary positions and the KV cache
+# The KV cache
 # ------------------------------------------------------------------------------------------------
-
-
-def rope_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, ...]:
-    """cos and sin `(N, head_dim)` of positions `(N,)` (Su et al. 2021, arxiv.org/abs/2104.09864),
-    in the half-split layout of Llama."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device) / head_dim)
-    angles = positions.float()[:, None] * inv_freq[None]  # (N, head_dim / 2)
-    angles = torch.cat([angles, angles], dim=-1)  # (N, head_dim)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
 
 
 @dataclass

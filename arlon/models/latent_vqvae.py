@@ -5,7 +5,7 @@ an encoder of 3D convolutions and residual attention blocks shrinks it by `ratio
 each vector of the small grid becomes the index of its nearest codebook entry (EMA codebook, cosine
 similarity and dead-code reset from vector-quantize-pytorch), and a mirrored decoder rebuilds the
 latent from the indices. Two of them are trained: the *fine* one gives the AR transformer its tokens,
-the *coarse* one gives the DiT the noisy condition it learns from (ARLON_NOTES.md, DESIGN.md §3).
+the *coarse* one gives the DiT the noisy condition it learns from (the paper's noise-robust training).
 
     vq = latent_vqvae("shapes-tiny-fine", latent_channels=8)
     out = vq(x)                          # x (B, 8, 9, 8, 8); out.loss is what the trainer minimises
@@ -18,7 +18,7 @@ the first latent frame, as the causal VAE's first latent holds the first video f
 `decode_codes(codes, num_frames)` crops the padding off again. Spatial sizes must be multiples of r_s.
 
 Not causal: convolutions, attention and GroupNorm see the whole clip, so a long video is coded and
-decoded window by window, windows as long as the training clips (`arlon.coarse.coarse_latents`
+decoded window by window, windows as long as the training clips (`arlon.pipeline.coarse.coarse_latents`
 decodes each with a few frames of its neighbours, whose latents it drops).
 """
 

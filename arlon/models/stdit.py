@@ -7,7 +7,7 @@ Timesteps modulate every block through adaLN-single (one global t-block, a learn
 per frame: reference frames get timestep 0 and stay clean (image-to-video, extension, and the chain of
 segments of a long video).
 
-ARLON adds a condition path (ARLON_NOTES.md "Semantic injection"): the coarse latent F, patched like
+ARLON adds a condition path (the paper's semantic injection): the coarse latent F, patched like
 the video, goes through a projection and `num_adapters` latent adapters (MLP, GELU, MLP, residual),
 uncertainty sampling while training, and a zero-initialised gated adaptive norm after the temporal
 attention of `injection_blocks` blocks, token by token:
@@ -32,7 +32,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from arlon.errors import ArlonError
-from arlon.models.ar_transformer import apply_rope, rope_tables
+from arlon.models.layers import apply_rope, rope_tables
 
 UNCERTAINTY = ("none", "blog", "gaussian")
 

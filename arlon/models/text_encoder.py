@@ -230,6 +230,10 @@ class TextEncoder(torch.nn.Module):
         mean = (out.states * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, D)
         return F.normalize(mean, dim=-1)
 
+    def tokens(self, prompt: str) -> int:
+        """How many tokens `prompt` has before truncation to `max_length`, special ones included."""
+        return len(self.tokenizer(prompt, truncation=False)["input_ids"])
+
     def _run_model(self, prompts: list[str]) -> list[torch.Tensor]:
         """Each prompt's unpadded last hidden states `(L_i, D)` float32, in host memory."""
         batch = self.tokenizer(

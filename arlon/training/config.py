@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,12 +64,19 @@ class TrainConfig:
                 raise ArlonError(f"{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ArlonError(f"lr must be positive, got {self.lr}")
+        if not (
+            isinstance(self.betas, list | tuple)
+            and len(self.betas) == 2
+            and all(isinstance(b, int | float) and not isinstance(b, bool) for b in self.betas)
+        ):
+            raise ArlonError(f"betas must be two numbers, got {self.betas!r}")
         self.betas = tuple(self.betas)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
+        """Write the settings as YAML (JSON for a .json path); a kill mid-write leaves the old file."""
         path = Path(path)
         data = self.to_dict()
         text = (
@@ -75,12 +84,14 @@ class TrainConfig:
             if path.suffix == ".json"
             else yaml.safe_dump(data, sort_keys=False)
         )
-        path.write_text(text)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(map(str, set(data) - known))
         if unknown:
             raise ArlonError(
                 f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
@@ -92,19 +103,44 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(cls.load_mapping(path))
+        """The config saved in `path`; a damaged one is an ArlonError that names the file."""
+        data = cls.load_mapping(path)
+        try:
+            return cls.from_dict(data)
+        except ArlonError as e:
+            raise ArlonError(f"config {path} is damaged: {e}") from None
 
     @staticmethod
     def load_mapping(path: str | Path) -> dict:
         """The settings in a YAML or JSON file (YAML is a superset of JSON)."""
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise ArlonError(f"cannot read config {path}: {e}") from None
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ArlonError(f"config {path} is damaged: it is not UTF-8 text") from None
+        except yaml.MarkedYAMLError as e:
+            where = f" at line {e.problem_mark.line + 1}" if e.problem_mark else ""
+            raise ArlonError(f"config {path} is damaged: {e.problem or e.context}{where}") from None
+        except yaml.YAMLError as e:  # not marked: a character YAML does not allow
+            raise ArlonError(f"config {path} is damaged: {' '.join(str(e).split())}") from None
+        except OSError as e:
+            raise ArlonError(f"cannot read config {path}: {e.strerror or e}") from None
         if not isinstance(data, dict):
-            raise ArlonError(f"config {path} must be a mapping of keys to values")
+            kind = "nothing" if data is None else f"the {type(data).__name__} {reprlib.repr(data)}"
+            raise ArlonError(
+                f"config {path} is damaged: it holds {kind}, not a mapping of keys to values"
+            )
         return data
+
+    def merged(self, **changes) -> TrainConfig:
+        """A validated copy with top-level settings replaced; `data` and `model` are merged key by
+        key, e.g. `cfg.merged(data={"cache": "x"}, max_steps=5)` keeps the other data options."""
+        data = self.to_dict()
+        for key, value in changes.items():
+            if key in ("data", "model") and isinstance(value, dict):
+                value = {**data[key], **value}
+            data[key] = value
+        return TrainConfig.from_dict(data)
 
     def override(self, assignments: list[str]) -> TrainConfig:
         """Apply `key=value` strings (values parsed as YAML; `model.x=1` sets a nested key)."""

@@ -19,134 +19,20 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, Subset, default_collate
 
+from arlon.data.latent_cache import CodeWindows, LatentCache, LatentWindows
+from arlon.data.manifest import ClipDataset
 from arlon.data.world_clips import WorldClips
+from arlon.diffusion.rectified_flow import flow_loss, resolution_shift
 from arlon.errors import ArlonError
+from arlon.frames import psnr
+from arlon.models.ar_transformer import AR_PRESETS, ar_transformer
+from arlon.models.latent_vqvae import latent_vqvae
+from arlon.models.stdit import INJECTION_PRESETS, STDiT, stdit
+from arlon.models.text_encoder import TextEncoder
 from arlon.models.video_vae import VideoVAE, video_vae
 from arlon.training.config import TrainConfig
-
-# EMA of weights is off for the VQ-VAEs: see VQStage.
-_VQ_SHAPES_TINY = dict(
-    batch_size=32,
-    lr=1e-3,
-    warmup_steps=100,
-    ema_decay=0.0,
-    checkpoint_every=500,
-    log_every=20,
-    eval_every=500,
-)
-
-# Per preset: the training settings (model presets live beside each model).
-TRAIN_PRESETS: dict[str, dict[str, dict]] = {
-    "vae": {
-        "smoke": dict(
-            max_steps=20,
-            batch_size=2,
-            warmup_steps=2,
-            checkpoint_every=10,
-            log_every=5,
-            data=dict(num_frames=5),
-        ),
-        "shapes-tiny": dict(
-            max_steps=2400,
-            batch_size=8,
-            lr=4e-4,
-            warmup_steps=50,
-            mixed_precision="bf16",
-            checkpoint_every=200,
-            log_every=20,
-            eval_every=400,
-            data=dict(num_frames=9, foreground_weight=5.0),
-        ),
-    },
-    # The cache (data.cache) is built with `arlon cache --vae ...` from a trained VAE.
-    "vqvae": {
-        "smoke": dict(
-            max_steps=20,
-            batch_size=4,
-            warmup_steps=2,
-            checkpoint_every=10,
-            log_every=5,
-            ema_decay=0.0,
-        ),
-        # one code per latent cell: 4x the positions of the coarse codes, so half the batch, bf16
-        "shapes-tiny-fine": {
-            **_VQ_SHAPES_TINY,
-            "max_steps": 3000,
-            "batch_size": 16,
-            "mixed_precision": "bf16",
-        },
-        "shapes-tiny-coarse": {**_VQ_SHAPES_TINY, "max_steps": 3000},
-    },
-    "ar": {
-        "smoke": dict(
-            max_steps=20,
-            batch_size=4,
-            warmup_steps=2,
-            checkpoint_every=10,
-            log_every=5,
-        ),
-        "shapes-tiny": dict(
-            max_steps=2000,
-            batch_size=16,
-            lr=1e-3,
-            warmup_steps=200,
-            weight_decay=0.01,
-            mixed_precision="bf16",
-            checkpoint_every=250,
-            log_every=20,
-            eval_every=500,
-        ),
-    },
-}
-
-
-_DIT_SHAPES_TINY = dict(
-    batch_size=16,
-    warmup_steps=100,
-    ema_decay=0.999,
-    checkpoint_every=200,
-    log_every=20,
-    eval_every=500,
-)
-# Open-Sora v1.2's recipe, for GPUs: AdamW 1e-4, bf16, EMA 0.9999; Open-Sora's 20 latent frames
-# per sample with 5 of reference; its timestep shift relative to one 512x512 frame (64x64 latent).
-_DIT_OPENSORA = dict(
-    batch_size=8,
-    lr=1e-4,
-    warmup_steps=1000,
-    ema_decay=0.9999,
-    mixed_precision="bf16",
-    checkpoint_every=1000,
-    log_every=50,
-    eval_every=5000,
-    data=dict(frames=20, max_reference=5, shift_base=[1, 64, 64]),
-)
-TRAIN_PRESETS["dit"] = {
-    "smoke": dict(max_steps=10, batch_size=2, warmup_steps=2, checkpoint_every=5, log_every=5),
-    "shapes-tiny": {**_DIT_SHAPES_TINY, "max_steps": 1500, "lr": 4e-4},
-    "opensora-1.2": {**_DIT_OPENSORA, "max_steps": 100_000},
-}
-TRAIN_PRESETS["arlon"] = {
-    "smoke": TRAIN_PRESETS["dit"]["smoke"],
-    "shapes-tiny": {**_DIT_SHAPES_TINY, "max_steps": 600, "lr": 5e-4},
-    "opensora-1.2": {**_DIT_OPENSORA, "max_steps": 20_000},
-}
-
-
-def train_config(stage: str, preset: str, **overrides) -> TrainConfig:
-    if stage not in TRAIN_PRESETS:
-        raise ArlonError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
-    if preset not in TRAIN_PRESETS[stage]:
-        raise ArlonError(
-            f"unknown preset {preset!r} for {stage}; known: {', '.join(TRAIN_PRESETS[stage])}"
-        )
-    return TrainConfig(stage=stage, preset=preset, **{**TRAIN_PRESETS[stage][preset], **overrides})
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR (dB) of videos in [-1, 1]."""
-    mse = F.mse_loss(a.float().clamp(-1, 1), b.float()).item()
-    return 100.0 if mse == 0 else 10 * math.log10(4.0 / mse)
+from arlon.world.captions import parse_caption
+from arlon.world.scene import world_event
 
 
 class VAEStage:
@@ -165,8 +51,6 @@ class VAEStage:
     def dataset(self, cfg: TrainConfig):
         data = {**self.DEFAULTS, **cfg.data}
         if "manifest" in data:
-            from arlon.data.manifest import ClipDataset
-
             return ClipDataset(data["manifest"], data["num_frames"], seed=cfg.seed)
         return WorldClips(data["num_frames"])
 
@@ -186,13 +70,19 @@ class VAEStage:
         )
         kl = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1 - logvar.float()).mean()
         loss = l1 + data["edge_weight"] * edge + data["kl_weight"] * kl
-        return loss, {"l1": l1.item(), "kl": kl.item(), "psnr": psnr(rec.detach(), video)}
+        return loss, {
+            "l1": l1.item(),
+            "kl": kl.item(),
+            "psnr": psnr(rec.clamp(-1, 1), video, peak=2.0),
+        }
 
     @torch.no_grad()
     def evaluate(self, model: VideoVAE, cfg: TrainConfig) -> dict:
         held_out = WorldClips(33 if cfg.preset != "smoke" else 5, base_seed=7919)
         video = torch.stack([held_out[i]["video"] for i in range(8)])
-        return {"psnr_heldout": psnr(model.decode(model.encode(video)), video)}
+        return {
+            "psnr_heldout": psnr(model.decode(model.encode(video)).clamp(-1, 1), video, peak=2.0)
+        }
 
     @torch.no_grad()
     def export(self, model: VideoVAE, cfg: TrainConfig, folder: Path) -> None:
@@ -230,8 +120,6 @@ class _CacheStage:
     def text_encoder(self):
         """The frozen text encoder (for the stages whose data have captions), loaded once."""
         if self._text_encoder is None:
-            from arlon.models.text_encoder import TextEncoder
-
             self._text_encoder = TextEncoder.from_pretrained()
         return self._text_encoder
 
@@ -240,8 +128,6 @@ class _CacheStage:
 
     def _windows(self, cfg: TrainConfig, held_out: bool):
         if held_out not in self._loaded:
-            from arlon.data.latent_cache import LatentCache
-
             if "cache" not in cfg.data:
                 raise ArlonError(f"{cfg.stage} trains on {self.NEEDS}")
             if self._cache is None:
@@ -269,12 +155,10 @@ class VQStage(_CacheStage):
     DEFAULTS = {"decoder_only": False}
 
     def _make_windows(self, cfg: TrainConfig, cache, entries):
-        from arlon.data.latent_cache import LatentWindows
 
         return LatentWindows(cache, cfg.data.get("window", cache.window), entries=entries)
 
     def build_model(self, cfg: TrainConfig):
-        from arlon.models.latent_vqvae import latent_vqvae
 
         windows = self._windows(cfg, held_out=False)
         channels = windows[0]["latents"].shape[0]
@@ -319,14 +203,11 @@ class ARStage(_CacheStage):
     )
 
     def _make_windows(self, cfg: TrainConfig, cache, entries):
-        from arlon.data.latent_cache import CodeWindows
 
         stride = {**self.DEFAULTS, **cfg.data}["stride"]
         return CodeWindows(cache, self._frames(cfg), stride, entries)
 
     def dataset(self, cfg: TrainConfig):
-        from arlon.world.captions import parse_caption
-        from arlon.world.scene import world_event
 
         windows = super().dataset(cfg)
         data = {**self.DEFAULTS, **cfg.data}
@@ -352,12 +233,10 @@ class ARStage(_CacheStage):
 
     @staticmethod
     def _frames(cfg: TrainConfig) -> int:
-        from arlon.models.ar_transformer import AR_PRESETS
 
         return cfg.model.get("max_frames", AR_PRESETS[cfg.preset]["max_frames"])
 
     def build_model(self, cfg: TrainConfig):
-        from arlon.models.ar_transformer import ar_transformer
 
         windows = self._windows(cfg, held_out=False)
         _, h, w = windows[0]["codes"].shape
@@ -434,20 +313,17 @@ class DiTStage(_CacheStage):
     CONDITION = False  # the windows carry the coarse latent (ARLON)
 
     def _make_windows(self, cfg: TrainConfig, cache, entries):
-        from arlon.data.latent_cache import LatentWindows
 
         data = {**self.DEFAULTS, **cfg.data}
         return LatentWindows(cache, data["frames"], data["stride"], entries, self.CONDITION)
 
     def build_model(self, cfg: TrainConfig):
-        from arlon.models.stdit import stdit
 
         channels = self._windows(cfg, held_out=False)[0]["latents"].shape[0]
         sizes = dict(in_channels=channels, text_dim=self.text_encoder().dim)
         return stdit(cfg.preset, **{**sizes, **cfg.model})
 
     def _loss(self, model, batch, data: dict, dropout: float):
-        from arlon.diffusion.rectified_flow import flow_loss, resolution_shift
 
         x0 = batch["latents"]
         b, t = x0.shape[0], x0.shape[2]
@@ -504,7 +380,6 @@ class ARLONStage(DiTStage):
     CONDITION = True
 
     def build_model(self, cfg: TrainConfig):
-        from arlon.models.stdit import INJECTION_PRESETS, STDiT
 
         data = {**self.DEFAULTS, **cfg.data}
         if "baseline" not in data:
@@ -524,13 +399,6 @@ class ARLONStage(DiTStage):
 
 
 STAGES = {"vae": VAEStage, "vqvae": VQStage, "ar": ARStage, "dit": DiTStage, "arlon": ARLONStage}
-DEFAULT_PRESETS = {
-    "vae": "shapes-tiny",
-    "vqvae": "shapes-tiny-fine",
-    "ar": "shapes-tiny",
-    "dit": "shapes-tiny",
-    "arlon": "shapes-tiny",
-}
 
 
 def stage(name: str):

@@ -1,20 +1,31 @@
 """The one training loop every stage shares, on Hugging Face Accelerate.
 
-    arlon train vae --preset shapes-tiny --out runs/vae               # one process, CPU or GPU
-    accelerate launch --num_processes 2 -m arlon.cli train vae ...    # DDP (gloo on CPU), FSDP, ...
+    arlon train vae --preset shapes-tiny --out runs/vae                 # one process, CPU or GPU
+    accelerate launch --multi_gpu --num_processes 2 -m arlon.cli train vae ...  # DDP, gloo on CPU
 
 A stage says what to train (`Stage`: model, data set, loss, evaluation, export); this loop does the
 rest: AdamW with warm-up and cosine decay, gradient accumulation and clipping, EMA weights, bf16
 autocast, budgets in steps and minutes, progress, CSV (and TensorBoard) logs, and checkpoints that
-resume exactly. A checkpoint is Accelerate's full state (model, optimiser, scheduler, EMA, the data
-position, every process's RNG) written to a temporary folder and renamed into place; `latest` is
-switched only after that, so an interrupted run never leaves a broken checkpoint behind.
+resume exactly. A checkpoint is a folder of plain files, so resuming never unpickles anything:
+
+    checkpoints/latest                 the name of the newest checkpoint folder, e.g. step_0000200
+    checkpoints/step_0000200/
+        model.safetensors              the (unwrapped) model's weights
+        ema.safetensors                the EMA weights, when EMA is on
+        optimizer.pt                   AdamW's state: torch.save, read back with weights_only=True
+        state.json                     format, processes, progress, LR scheduler, EMA update count
+        rng_0.safetensors, rng_1 ...   each process's RNG (python, numpy, torch, CUDA), one per rank
+
+A checkpoint is written to `step_N.tmp` and renamed into place; `latest` is switched only after
+that, so an interrupted run never leaves a broken checkpoint behind. Ctrl-C checkpoints the last
+whole step. (Without --multi_gpu, `accelerate launch` on a machine without GPUs starts one process.)
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import json
 import math
 import os
 import shutil
@@ -26,11 +37,23 @@ from typing import Protocol
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
+from safetensors.torch import load_model, save_model
 from torch.utils.data import Dataset, default_collate
 from tqdm import tqdm
 
 from arlon.errors import ArlonError
+from arlon.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    checkpoint_to_resume,
+    load_optimizer,
+    load_rng,
+    publish,
+    reading,
+    rng_state,
+    save_rng,
+    set_rng_state,
+)
 from arlon.training.config import TrainConfig
 
 
@@ -152,178 +175,274 @@ class _Log:
                     self.tensorboard.add_scalar(f"{self.path.stem}/{k}", v, row["step"])
 
 
-def latest_checkpoint(out: Path) -> Path | None:
-    pointer = out / "checkpoints" / "latest"
-    if not pointer.exists():
-        return None
-    folder = out / "checkpoints" / pointer.read_text().strip()
-    if not folder.is_dir():
-        raise ArlonError(
-            f"{pointer} names {folder.name}, which is missing: the run folder is damaged"
-        )
-    return folder
-
-
 def train(stage: Stage, cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
     """Train `stage` into `out`; returns the exported model folder (`out/model`)."""
-    out = Path(out)
+    run = _Run(stage, cfg, Path(out), resume)
+    run.loop()
+    return run.export()
+
+
+class _Run:
+    """One training run: the accelerator, the model, its optimiser and all that a checkpoint holds."""
+
+    def __init__(self, stage: Stage, cfg: TrainConfig, out: Path, resume: bool):
+        self.stage, self.cfg, self.out = stage, cfg, out
+        self.accelerator = _accelerator(cfg)
+        self.main = self.accelerator.is_main_process
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        checkpoint = checkpoint_to_resume(out, resume)
+        if self.main:
+            out.mkdir(parents=True, exist_ok=True)
+            cfg.save(out / "config.yaml")
+
+        set_seed(cfg.seed)
+        model = stage.build_model(cfg)
+        if cfg.init_from is not None and checkpoint is None:
+            _load_weights(model, Path(cfg.init_from))
+        self.dataset = stage.dataset(cfg)
+        self.ema = None
+        if cfg.ema_decay > 0:
+            self.ema = EMA(model, cfg.ema_decay)
+            self.ema.model.to(self.accelerator.device)  # prepare() moves only the model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            self.params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.progress = Progress()
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint)
+        self.last_saved = self.progress.step
+        self.train_log = _Log(out / "train.csv", self.progress.step, self.main)
+        self.eval_log = _Log(out / "eval.csv", self.progress.step, self.main)
+        # Where a Ctrl-C finds the loop: "idle" between steps, "step" before the step changes any
+        # state (its RNG at the start is in `step_rng`), "update" while it does.
+        self.phase, self.step_rng = "idle", None
+        self.started = time.monotonic()
+
+    @property
+    def weights(self) -> torch.nn.Module:
+        """The model to evaluate and export: the EMA weights when there are some."""
+        return self.ema.model if self.ema is not None else self.accelerator.unwrap_model(self.model)
+
+    def loop(self) -> None:
+        """Steps until a budget is spent; the last state is always checkpointed, Ctrl-C included."""
+        cfg, progress = self.cfg, self.progress
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=progress.step,
+            desc=f"train {cfg.stage}",
+            unit="step",
+            disable=not self.main,
+        )
+        self.model.train()
+        try:
+            while progress.step < cfg.max_steps and not self.out_of_time():
+                tick = time.monotonic()
+                loss, logs, grad_norm = self.step()
+                rate = cfg.batch_size * cfg.grad_accum * self.world / (time.monotonic() - tick)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.1f}")
+                if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps:
+                    row = {"step": progress.step, "loss": loss.item()}
+                    row |= {"lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+                    row |= {"samples_per_s": rate, **{k: float(v) for k, v in logs.items()}}
+                    self.train_log.write(row)
+                every = cfg.eval_every
+                if every > 0 and progress.step % every == 0 and progress.step < cfg.max_steps:
+                    self.evaluate()
+                if progress.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            self.save_on_interrupt()
+            raise
+        finally:
+            bar.close()
+        if progress.step > self.last_saved:
+            self.save_checkpoint()
+        if cfg.eval_every >= 0:
+            self.evaluate()
+
+    def out_of_time(self) -> bool:
+        minutes = self.cfg.max_minutes
+        if minutes is None or time.monotonic() - self.started <= 60 * minutes:
+            return False
+        self.accelerator.print(f"time budget of {minutes} min reached at step {self.progress.step}")
+        return True
+
+    def batch(self, position: int):
+        """This process's share of the global batch that starts at data `position`."""
+        start = position + self.rank * self.cfg.batch_size
+        size, seed = len(self.dataset), self.cfg.seed
+        items = [self.dataset[_order(start + i, size, seed)] for i in range(self.cfg.batch_size)]
+        return _to(default_collate(items), self.accelerator.device)
+
+    def step(self) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """One optimiser step over `grad_accum` batches.
+
+        Weights, optimiser, EMA and progress change only in the update at the end, so a Ctrl-C
+        before it can checkpoint the step's starting point (with the RNG noted here) exactly.
+        """
+        cfg, accelerator = self.cfg, self.accelerator
+        self.step_rng, self.phase = rng_state(accelerator.device), "step"
+        position = self.progress.position
+        for _ in range(cfg.grad_accum):
+            batch = self.batch(position)
+            position += cfg.batch_size * self.world
+            with accelerator.accumulate(self.model):
+                with accelerator.autocast():
+                    loss, logs = self.stage.loss(self.model, batch, cfg)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(self.params, cfg.grad_clip)
+                    self.phase = "update"
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(accelerator.unwrap_model(self.model))
+        self.progress.step += 1
+        self.progress.position = position
+        self.phase = "idle"
+        return loss, logs, grad_norm
+
+    def evaluate(self) -> None:
+        if self.main:
+            results = self.stage.evaluate(self.weights, self.cfg)
+            if results:
+                self.eval_log.write({"step": self.progress.step, **results})
+                self.accelerator.print(
+                    f"eval at step {self.progress.step}: "
+                    + ", ".join(f"{k} {v:.4g}" for k, v in results.items())
+                )
+        self.accelerator.wait_for_everyone()
+
+    def save_on_interrupt(self) -> None:
+        """Checkpoint the last whole step on Ctrl-C; mid-update the weights are neither the old nor
+        the new ones, so the last checkpoint stays."""
+        step = self.progress.step
+        if self.phase == "update":
+            self.accelerator.print(
+                f"interrupted during the update of step {step + 1}: "
+                f"continue from step {self.last_saved} with --resume"
+            )
+            return
+        if step > self.last_saved:
+            self.save_checkpoint(self.step_rng if self.phase == "step" else None)
+        self.accelerator.print(
+            f"interrupted at step {step}: checkpoint saved, continue with --resume"
+        )
+
+    def save_checkpoint(self, rng: dict | None = None) -> None:
+        """Write `step_N.tmp`, rename it to `step_N`, then switch `latest`: a kill at any moment
+        leaves the last checkpoint whole. `rng` is this process's RNG state, by default now's."""
+        accelerator = self.accelerator
+        rng = rng_state(accelerator.device) if rng is None else rng
+        root = self.out / "checkpoints"
+        folder = root / f"step_{self.progress.step:07d}"
+        tmp = folder.with_name(folder.name + ".tmp")
+        accelerator.wait_for_everyone()
+        if self.main:
+            for stale in root.glob("step_*.tmp"):  # left by a killed run
+                shutil.rmtree(stale)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        if self.main:
+            self.write_shared_state(tmp)
+        save_rng(tmp / f"rng_{self.rank}.safetensors", rng)
+        accelerator.wait_for_everyone()
+        if self.main:
+            publish(tmp, folder, self.cfg.keep_checkpoints)
+        accelerator.wait_for_everyone()
+        self.last_saved = self.progress.step
+
+    def write_shared_state(self, folder: Path) -> None:
+        """The files all processes share (their copies are the same under DDP)."""
+        save_model(self.accelerator.unwrap_model(self.model), str(folder / "model.safetensors"))
+        if self.ema is not None:
+            save_model(self.ema.model, str(folder / "ema.safetensors"))
+        torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "processes": self.world,
+            "progress": self.progress.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema_updates": self.ema.updates if self.ema is not None else None,
+        }
+        (folder / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+
+    def load_checkpoint(self, folder: Path) -> None:
+        """Restore what `save_checkpoint` wrote, this process's RNG last. No file is unpickled,
+        and a damaged or missing one is an ArlonError that names it."""
+        if not (folder / "state.json").exists() and (folder / "optimizer.bin").exists():
+            raise ArlonError(
+                f"cannot resume from {folder}: it holds an older ARLON's pickled checkpoint, "
+                "which is not loaded any more; start a new run"
+            )
+        with reading(folder, "state.json") as path:
+            state = self.load_counters(json.loads(path.read_text()))
+        with reading(folder, "model.safetensors") as path:
+            load_model(self.accelerator.unwrap_model(self.model), path)
+        if self.ema is not None:
+            with reading(folder, "ema.safetensors") as path:
+                load_model(self.ema.model, path)
+                self.ema.updates = int(state["ema_updates"])
+        with reading(folder, "optimizer.pt") as path:
+            load_optimizer(self.optimizer, path)
+        with reading(folder, f"rng_{self.rank}.safetensors") as path:
+            set_rng_state(load_rng(path), self.accelerator.device)
+        self.accelerator.print(f"resumed from {folder.name} (step {self.progress.step})")
+
+    def load_counters(self, state: dict) -> dict:
+        """Progress and scheduler from state.json, checked against each other and this run."""
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a checkpoint state of format {CHECKPOINT_FORMAT}")
+        if state["processes"] != self.world:
+            raise ValueError(
+                f"written by {state['processes']} process(es), not {self.world}: "
+                "resume with as many as the run started with"
+            )
+        self.progress.load_state_dict(state["progress"])
+        scheduler = state["scheduler"]
+        if set(scheduler) != set(self.scheduler.state_dict()):
+            raise ValueError(f"the LR scheduler's state has keys {sorted(scheduler)}")
+        if scheduler["last_epoch"] != self.progress.step:
+            raise ValueError(f"the LR scheduler is at step {scheduler['last_epoch']}")
+        self.scheduler.load_state_dict(scheduler)
+        return state
+
+    def export(self) -> Path:
+        """Write the final model (the EMA weights when there are some) to `out/model`, atomically."""
+        folder = self.out / "model"
+        if self.main:
+            tmp = self.out / "model.tmp"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            self.stage.export(self.weights, self.cfg, tmp)
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+            minutes = (time.monotonic() - self.started) / 60
+            self.accelerator.print(
+                f"trained {self.cfg.stage} for {self.progress.step} steps in {minutes:.1f} min: "
+                f"{folder}"
+            )
+        self.accelerator.wait_for_everyone()
+        return folder
+
+
+def _accelerator(cfg: TrainConfig) -> Accelerator:
+    """The run's accelerator; sharded set-ups are refused, as checkpoints hold whole tensors."""
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         cpu=not torch.cuda.is_available(),
     )
-    main = accelerator.is_main_process
-    checkpoint = latest_checkpoint(out)
-    if checkpoint is not None and not resume:
-        raise ArlonError(
-            f"{out} already holds a run: pass --resume to continue it, or choose another --out"
-        )
-    if resume and checkpoint is None:
-        raise ArlonError(f"nothing to resume in {out}: no checkpoint there")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "config.yaml")
-
-    set_seed(cfg.seed)
-    model = stage.build_model(cfg)
-    if cfg.init_from is not None and checkpoint is None:
-        _load_weights(model, Path(cfg.init_from))
-    dataset = stage.dataset(cfg)
-    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    progress = Progress()
-    accelerator.register_for_checkpointing(scheduler, progress)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-    if checkpoint is not None:
-        try:
-            accelerator.load_state(str(checkpoint))
-        except Exception as e:  # a damaged checkpoint, or one from another model
-            raise ArlonError(f"cannot resume from {checkpoint}: {e}") from None
-        accelerator.print(f"resumed from {checkpoint.name} (step {progress.step})")
-
-    train_log = _Log(out / "train.csv", progress.step, main)
-    eval_log = _Log(out / "eval.csv", progress.step, main)
-    world, rank = accelerator.num_processes, accelerator.process_index
-
-    def next_batch():
-        start = progress.position + rank * cfg.batch_size
-        items = [dataset[_order(start + i, len(dataset), cfg.seed)] for i in range(cfg.batch_size)]
-        progress.position += cfg.batch_size * world
-        return _to(default_collate(items), accelerator.device)
-
-    def save_checkpoint() -> None:
-        accelerator.wait_for_everyone()
-        folder = out / "checkpoints" / f"step_{progress.step:07d}"
-        tmp = folder.with_name(folder.name + ".tmp")
-        if main and tmp.exists():
-            shutil.rmtree(tmp)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if main:
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-            pointer = out / "checkpoints" / "latest"
-            pointer.with_suffix(".tmp").write_text(folder.name)
-            os.replace(pointer.with_suffix(".tmp"), pointer)
-            kept = sorted(p for p in folder.parent.glob("step_*") if not p.name.endswith(".tmp"))
-            for old in kept[: -cfg.keep_checkpoints]:
-                shutil.rmtree(old)
-        accelerator.wait_for_everyone()
-
-    def evaluate() -> None:
-        if main:
-            target = ema.model if ema is not None else accelerator.unwrap_model(model)
-            results = stage.evaluate(target, cfg)
-            if results:
-                eval_log.write({"step": progress.step, **results})
-                accelerator.print(
-                    f"eval at step {progress.step}: "
-                    + ", ".join(f"{k} {v:.4g}" for k, v in results.items())
-                )
-        accelerator.wait_for_everyone()
-
-    started, last_saved = time.monotonic(), progress.step
-    bar = tqdm(
-        total=cfg.max_steps,
-        initial=progress.step,
-        desc=f"train {cfg.stage}",
-        unit="step",
-        disable=not main,
-    )
-    model.train()
-    try:
-        while progress.step < cfg.max_steps:
-            if cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes:
-                accelerator.print(
-                    f"time budget of {cfg.max_minutes} min reached at step {progress.step}"
-                )
-                break
-            tick = time.monotonic()
-            for _ in range(cfg.grad_accum):
-                batch = next_batch()
-                with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        loss, logs = stage.loss(model, batch, cfg)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            if ema is not None:
-                ema.update(accelerator.unwrap_model(model))
-            progress.step += 1
-            bar.update(1)
-            rate = cfg.batch_size * cfg.grad_accum * world / (time.monotonic() - tick)
-            bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.1f}")
-            if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps:
-                row = {"step": progress.step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]}
-                row |= {"grad_norm": float(grad_norm), "samples_per_s": rate}
-                row |= {k: float(v) for k, v in logs.items()}
-                train_log.write(row)
-            if (
-                cfg.eval_every > 0
-                and progress.step % cfg.eval_every == 0
-                and progress.step < cfg.max_steps
-            ):
-                evaluate()
-            if progress.step % cfg.checkpoint_every == 0:
-                save_checkpoint()
-                last_saved = progress.step
-    except KeyboardInterrupt:
-        bar.close()
-        if progress.step > last_saved:
-            save_checkpoint()
-        accelerator.print(
-            f"interrupted at step {progress.step}: checkpoint saved, continue with --resume"
-        )
-        raise
-    bar.close()
-    if progress.step > last_saved:
-        save_checkpoint()
-    if cfg.eval_every >= 0:
-        evaluate()
-    folder = out / "model"
-    if main:
-        target = ema.model if ema is not None else accelerator.unwrap_model(model)
-        tmp = out / "model.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        stage.export(target, cfg, tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-        accelerator.print(
-            f"trained {cfg.stage} for {progress.step} steps in {(time.monotonic() - started) / 60:.1f} min: {folder}"
-        )
-    accelerator.wait_for_everyone()
-    return folder
+    kind = accelerator.distributed_type
+    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        raise ArlonError(f"the trainer runs on one process or DDP; {kind.value} is not supported")
+    return accelerator
 
 
 def _load_weights(model: torch.nn.Module, folder: Path) -> None:

@@ -36,12 +36,6 @@ def embedded(component: str) -> Path:
 
 def load_embedded(component: str):
     """An embedded component as a float32 model in eval mode."""
-    import torch
+    from arlon.models.loading import load_model
 
-    from arlon.models.ar_transformer import ARTransformer
-    from arlon.models.latent_vqvae import LatentVQVAE
-    from arlon.models.stdit import STDiT
-    from arlon.models.video_vae import VideoVAE
-
-    cls = {"vae": VideoVAE, "ar": ARTransformer, "dit": STDiT}.get(component, LatentVQVAE)
-    return cls.from_pretrained(embedded(component), torch_dtype=torch.float32).eval()
+    return load_model(embedded(component), "vq" if component.startswith("vq") else component)

@@ -7,6 +7,7 @@ the held-out words, and direction keywords, so user prompts and paraphrases map 
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -56,6 +57,33 @@ def describe(spec: SceneSpec, rng: np.random.Generator, heldout: bool = False) -
         template = _BACKGROUND_TEMPLATES[rng.integers(len(_BACKGROUND_TEMPLATES))]
         text = template.format(objects=objects, bg=pick(vocab.BACKGROUND_WORDS[spec.background]))
     return text[0].upper() + text[1:]
+
+
+@functools.cache
+def training_words() -> frozenset[str]:
+    """Every word a training caption can use (`describe` without held-out words), lower case."""
+    tables = (
+        vocab.COLOUR_WORDS,
+        vocab.BACKGROUND_WORDS,
+        vocab.SHAPE_WORDS,
+        vocab.SIZE_WORDS,
+        vocab.SPEED_WORDS,
+        vocab.MOTION_WORDS,
+    )
+    phrases = [w for table in tables for words in table.values() for w in words.train]
+    phrases += [t.format(objects="a an and", bg="") for t in _BACKGROUND_TEMPLATES]
+    return frozenset(word for phrase in phrases for word in words_of(phrase))
+
+
+def words_of(text: str) -> list[str]:
+    """The words of `text`, lower case, in order; hyphens and digits split words."""
+    return re.findall(r"[^\W\d_]+", text.lower())
+
+
+def unknown_words(prompt: str) -> list[str]:
+    """The words of `prompt` that no training caption uses, each once, in order."""
+    known = training_words()
+    return list(dict.fromkeys(w for w in words_of(prompt) if w not in known))
 
 
 def _article(noun: str) -> str:

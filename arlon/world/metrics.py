@@ -24,10 +24,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from arlon.data.timeline import check_timeline
+from arlon.errors import ArlonError
+from arlon.frames import psnr
+from arlon.timeline import Timeline
+from arlon.utils import read_json
 from arlon.world import vocab
 from arlon.world.captions import parse_caption
 from arlon.world.detect import Detection, Detector, FrameDetection, size_class
@@ -60,11 +64,19 @@ class Expected:
         return cls(specs, starts, truth["num_frames"], truth["height"], truth["width"], hidden)
 
     @classmethod
+    def read(cls, path: Path) -> Expected:
+        """From a ground-truth file (`arlon world render`'s JSON), or a one-line error."""
+        try:
+            return cls.from_truth(read_json(path, "ground truth"))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ArlonError(f"{path} is not a shapes-world ground-truth file") from None
+
+    @classmethod
     def from_timeline(
-        cls, timeline: list[tuple[int, str]], num_frames: int, height: int, width: int
+        cls, timeline: Timeline | list[tuple[int, str]], num_frames: int, height: int, width: int
     ) -> Expected:
         """From a prompt timeline: only what the captions say is judged."""
-        check_timeline(timeline)
+        timeline = Timeline.of(timeline)
         specs = [parse_caption(text) for _, text in timeline]
         return cls(specs, [s for s, _ in timeline], num_frames, height, width)
 
@@ -225,15 +237,6 @@ def compare_to_truth(
     return pairs
 
 
-PSNR_CAP = 100.0
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR (dB) of two uint8 arrays of the same shape; identical arrays give `PSNR_CAP`."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(255.0**2 / mse))
-
-
 def _wrap(d: float, extent: int) -> float:
     return (d + extent / 2) % extent - extent / 2
 
@@ -274,87 +277,104 @@ def _speed_class(track: list, frames: range, height: int, width: int) -> str | N
     return min(vocab.SPEEDS, key=lambda s: abs(vocab.SPEEDS[s] - speed))
 
 
-def _records(
-    dets: list[FrameDetection], exp: Expected, cfg: MetricSettings
-) -> dict[str, np.ndarray]:
-    n, side = exp.num_frames, min(exp.height, exp.width)
-    still_below = cfg.still_below * vocab.SPEEDS["slow"] * side
-    seg = exp.segment_of()
-    seg_end = {
-        k: (exp.starts[k + 1] if k + 1 < len(exp.starts) else n) for k in range(len(exp.starts))
-    }
-    names = ("colour", "shape", "size", "background", "motion", "speed", "count", "identity")
-    rec = {f"{m}_{s}": np.zeros(n) for m in names for s in ("ok", "total")}
-    rec["holds"] = np.zeros(n)
-    by_colour = [d.by_colour() for d in dets]
-    tracks = {
-        c: [(bc[c].x, bc[c].y) if c in bc else None for bc in by_colour] for c in vocab.COLOURS
-    }
+class _Records:
+    """Per-frame counts of what was judged and what was right, per metric (`colour_ok`,
+    `colour_total`, ...), and whether the whole caption holds in each frame (`holds`)."""
 
-    def add(name: str, f: int, ok: bool) -> None:
-        rec[f"{name}_ok"][f] += ok
-        rec[f"{name}_total"][f] += 1
+    NAMES = ("colour", "shape", "size", "background", "motion", "speed", "count", "identity")
 
-    for f in range(n):
-        spec, found = exp.specs[seg[f]], by_colour[f]
-        hidden = exp.hidden[f] if exp.hidden else set()
-        end = seg_end[seg[f]]
+    def __init__(self, dets: list[FrameDetection], exp: Expected, cfg: MetricSettings):
+        self.dets, self.exp, self.cfg = dets, exp, cfg
+        n = exp.num_frames
+        self.side = min(exp.height, exp.width)
+        self.still_below = cfg.still_below * vocab.SPEEDS["slow"] * self.side
+        self.seg = exp.segment_of()
+        starts = exp.starts
+        self.seg_end = {
+            k: (starts[k + 1] if k + 1 < len(starts) else n) for k in range(len(starts))
+        }
+        self.rec = {f"{m}_{s}": np.zeros(n) for m in self.NAMES for s in ("ok", "total")}
+        self.rec["holds"] = np.zeros(n)
+        self.by_colour = [d.by_colour() for d in dets]
+        self.tracks = {
+            c: [(bc[c].x, bc[c].y) if c in bc else None for bc in self.by_colour]
+            for c in vocab.COLOURS
+        }
+
+    def add(self, name: str, f: int, ok: bool) -> bool:
+        self.rec[f"{name}_ok"][f] += ok
+        self.rec[f"{name}_total"][f] += 1
+        return ok
+
+    def hidden(self, f: int) -> set[str]:
+        return self.exp.hidden[f] if self.exp.hidden else set()
+
+    def frame(self, f: int) -> None:
+        """Judge frame `f` against the caption of its segment."""
+        exp, det = self.exp, self.dets[f]
+        spec, hidden = exp.specs[self.seg[f]], self.hidden(f)
         holds = True
         if spec.background is not None:
-            add("background", f, dets[f].background == spec.background)
-            holds &= dets[f].background == spec.background
+            holds &= self.add("background", f, det.background == spec.background)
         if not hidden:
-            add("count", f, len(dets[f].objects) == len(spec.objects))
-            holds &= len(dets[f].objects) == len(spec.objects)
+            holds &= self.add("count", f, len(det.objects) == len(spec.objects))
         for o in spec.objects:
-            d = found.get(o.colour)
+            d = self.by_colour[f].get(o.colour)
             if o.colour in hidden:
                 # Overlapping objects are not judged, but the caption holds only if they are there.
                 holds &= d is not None
                 continue
-            add("colour", f, d is not None)
-            holds &= d is not None
-            if d is None:
-                continue
-            if not d.partial:
-                add("shape", f, d.shape == o.shape)
-                holds &= d.shape == o.shape
-                if o.size is not None:
-                    add("size", f, size_class(d.size, side) == o.size)
-            if f + 1 < end and (o.colour not in (exp.hidden[f + 1] if exp.hidden else set())):
-                nxt = by_colour[f + 1].get(o.colour)
-                ok = nxt is not None
-                if ok:
-                    jump = math.hypot(_wrap(nxt.x - d.x, exp.width), _wrap(nxt.y - d.y, exp.height))
-                    ok = jump <= cfg.max_jump * side and 0.75 <= nxt.size / d.size <= 1.33
-                    ok &= d.partial or nxt.partial or nxt.shape == d.shape
-                add("identity", f, ok)
-            if o.motion is not None:
-                # A short window from this frame tells whether the motion already holds here.
-                short = range(f, min(f + cfg.hold + 1, end))
-                if len(short) >= 3:
-                    holds &= _motion_ok(
-                        o.motion,
-                        _velocity(tracks[o.colour], short, exp.height, exp.width),
-                        still_below,
-                    )
-        rec["holds"][f] = holds
+            holds &= self.add("colour", f, d is not None)
+            if d is not None:
+                holds &= self.object(f, o, d)
+        self.rec["holds"][f] = holds
 
-    for k, start in enumerate(exp.starts):
-        spec = exp.specs[k]
-        for w0 in range(start, seg_end[k] - cfg.motion_window + 1, cfg.motion_window):
-            window = range(w0, w0 + cfg.motion_window)
-            for o in spec.objects:
-                if o.motion is None or (
-                    exp.hidden and any(o.colour in exp.hidden[f] for f in window)
-                ):
-                    continue
-                v = _velocity(tracks[o.colour], window, exp.height, exp.width)
-                add("motion", w0, _motion_ok(o.motion, v, still_below))
-                if o.speed is not None and o.motion != "still":
-                    add(
-                        "speed",
-                        w0,
-                        _speed_class(tracks[o.colour], window, exp.height, exp.width) == o.speed,
-                    )
-    return rec
+    def object(self, f: int, o, d) -> bool:
+        """Judge the asked object `o`, found as `d` in frame `f`; whether it holds there."""
+        exp, cfg, end = self.exp, self.cfg, self.seg_end[self.seg[f]]
+        holds = True
+        if not d.partial:
+            holds &= self.add("shape", f, d.shape == o.shape)
+            if o.size is not None:
+                self.add("size", f, size_class(d.size, self.side) == o.size)
+        if f + 1 < end and o.colour not in self.hidden(f + 1):
+            nxt = self.by_colour[f + 1].get(o.colour)
+            ok = nxt is not None
+            if ok:
+                jump = math.hypot(_wrap(nxt.x - d.x, exp.width), _wrap(nxt.y - d.y, exp.height))
+                ok = jump <= cfg.max_jump * self.side and 0.75 <= nxt.size / d.size <= 1.33
+                ok &= d.partial or nxt.partial or nxt.shape == d.shape
+            self.add("identity", f, ok)
+        if o.motion is not None:
+            # A short window from this frame tells whether the motion already holds here.
+            short = range(f, min(f + cfg.hold + 1, end))
+            if len(short) >= 3:
+                v = _velocity(self.tracks[o.colour], short, exp.height, exp.width)
+                holds &= _motion_ok(o.motion, v, self.still_below)
+        return holds
+
+    def motion_windows(self) -> None:
+        """Judge motion and speed over windows of `motion_window` frames in each segment."""
+        exp, cfg = self.exp, self.cfg
+        for k, start in enumerate(exp.starts):
+            for w0 in range(start, self.seg_end[k] - cfg.motion_window + 1, cfg.motion_window):
+                window = range(w0, w0 + cfg.motion_window)
+                for o in exp.specs[k].objects:
+                    if o.motion is None or any(o.colour in self.hidden(f) for f in window):
+                        continue
+                    track = self.tracks[o.colour]
+                    v = _velocity(track, window, exp.height, exp.width)
+                    self.add("motion", w0, _motion_ok(o.motion, v, self.still_below))
+                    if o.speed is not None and o.motion != "still":
+                        speed = _speed_class(track, window, exp.height, exp.width)
+                        self.add("speed", w0, speed == o.speed)
+
+
+def _records(
+    dets: list[FrameDetection], exp: Expected, cfg: MetricSettings
+) -> dict[str, np.ndarray]:
+    records = _Records(dets, exp, cfg)
+    for f in range(exp.num_frames):
+        records.frame(f)
+    records.motion_windows()
+    return records.rec

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from arlon.data.timeline import check_timeline
 from arlon.errors import ArlonError
+from arlon.timeline import Timeline
 from arlon.utils import atomic_path
 from arlon.world import vocab
 from arlon.world.captions import describe, parse_caption
@@ -119,7 +119,7 @@ def random_episode(
 
 
 def episode_from_timeline(
-    timeline: list[tuple[int, str]],
+    timeline: Timeline | list[tuple[int, str]],
     num_frames: int,
     seed: int = 0,
     height: int = 64,
@@ -129,7 +129,7 @@ def episode_from_timeline(
     """The clean render of a prompt timeline: what a perfect generator would show for it."""
     check_size(height, width)
     _check_frames(num_frames)
-    check_timeline(timeline)
+    timeline = Timeline.of(timeline)
     rng = _rng(seed, 0)
     specs = [complete_spec(parse_caption(text), rng) for _, text in timeline]
     initial = place(specs[0], _rng(seed, 2), height, width)

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from arlon.data.timeline import Timeline, check_timeline
 from arlon.errors import ArlonError
+from arlon.frames import to_frames
+from arlon.timeline import Timeline
 
 # Token frames of the neighbouring windows each window is decoded with. On the seventh AR run's
 # 600-frame timelines, 2 gains 0.0-0.7 points of identity over 0 on three draws of it (0.3 on
@@ -42,11 +43,10 @@ def latent_frame(frame: int, temporal_ratio: int) -> int:
 def token_timeline(timeline: Timeline, temporal_ratio: int, r_t: int) -> Timeline:
     """A timeline in video frames -> the same in token frames (two switches inside one token frame:
     the later one wins)."""
-    check_timeline(timeline)
     by_start: dict[int, str] = {}
-    for start, prompt in timeline:
+    for start, prompt in Timeline.of(timeline):
         by_start[latent_frame(start, temporal_ratio) // r_t] = prompt
-    return sorted(by_start.items())
+    return Timeline(sorted(by_start.items()))
 
 
 @torch.inference_mode()
@@ -129,8 +129,8 @@ def coarse_frames(
         raise ArlonError(f"num_frames must be >= 1, got {num_frames}")
     left = num_frames
     for video in vae.decode_stream(coarse_latents(codes, vq, code_window)):
-        frames = ((video[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (3, T, H, W)
-        yield from frames.permute(1, 2, 3, 0)[:left].numpy()  # (H, W, 3) each
-        left -= min(left, frames.shape[1])
+        frames = to_frames(video[0])[:left]  # (t, H, W, 3)
+        yield from frames
+        left -= len(frames)
         if left == 0:
             return

@@ -1,0 +1,53 @@
+"""`arlon bench`: speed and memory of generation per stage and length, the DiT against FLOP/s."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from arlon.cli.common import positive_int
+from arlon.cli.generate import MODES
+
+
+def add_parsers(commands) -> None:
+    p = commands.add_parser(
+        "bench",
+        help="speed and memory: generation per stage and vs length, DiT FLOP/s, training",
+        description="Measure `arlon generate` end to end and per stage at each length (each in a "
+        "fresh process: peak memory is per process), the DiT's achieved FLOP/s against this "
+        "machine's matmul FLOP/s measured in the same run, and each stage's training samples/s. "
+        "Prints JSON lines and a table; --out also writes bench.json and bench.md.",
+    )
+    p.add_argument(
+        "--lengths",
+        type=positive_int,
+        nargs="+",
+        default=[120, 600, 2400],
+        help="video lengths in frames (default 120 600 2400)",
+    )
+    p.add_argument("--steps", type=positive_int, default=5, help="DiT steps (default 5)")
+    p.add_argument("--mode", choices=MODES, default="arlon")
+    p.add_argument("--model", type=Path, help="pipeline folder (default: the embedded one)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
+    p.add_argument("--train-data", type=Path, help="latent cache for the training speeds")
+    p.add_argument("--train-steps", type=positive_int, default=6, help="steps timed per stage")
+    p.add_argument("--no-train", action="store_true", help="skip the training speeds")
+    p.add_argument("--out", type=Path, help="folder for bench.json and bench.md")
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    from arlon.evaluation.bench import BenchSettings, markdown
+    from arlon.evaluation.bench import run_bench as run
+    from arlon.pipeline import DiTSampling
+
+    settings = BenchSettings(
+        model=args.model,
+        lengths=tuple(args.lengths),
+        sampling=DiTSampling(args.steps, mode=args.mode),
+        threads=args.threads,
+        train_data=args.train_data,
+        train_steps=args.train_steps,
+        train=not args.no_train,
+    )
+    print(markdown(run(settings, args.out)))

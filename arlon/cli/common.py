@@ -1,0 +1,198 @@
+"""What every command shares: the parser class, argument types, timelines, JSON reports.
+
+Arguments and input files are checked here, before any model loads (torch alone takes about two
+seconds to import), so a mistake is reported at once, on one line, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from arlon.errors import ArlonError
+from arlon.timeline import Timeline
+from arlon.utils import atomic_path, check_seed
+from arlon.world.captions import unknown_words
+
+# What `arlon generate` writes (the video writer's formats, without importing it and torch).
+VIDEO_SUFFIXES = (".mp4", ".gif")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, whose mistakes are `ArlonError`s: one line, no usage dump, exit status 2."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("arlon").strip()
+        raise ArlonError(f"{command}: {message}" if command else message)
+
+
+# -- argument types: each names the rule it enforces --------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def count(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _number(text, float)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    try:
+        return check_seed(_number(text, int))
+    except ArlonError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def int_list(text: str) -> list[int]:
+    """Comma-separated positive integers, e.g. `1,3,5`."""
+    return [positive_int(part) for part in text.split(",")]
+
+
+def name_list(choices: tuple[str, ...]):
+    """A type for comma-separated names, each one of `choices`."""
+
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        wrong = [n for n in names if n not in choices]
+        if not names or wrong:
+            raise argparse.ArgumentTypeError(
+                f"takes comma-separated names of {', '.join(choices)}, got {text!r}"
+            )
+        return names
+
+    return parse
+
+
+def _number(text: str, kind: type):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if kind is float and value != value:  # NaN compares false with everything
+        raise argparse.ArgumentTypeError("expected a number, got nan")
+    return value
+
+
+# -- files ----------------------------------------------------------------------------------------
+
+
+def output_file(path: Path, suffixes: tuple[str, ...] = ()) -> Path:
+    """An output path whose folder exists and whose suffix is one of `suffixes` (when given)."""
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ArlonError(f"cannot write {path}: the suffix must be one of {', '.join(suffixes)}")
+    if path.is_dir():
+        raise ArlonError(f"cannot write {path}: it is a folder")
+    if not path.parent.is_dir():
+        raise ArlonError(f"cannot write {path}: the folder {path.parent} does not exist")
+    return path
+
+
+def input_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise ArlonError(f"no such {what}: {path}")
+    return path
+
+
+# -- prompts --------------------------------------------------------------------------------------
+
+
+def timeline_of(prompts: list[str], every: int | None, file: Path | None) -> Timeline:
+    """The timeline of `--timeline FILE`, or of prompts (several: switched every `every` frames)."""
+    if file is not None:
+        if prompts:
+            raise ArlonError("give prompts or --timeline, not both")
+        return Timeline.read(file)
+    if not prompts:
+        raise ArlonError("give a prompt (or --prompt ... --switch-every N, or --timeline FILE)")
+    if len(prompts) > 1 and every is None:
+        raise ArlonError("several prompts need --switch-every N (frames per prompt)")
+    if every is not None:
+        return Timeline.every(prompts, every)
+    return Timeline.of(prompts[0])
+
+
+def warn_unknown_words(timeline: Timeline) -> None:
+    """Say which words of each prompt no training caption used: the model knows nothing of them."""
+    for start, prompt in timeline:
+        unknown = unknown_words(prompt)
+        if unknown:
+            shown = ", ".join(unknown[:12]) + (", ..." if len(unknown) > 12 else "")
+            where = "" if len(timeline) == 1 else f" (frame {start})"
+            warn(f"the model never saw these words in training{where}: {shown}")
+
+
+def warn(message: str) -> None:
+    print(f"arlon: warning: {message}", file=sys.stderr)
+
+
+# -- AR sampling ----------------------------------------------------------------------------------
+
+
+def add_ar_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The AR's sampling settings as options (`--ar-temperature` with prefix "ar-")."""
+    parser.add_argument(
+        f"--{prefix}temperature",
+        type=non_negative_float,
+        default=1.0,
+        help="AR sampling temperature, 0: greedy (default 1)",
+    )
+    parser.add_argument(
+        f"--{prefix}top-k", type=count, default=0, help="keep the k likeliest codes (0: all)"
+    )
+    parser.add_argument(
+        f"--{prefix}top-p",
+        type=positive_float,
+        default=1.0,
+        help="nucleus sampling mass in (0, 1] (default 1)",
+    )
+    parser.add_argument(
+        f"--{prefix}guidance",
+        type=non_negative_float,
+        help="AR classifier-free guidance (default 3; 1: none, faster)",
+    )
+
+
+def ar_settings(args: argparse.Namespace, prefix: str = "") -> dict:
+    """The AR options of `add_ar_args` as `ARSampling`'s keyword arguments (None: its default)."""
+    names = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p"}
+    settings = {field: getattr(args, prefix + name) for name, field in names.items()}
+    if getattr(args, prefix + "guidance") is not None:
+        settings["guidance_scale"] = getattr(args, prefix + "guidance")
+    if not settings["top_p"] <= 1:
+        raise ArlonError(f"--{prefix.replace('_', '-')}top-p must lie in (0, 1]")
+    return settings
+
+
+# -- reports --------------------------------------------------------------------------------------
+
+
+def emit_json(report: dict, out: Path | None) -> None:
+    """Print a report as JSON, and write it atomically to `out` too when given."""
+    text = json.dumps(report, indent=2)
+    if out is not None:
+        with atomic_path(out) as tmp:
+            tmp.write_text(text)
+    print(text)

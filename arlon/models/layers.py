@@ -1,0 +1,20 @@
+"""Layers shared by the AR transformer and the STDiT."""
+
+from __future__ import annotations
+
+import torch
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, ...]:
+    """cos and sin `(N, head_dim)` of positions `(N,)` (Su et al. 2021, arxiv.org/abs/2104.09864),
+    in the half-split layout of Llama."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device) / head_dim)
+    angles = positions.float()[:, None] * inv_freq[None]  # (N, head_dim / 2)
+    angles = torch.cat([angles, angles], dim=-1)  # (N, head_dim)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)

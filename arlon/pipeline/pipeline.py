@@ -1,0 +1,470 @@
+"""ARLONPipeline: a prompt or a timeline of prompts -> a long video, in memory that does not grow.
+
+    pipe = ARLONPipeline.from_pretrained(ROOT)                  # arlon.weights.ROOT: the embedded model
+    video = pipe("a red circle moves right on a black background", num_frames=600).frames[0]
+    for frame in pipe.stream(timeline=[(0, "..."), (240, "...")], num_frames=2400): ...
+
+The stages, each holding a bounded window:
+
+1. the text encoder turns each prompt of the timeline into token states (cached per prompt);
+2. the AR transformer streams codes token frame by token frame (sliding window, KV cache,
+   classifier-free guidance: `ARSampling`), its prefix switching at the timeline's boundaries; the
+   fine VQ-VAE decodes each window of codes into the coarse latent F (with a little of the windows
+   on either side: `arlon.pipeline.coarse.coarse_latents`);
+3. the DiT denoises the video latent segment by segment: `segment_frames` latent frames, the first
+   `reference_frames` of them the clean tail of the previous segment (timestep 0), guided by F of
+   the same frames (mode "arlon"; mode "baseline" runs the same chain without F, Open-Sora's
+   loop), in `num_inference_steps` Euler steps with classifier-free guidance on the text;
+4. the VAE decodes the new latent frames causally and streams frames out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.utils import BaseOutput
+from tqdm.auto import tqdm
+
+from arlon.data.latent_cache import encode_video
+from arlon.diffusion.rectified_flow import guided, sample
+from arlon.errors import ArlonError
+from arlon.frames import to_frames
+from arlon.models.ar_sampler import ARSampler, ARSampling
+from arlon.models.text_encoder import TextEncoder
+from arlon.pipeline.coarse import coarse_latents, latent_frame, sample_codes, token_timeline
+from arlon.pipeline.folders import MODELS, assemble, load_components
+from arlon.timeline import Timeline
+from arlon.utils import check_seed
+
+MODES = ("arlon", "baseline")
+
+
+@dataclass(frozen=True)
+class DiTSampling:
+    """How the DiT renders each segment: Euler steps, text guidance (1: none), and `mode`:
+    "arlon" (guided by the AR's coarse latent) or "baseline" (text only, Open-Sora's loop)."""
+
+    num_inference_steps: int = 5
+    guidance_scale: float = 1.0
+    mode: str = "arlon"
+
+    def __post_init__(self):
+        steps = self.num_inference_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ArlonError(f"the number of steps must be a positive integer, got {steps!r}")
+        if not self.guidance_scale >= 0:
+            raise ArlonError(f"the DiT guidance scale must be >= 0, got {self.guidance_scale}")
+        if self.mode not in MODES:
+            raise ArlonError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+
+
+@dataclass
+class ARLONPipelineOutput(BaseOutput):
+    """`frames`: `(1, T, H, W, 3)` uint8 for output_type "np", or a list of one list of PIL images."""
+
+    frames: np.ndarray | list
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage during a generation (AR includes the fine VQ-VAE's decoding)."""
+
+    ar: float = 0.0
+    dit: float = 0.0
+    vae: float = 0.0
+    frames: int = 0
+    segments: int = 0
+
+    def as_dict(self) -> dict:
+        total = self.ar + self.dit + self.vae
+        return {
+            "frames": self.frames,
+            "segments": self.segments,
+            "seconds": {"ar": self.ar, "dit": self.dit, "vae": self.vae, "total": total},
+        }
+
+
+@dataclass
+class _Job:
+    """One generation's inputs, checked, as the stages read them."""
+
+    timeline: Timeline
+    num_frames: int
+    height: int
+    width: int
+    sampling: DiTSampling
+    seed: int
+    segments: int
+    new_latents: int
+    init: torch.Tensor | None  # the continued video's reference latents (1, C, r, h, w)
+
+
+class ARLONPipeline(DiffusionPipeline):
+    """Text-to-long-video with an AR transformer guiding a DiT (ARLON). See the module docstring."""
+
+    def __init__(
+        self,
+        text_encoder: TextEncoder,
+        ar,
+        vq,
+        dit,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        vae,
+        segment_frames: int = 9,
+        reference_frames: int = 2,
+        fps: float = 8.0,
+    ):
+        super().__init__()
+        if not 0 < reference_frames < segment_frames:
+            raise ArlonError(
+                f"reference_frames must be in [1, segment_frames), got {reference_frames} of "
+                f"{segment_frames}"
+            )
+        if not fps > 0:
+            raise ArlonError(f"fps must be positive, got {fps}")
+        self.register_modules(
+            text_encoder=text_encoder, ar=ar, vq=vq, dit=dit, scheduler=scheduler, vae=vae
+        )
+        self.register_to_config(
+            segment_frames=segment_frames, reference_frames=reference_frames, fps=fps
+        )
+        self.last_times = StageTimes()
+
+    # -- folders ----------------------------------------------------------------------------------
+
+    def save_pretrained(self, folder: str | Path, text_encoder_packaged: bool = True) -> None:
+        """Write one subfolder per component and `model_index.json`. `text_encoder_packaged`
+        writes only a pointer to the packaged text encoder instead of its 90 MB of weights."""
+        folder = Path(folder)
+        for name in MODELS:
+            getattr(self, name).save_pretrained(folder / name)
+        text_encoder = None
+        if not text_encoder_packaged:
+            text_encoder = folder / "text_encoder"
+            self.text_encoder.save_pretrained(text_encoder)
+        settings = {k: self.config[k] for k in ("segment_frames", "reference_frames", "fps")}
+        folders = {name: folder / name for name in MODELS}
+        assemble(folder, folders, text_encoder, self.scheduler.config.shift, settings)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, **overrides) -> ARLONPipeline:
+        """Load a pipeline folder (`arlon.pipeline.folders`); `overrides` replace components by
+        name (e.g. `dit=...`). Every way a folder can be wrong is a one-line `ArlonError`."""
+        parts, settings = load_components(folder, skip=tuple(overrides))
+        return cls(**parts, **overrides, **settings).set_eval()
+
+    def set_eval(self) -> ARLONPipeline:
+        for name in MODELS:
+            getattr(self, name).eval()
+        return self
+
+    # -- geometry ---------------------------------------------------------------------------------
+
+    @property
+    def temporal_ratio(self) -> int:
+        return self.vae.temporal_ratio
+
+    @property
+    def spatial_ratio(self) -> int:
+        """Pixels per DiT token side: the VAE's ratio times the DiT's patch."""
+        return self.vae.spatial_ratio * self.dit.patch_size[1]
+
+    def default_size(self) -> tuple[int, int]:
+        """The frame size the AR transformer draws: its token grid, through the VQ and the VAE."""
+        c, ratio = self.ar.config, self.vae.spatial_ratio
+        return c.frame_height * self.vq.ratio[1] * ratio, c.frame_width * self.vq.ratio[2] * ratio
+
+    def check_inputs(self, num_frames, height: int, width: int, sampling: DiTSampling) -> None:
+        """Errors a generation would meet, before any work: length, size against the models."""
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+            raise ArlonError(f"the number of frames must be a positive integer, got {num_frames!r}")
+        s = self.spatial_ratio
+        if height % s or width % s or height < s or width < s:
+            raise ArlonError(
+                f"height and width must be positive multiples of {s}, got {height}x{width}"
+            )
+        if sampling.mode == "arlon" and (height, width) != self.default_size():
+            raise ArlonError(
+                "this AR transformer draws {}x{} videos, not {}x{} (mode baseline takes other "
+                "sizes)".format(*self.default_size(), height, width)
+            )
+
+    def _plan(self, num_frames: int, continued: bool = False) -> tuple[int, int]:
+        """`(segments, new latent frames)` for `num_frames` video frames (continuing a video: they
+        follow its reference frames)."""
+        s, r = self.config.segment_frames, self.config.reference_frames
+        # new latent frames: a causal VAE's first latent is one frame, the others four
+        if not continued:
+            needed = 1 + latent_frame(num_frames - 1, self.temporal_ratio)
+            segments = 1 + max(0, -(-(needed - s) // (s - r)))
+        else:
+            needed = -(-num_frames // self.temporal_ratio)
+            segments = -(-needed // (s - r))
+        return segments, segments * (s - r) + (0 if continued else r)
+
+    def seams(self, num_frames: int) -> list[int]:
+        """Video frames t whose successor t + 1 is the first new frame of a DiT segment."""
+        s, r = self.config.segment_frames, self.config.reference_frames
+        segments, _ = self._plan(num_frames)
+        ends = [self.vae.video_frames(k * (s - r) + s) - 1 for k in range(segments)]
+        return [end for end in ends if end + 1 < num_frames]
+
+    def _token_frames(self, new_latents: int) -> int:
+        """AR token frames that cover `new_latents` latent frames: whole VQ windows."""
+        frames_per_window = self.ar.config.code_window * self.vq.ratio[0]
+        return -(-new_latents // frames_per_window) * self.ar.config.code_window
+
+    # -- generation -------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def stream(
+        self,
+        prompt: str | None = None,
+        *,
+        timeline: Timeline | list[tuple[int, str]] | None = None,
+        num_frames: int = 600,
+        height: int | None = None,
+        width: int | None = None,
+        sampling: DiTSampling = DiTSampling(),
+        ar_sampling: ARSampling = ARSampling(),
+        seed: int = 0,
+        init_video: np.ndarray | str | Path | None = None,
+        progress: bool = True,
+        codes: Iterable[torch.Tensor] | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Frames `(H, W, 3)` uint8, one at a time, as the stages produce them.
+
+        `init_video` (frames `(T, H, W, 3)` uint8 or a video file) is continued: its last latent
+        frames are the first segment's reference and its codes the AR's history; the frames
+        returned are the `num_frames` that follow it. `codes`: the AR's token frames `(h, w)` for
+        this video, sampled beforehand (`sample_codes` draws many videos' at once); `ar_sampling`
+        is then unused."""
+        job = self._job(prompt, timeline, num_frames, height, width, sampling, seed, init_video)
+        times = self.last_times = StageTimes()
+        conditions = None
+        if sampling.mode == "arlon":
+            conditions = self._conditions(job, ar_sampling, codes, times)
+        bars = _Bars(progress, num_frames, job.segments)
+        yield from self._decode(job, self._latents(job, conditions, times, bars), times, bars)
+        bars.close()
+
+    def _job(self, prompt, timeline, num_frames, height, width, sampling, seed, init_video) -> _Job:
+        if (prompt is None) == (timeline is None):
+            raise ArlonError("give either a prompt or a timeline")
+        timeline = Timeline.of(prompt if timeline is None else timeline)
+        init = None if init_video is None else self._encode_init(init_video)
+        if init is not None:
+            height, width = (n * self.vae.spatial_ratio for n in init.shape[3:])
+        default_h, default_w = self.default_size()
+        height, width = height or default_h, width or default_w
+        self.check_inputs(num_frames, height, width, sampling)
+        segments, new_latents = self._plan(num_frames, continued=init is not None)
+        return _Job(
+            timeline,
+            num_frames,
+            height,
+            width,
+            sampling,
+            check_seed(seed),
+            segments,
+            new_latents,
+            init,
+        )
+
+    def _decode(self, job: _Job, latents, times: StageTimes, bars) -> Iterator[np.ndarray]:
+        """The VAE's frames of `latents`, less the continued video's own frames, cut to length."""
+        skip = 0 if job.init is None else self.vae.video_frames(self.config.reference_frames)
+        left = job.num_frames
+        decoder = self.vae.decode_stream(latents)
+        while left > 0:
+            upstream, started = times.ar + times.dit, time.perf_counter()
+            video = next(decoder)  # (1, 3, t, H, W); pulls the AR and DiT stages as needed
+            frames = to_frames(video[0])[skip:][:left]
+            skip = max(0, skip - video.shape[2])
+            times.vae += time.perf_counter() - started - (times.ar + times.dit - upstream)
+            yield from frames
+            left -= len(frames)
+            times.frames += len(frames)
+            bars.frames.update(len(frames))
+        decoder.close()
+
+    def _encode_init(self, video: np.ndarray | str | Path) -> torch.Tensor:
+        """The last `reference_frames` latent frames `(1, C, r, h, w)` of a video to continue."""
+        r = self.config.reference_frames
+        if isinstance(video, str | Path):
+            if not Path(video).is_file():
+                raise ArlonError(f"no such video to continue: {video}")
+            latents = encode_video(self.vae, video)[None]
+        else:
+            frames = torch.as_tensor(np.asarray(video))
+            usable = 1 + (len(frames) - 1) // self.temporal_ratio * self.temporal_ratio
+            clip = frames[len(frames) - usable :].permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+            latents = self.vae.encode(clip)
+        if latents.shape[2] < r:
+            need = self.vae.video_frames(r)
+            raise ArlonError(f"the video to continue needs at least {need} frames")
+        return latents[:, :, -r:]
+
+    @torch.inference_mode()
+    def sample_codes(
+        self,
+        timelines: list[Timeline],
+        num_frames: int,
+        seeds: list[int],
+        ar_sampling: ARSampling = ARSampling(),
+        progress: bool = False,
+    ) -> list[list[torch.Tensor]]:
+        """The AR's token frames for several videos at once (a batch: much faster per video than one
+        by one), to pass to `stream(codes=...)` with the same timeline, length and seed. Memory
+        grows with the batch and the length: meant for evaluations, not for unbounded videos."""
+        _, new_latents = self._plan(num_frames)
+        sampler = ARSampler(self.ar, self.text_encoder, ar_sampling, [check_seed(s) for s in seeds])
+        return sample_codes(
+            sampler,
+            [Timeline.of(t) for t in timelines],
+            self._token_frames(new_latents),
+            self.temporal_ratio,
+            self.vq.ratio[0],
+            desc=f"AR ({len(timelines)} videos)",
+            unit="token frame",
+            disable=not progress,
+            leave=False,
+        )
+
+    def _conditions(self, job: _Job, ar_sampling, codes, times) -> Iterator[torch.Tensor]:
+        """Coarse latent frames `(1, C, 1, h, w)`, one at a time: the AR's token frames (drawn
+        here unless `codes` are given) through the fine VQ-VAE; when continuing a video, its
+        reference frames' own codes first, which are also the AR's history."""
+        history = None
+        if job.init is not None:
+            history = list(self.vq.encode(job.init)[0])  # (h, w) each
+            decoded = self.vq.decode_codes(torch.stack(history)[None], num_frames=job.init.shape[2])
+            yield from decoded.split(1, dim=2)
+        if codes is None:
+            sampler = ARSampler(self.ar, self.text_encoder, ar_sampling, job.seed)
+            tokens = token_timeline(job.timeline, self.temporal_ratio, self.vq.ratio[0])
+            codes = sampler.frames(tokens, self._token_frames(job.new_latents), history)
+        chunks = coarse_latents(codes, self.vq, self.ar.config.code_window, history=history)
+        while True:
+            started = time.perf_counter()
+            chunk = next(chunks, None)
+            times.ar += time.perf_counter() - started
+            if chunk is None:
+                return
+            yield from chunk.split(1, dim=2)
+
+    def _latents(self, job: _Job, conditions, times, bars) -> Iterator[torch.Tensor]:
+        """Latent frames `(1, C, n, h, w)` for the VAE: the reference being continued (if any),
+        then the new frames of each DiT segment in turn."""
+        s, r = self.config.segment_frames, self.config.reference_frames
+        shape = (1, self.dit.config.in_channels, s)
+        shape += (job.height // self.vae.spatial_ratio, job.width // self.vae.spatial_ratio)
+        generator = torch.Generator().manual_seed(job.seed)
+        # The coarse latent frames of the current segment: segments overlap by r frames, so each
+        # new segment appends its new frames and the deque drops the oldest.
+        window: deque[torch.Tensor] = deque(maxlen=s)
+        previous = job.init
+        if previous is not None:
+            yield previous  # decoded for the causal context; its frames are not returned
+        for k in range(job.segments):
+            for _ in range(0 if conditions is None else s if k == 0 else s - r):
+                window.append(next(conditions))
+            condition = None if conditions is None else torch.cat(list(window), dim=2)
+            started = time.perf_counter()
+            if job.init is None:  # the segment's last video frame: latent l ends at frame 4l
+                last = self.vae.video_frames(k * (s - r) + s) - 1
+            else:  # continued: new latent j holds frames 4j .. 4j + 3
+                last = (k + 1) * (s - r) * self.temporal_ratio - 1
+            text = self.text_encoder.encode([job.timeline.prompt_at(last)])
+            noise = torch.randn(shape, generator=generator)
+            reference = torch.zeros_like(noise)
+            frame_mask = torch.zeros(1, s, dtype=torch.bool)
+            if previous is not None:
+                reference[:, :, :r] = previous[:, :, -r:]
+                frame_mask[:, :r] = True
+            velocity = guided(self.dit, job.sampling.guidance_scale, condition=condition)
+            steps = job.sampling.num_inference_steps
+            x = sample(
+                velocity,
+                noise,
+                steps,
+                text.states,
+                text.mask,
+                reference,
+                frame_mask,
+                self.scheduler,
+            )
+            times.dit += time.perf_counter() - started
+            times.segments += 1
+            bars.segments.update(1)
+            yield x if previous is None else x[:, :, r:]
+            previous = x
+
+    def __call__(
+        self,
+        prompt: str | None = None,
+        *,
+        timeline: Timeline | list[tuple[int, str]] | None = None,
+        num_frames: int = 600,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 5,
+        guidance_scale: float = 1.0,
+        mode: str = "arlon",
+        ar_sampling: ARSampling = ARSampling(),
+        generator: torch.Generator | int | None = None,
+        output_type: str = "np",
+        init_video: np.ndarray | str | Path | None = None,
+        callback: Callable[[int, np.ndarray], None] | None = None,
+        progress: bool = True,
+    ) -> ARLONPipelineOutput:
+        """The whole video in memory, like diffusers' video pipelines: `.frames` is
+        `(1, T, H, W, 3)` uint8 ("np") or `[[PIL.Image, ...]]` ("pil"). For long videos prefer
+        `stream()`, which holds nothing of the video. `generator`: a seed, or a torch.Generator
+        whose `initial_seed()` is used. `callback(i, frame)` is called for every frame."""
+        if output_type not in ("np", "pil"):
+            raise ArlonError(f"output_type must be 'np' or 'pil', got {output_type!r}")
+        seed = generator.initial_seed() if isinstance(generator, torch.Generator) else generator
+        stream = self.stream(
+            prompt,
+            timeline=timeline,
+            num_frames=num_frames,
+            height=height,
+            width=width,
+            sampling=DiTSampling(num_inference_steps, guidance_scale, mode),
+            ar_sampling=ar_sampling,
+            seed=seed or 0,
+            init_video=init_video,
+            progress=progress,
+        )
+        frames = []
+        for i, frame in enumerate(stream):
+            if callback is not None:
+                callback(i, frame)
+            frames.append(frame)
+        if output_type == "pil":
+            from PIL import Image  # optional: only this output type needs it
+
+            return ARLONPipelineOutput(frames=[[Image.fromarray(f) for f in frames]])
+        return ARLONPipelineOutput(frames=np.stack(frames)[None])
+
+
+class _Bars:
+    """One progress bar per stage: AR+DiT segments, and frames out of the VAE."""
+
+    def __init__(self, enabled: bool, frames: int, segments: int):
+        self.segments = tqdm(total=segments, desc="DiT segments", unit="seg", disable=not enabled)
+        self.frames = tqdm(
+            total=frames, desc="frames", unit="frame", disable=not enabled, position=1
+        )
+
+    def close(self) -> None:
+        self.segments.close()
+        self.frames.close()

@@ -1,0 +1,113 @@
+"""Prompt timelines: which prompt holds from which video frame on (the paper's progressive prompts).
+
+    Timeline.of("a red circle moves right")                       # one prompt from frame 0
+    Timeline([(0, "a red circle moves right"), (120, "the circle turns blue")])
+    Timeline.read("story.txt")                                    # lines: START_FRAME<TAB>prompt
+    Timeline.every(["a red circle ...", "a blue square ..."], 120)
+
+A `Timeline` is validated once, where it is made: it starts at frame 0, its starts strictly
+increase, and no prompt is empty. It is an immutable tuple of `(start, prompt)` pairs, so code that
+receives one trusts it; `Timeline.of` passes a Timeline through and validates anything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from arlon.errors import ArlonError
+
+
+class Timeline(tuple[tuple[int, str], ...]):
+    """`((start_frame, prompt), ...)`: starts from 0, strictly increasing; prompts non-empty."""
+
+    def __new__(cls, entries: Iterable[tuple[int, str]]) -> Timeline:
+        try:
+            pairs = [(start, prompt) for start, prompt in entries]
+        except (TypeError, ValueError):
+            raise ArlonError("a timeline is a list of (start_frame, prompt) pairs") from None
+        for start, prompt in pairs:
+            if isinstance(start, bool) or not isinstance(start, int):
+                raise ArlonError(f"a timeline's start frames are integers, got {start!r}")
+            if not isinstance(prompt, str):
+                raise ArlonError(f"a timeline's prompts are strings, got {prompt!r}")
+        timeline = super().__new__(cls, ((start, prompt.strip()) for start, prompt in pairs))
+        timeline._check()
+        return timeline
+
+    def _check(self) -> None:
+        if not self:
+            raise ArlonError("empty timeline: give at least one (start_frame, prompt)")
+        starts = self.starts
+        if starts[0] != 0:
+            raise ArlonError(f"a timeline must start at frame 0, this one starts at {starts[0]}")
+        if any(b <= a for a, b in zip(starts, starts[1:], strict=False)):
+            raise ArlonError(f"timeline start frames must be strictly increasing, got {starts}")
+        for start, prompt in self:
+            if not prompt:
+                raise ArlonError(
+                    "the prompt is empty" if len(self) == 1 else f"the prompt at {start} is empty"
+                )
+
+    @classmethod
+    def of(cls, value: Timeline | str | Iterable[tuple[int, str]]) -> Timeline:
+        """A Timeline as it is, a single prompt from frame 0, or validated pairs."""
+        if isinstance(value, Timeline):
+            return value
+        if isinstance(value, str):
+            return cls([(0, value)])
+        return cls(value)
+
+    @classmethod
+    def read(cls, path: str | Path) -> Timeline:
+        """`START_FRAME<TAB>prompt` lines; blank lines and lines starting with '#' are skipped."""
+        path = Path(path)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise ArlonError(f"cannot read timeline {path}: not UTF-8 text") from None
+        except OSError as e:
+            raise ArlonError(f"cannot read timeline {path}: {e.strerror or e}") from None
+        entries = []
+        for n, line in enumerate(lines, 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            start, sep, prompt = line.partition("\t")
+            start = start.strip()
+            # isdecimal() alone accepts other scripts' digits ("٣"): a frame number is ASCII.
+            if not sep or not (start.isascii() and start.isdecimal()):
+                shown = line if len(line) <= 80 else line[:77] + "..."
+                raise ArlonError(f"{path}:{n}: expected 'START_FRAME<TAB>prompt', got {shown!r}")
+            entries.append((int(start), prompt))
+        try:
+            return cls(entries)
+        except ArlonError as e:
+            raise ArlonError(f"{path}: {e}") from None
+
+    @classmethod
+    def every(cls, prompts: list[str], frames: int) -> Timeline:
+        """The prompts in turn, each for `frames` frames."""
+        if frames <= 0:
+            raise ArlonError(f"frames per prompt must be positive, got {frames}")
+        return cls((i * frames, p) for i, p in enumerate(prompts))
+
+    @property
+    def starts(self) -> list[int]:
+        return [start for start, _ in self]
+
+    @property
+    def prompts(self) -> list[str]:
+        return [prompt for _, prompt in self]
+
+    def prompt_at(self, frame: int) -> str:
+        """The prompt that holds at video frame `frame`."""
+        current = self[0][1]
+        for start, prompt in self:
+            if start > frame:
+                break
+            current = prompt
+        return current
+
+    def write(self, path: str | Path) -> None:
+        """Write the file `read` reads back."""
+        Path(path).write_text("".join(f"{start}\t{prompt}\n" for start, prompt in self))

@@ -1,0 +1,153 @@
+"""Checkpoint folders as plain files: weights and RNG states as safetensors, counters as JSON,
+the optimizer through torch's weights-only loader. Nothing here unpickles; every damaged or missing
+file is a one-line `ArlonError` that names it. The layout is in `arlon.training.trainer`'s docstring.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from arlon.errors import ArlonError
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_NAME = re.compile(r"step_(\d{7,})")
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The checkpoint folder `out/checkpoints/latest` names; None when the run has none yet."""
+    pointer = Path(out) / "checkpoints" / "latest"
+    if not pointer.exists():
+        return None
+    try:
+        name = pointer.read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        raise ArlonError(f"{pointer} is damaged: it is not the name of a checkpoint") from None
+    if not CHECKPOINT_NAME.fullmatch(name):
+        raise ArlonError(
+            f"{pointer} is damaged: it names {name[:40]!r}, not a checkpoint such as step_0000200"
+        )
+    folder = pointer.parent / name
+    if not folder.is_dir():
+        raise ArlonError(f"{pointer} names {name}, which is missing: the run folder is damaged")
+    return folder
+
+
+def checkpoint_to_resume(out: Path, resume: bool) -> Path | None:
+    """The checkpoint to continue from (None: a fresh run); never silently overwrites a run."""
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is not None and not resume:
+        raise ArlonError(
+            f"{out} already holds a run: pass --resume to continue it, or choose another --out"
+        )
+    if resume and checkpoint is None:
+        raise ArlonError(f"nothing to resume in {out}: no checkpoint there")
+    return checkpoint
+
+
+def publish(tmp: Path, folder: Path, keep: int) -> None:
+    """Rename a written checkpoint into place, point `latest` at it, then drop the oldest."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    pointer = folder.parent / "latest"
+    pointer.with_suffix(".tmp").write_text(folder.name)
+    os.replace(pointer.with_suffix(".tmp"), pointer)
+    steps = {
+        int(match[1]): p
+        for p in folder.parent.iterdir()
+        if (match := CHECKPOINT_NAME.fullmatch(p.name))
+    }
+    for step in sorted(steps)[:-keep]:
+        if steps[step] != folder:
+            shutil.rmtree(steps[step])
+
+
+@contextmanager
+def reading(folder: Path, name: str):
+    """Any failure to read or apply checkpoint file `name` is a one-line error that names it."""
+    path = folder / name
+    if not path.is_file():
+        raise ArlonError(f"cannot resume from {folder}: {name} is missing")
+    try:
+        yield path
+    except Exception as e:
+        text = f"no {e}" if isinstance(e, KeyError) else " ".join(str(e).split())
+        text = text or type(e).__name__
+        if len(text) > 300:
+            text = text[:297] + "..."
+        raise ArlonError(f"cannot resume from {folder}: {name}: {text}") from None
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """AdamW's state through torch's weights-only loader (no arbitrary unpickling), checked
+    against the parameters' shapes, which `load_state_dict` does not do."""
+    optimizer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for i, p in enumerate(params):
+        for key, value in optimizer.state.get(p, {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                raise ValueError(
+                    f"{key} of parameter {i} has shape {tuple(value.shape)}, "
+                    f"the parameter {tuple(p.shape)}"
+                )
+
+
+def rng_state(device: torch.device) -> dict:
+    """This process's RNG states: python, numpy, torch's CPU and (on GPU) its device's."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def save_rng(path: Path, state: dict) -> None:
+    """The RNG states as tensors, their few scalars as JSON in the file's metadata."""
+    version, words, gauss = state["python"]
+    _, keys, pos, has_gauss, cached = state["numpy"]
+    tensors = {
+        "python": torch.tensor(words, dtype=torch.int64),
+        "numpy": torch.from_numpy(keys.astype(np.int64)),
+        "torch": state["torch"],
+    }
+    if "cuda" in state:
+        tensors["cuda"] = state["cuda"]
+    scalars = {"python": [version, gauss], "numpy": [pos, has_gauss, cached]}
+    save_file(tensors, str(path), metadata={"scalars": json.dumps(scalars)})
+
+
+def load_rng(path: Path) -> dict:
+    tensors = load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        scalars = json.loads(f.metadata()["scalars"])
+    (version, gauss), (pos, has_gauss, cached) = scalars["python"], scalars["numpy"]
+    state = {
+        "python": (version, tuple(tensors["python"].tolist()), gauss),
+        "numpy": ("MT19937", tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached),
+        "torch": tensors["torch"],
+    }
+    if "cuda" in tensors:
+        state["cuda"] = tensors["cuda"]
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
