@@ -89,6 +89,69 @@ def test_missing_manifest_is_a_clear_error(tmp_path):
         read_manifest(tmp_path / "m.csv")
 
 
+def one_line_error(call) -> str:
+    with pytest.raises(ArlonError) as error:
+        call()
+    assert "\n" not in str(error.value)
+    return str(error.value)
+
+
+HEADER = b"path,text,num_frames,height,width,fps\n"
+
+
+@pytest.mark.parametrize(
+    "data, problem",
+    [
+        (b"", "is empty"),
+        (b"\xef\xbb\xbf", "is empty"),  # a byte-order mark and nothing else
+        (b"path,text\nvideos/long.mp4,caf\xe9\n", "line 2: not UTF-8 text (byte 0xe9)"),
+        (b"\xff\xfep\x00a\x00t\x00h\x00", "line 1: not UTF-8"),  # UTF-16
+        (b"path,text\nvideos/long.mp4,a\x00b\n", "line 2: a NUL byte"),
+        (b"path\x00,text\n", "line 1: a NUL byte"),
+        (HEADER + "videos/long.mp4,hi,٣٣,32,32,8\n".encode(), "ASCII digits"),  # Arabic-Indic
+        (HEADER + "videos/long.mp4,hi,40,³,32,8\n".encode(), "ASCII digits"),  # superscript
+        (HEADER + "videos/long.mp4,hi,40,32,３２,8\n".encode(), "ASCII digits"),  # fullwidth
+        (HEADER + "videos/long.mp4,hi,40,32,32,٨\n".encode(), "ASCII digits"),
+        (HEADER + b"videos/long.mp4,hi,4_0,32,32,8\n", "ASCII digits"),
+        (HEADER + b"videos/long.mp4,hi, 40,32,32,8\n", "ASCII digits"),
+        (HEADER + b"videos/long.mp4,hi,-40,32,32,8\n", "ASCII digits"),
+        (HEADER + b"videos/long.mp4,hi,40,32,32,nan\n", "ASCII digits"),
+        (HEADER + b"videos/long.mp4,hi,40,32,32,inf\n", "ASCII digits"),
+        (HEADER + b"videos/long.mp4,hi,40,32,32,1e999\n", "positive"),
+        (HEADER + b"videos/long.mp4,hi,40,0,32,8\n", "positive"),
+        (HEADER + b"videos/long.mp4,hi,40,32,32,0.0\n", "positive"),
+        (b"text,path\nhi\n", "line 2: the path is empty"),
+        (b'path,text\nvideos/long.mp4,"' + b"x" * 200_000 + b'"\n', "not CSV"),
+        (b"path,text\nvideos/text.mp4,hi\n", "line 2: cannot read"),
+    ],
+    ids=lambda x: x.decode(errors="replace")[-40:] if isinstance(x, bytes) else None,
+)
+def test_garbage_in_a_manifest_is_a_one_line_error(tmp_path, videos, data, problem):
+    (videos / "text.mp4").write_text("path,text\nnot a video\n")
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_bytes(data)
+    message = one_line_error(lambda: read_manifest(csv_path))
+    assert str(csv_path) in message and problem in message
+
+
+def test_manifests_of_random_bytes_are_one_line_errors(tmp_path):
+    csv_path = tmp_path / "m.csv"
+    for seed in range(20):
+        csv_path.write_bytes(np.random.default_rng(seed).bytes(2000))
+        assert str(csv_path) in one_line_error(lambda: read_manifest(csv_path))
+
+
+def test_a_directory_is_not_a_manifest(tmp_path):
+    (tmp_path / "m.csv").mkdir()
+    assert "is a directory" in one_line_error(lambda: read_manifest(tmp_path / "m.csv"))
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path, videos):
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbfpath,text\nvideos/long.mp4,hi\n")  # as Excel saves it
+    assert read_manifest(csv_path)[0].path == videos / "long.mp4"
+
+
 @pytest.fixture
 def manifest(tmp_path, videos):
     return write_csv(
@@ -160,13 +223,13 @@ def test_rows_without_a_timeline_use_their_text(tmp_path, videos):
 
 def test_each_truth_file_is_parsed_once(manifest, monkeypatch):
     loads = []
-    real_load = json.load
+    real_loads = json.loads
 
-    def counting_load(f):
-        loads.append(f.name)
-        return real_load(f)
+    def counting_loads(text):
+        loads.append(text)
+        return real_loads(text)
 
-    monkeypatch.setattr(json, "load", counting_load)
+    monkeypatch.setattr(json, "loads", counting_loads)
     with pytest.warns(UserWarning):
         dataset = ClipDataset(manifest, num_frames=8, clips_per_video=5)
     for i in range(len(dataset)):
@@ -180,3 +243,30 @@ def test_a_malformed_timeline_is_a_clear_error(manifest, videos):
         dataset = ClipDataset(manifest, num_frames=8)
     with pytest.raises(ArlonError, match="sorted by start"):
         dataset[0]
+
+
+@pytest.mark.parametrize(
+    "data, problem",
+    [
+        (np.random.default_rng(0).bytes(2000), "not UTF-8"),
+        (b'{"timeline": [[5, "a\x00"]]}', "NUL"),
+        (b"timeline: [[5, a]]", "not JSON"),
+        (b"", "not JSON"),
+        (b'{"timeline": "5 a"}', "pairs"),
+        (b'{"timeline": ["5a"]}', "pairs"),
+        (b'{"timeline": [["5", "a"]]}', "pairs"),
+        (b'{"timeline": [[true, "a"]]}', "pairs"),
+        (b'{"timeline": [[5.5, "a"]]}', "pairs"),
+        (b'{"timeline": [[5, 7]]}', "pairs"),
+        (b'{"timeline": [[5, "a", "b"]]}', "pairs"),
+    ],
+    ids=lambda x: x.decode(errors="replace")[:30] if isinstance(x, bytes) else None,
+)
+def test_garbage_in_a_truth_file_is_a_one_line_error(tmp_path, videos, data, problem):
+    (videos / "long.json").write_bytes(data)
+    csv_path = write_csv(
+        tmp_path / "m.csv", "path,text,truth\nvideos/long.mp4,hi,videos/long.json\n"
+    )
+    dataset = ClipDataset(csv_path, num_frames=8)
+    message = one_line_error(lambda: dataset[0])
+    assert str(videos / "long.json") in message and problem in message

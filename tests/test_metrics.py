@@ -7,7 +7,18 @@ from arlon.world.metrics import Expected, onset_summary, score_video
 from arlon.world.render import render_states
 from arlon.world.simulate import episode_from_timeline, random_episode
 
-ACCURACIES = ("colour", "shape", "size", "background", "attribute", "motion", "count", "identity")
+ACCURACIES = (
+    "object_accuracy",
+    "precision",
+    "colour",
+    "shape",
+    "size",
+    "background",
+    "motion",
+    "count",
+    "identity",
+    "unchanged",
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +53,9 @@ def test_ground_truth_scores_near_one(clean):
         assert clean[name] >= 0.99, name
     assert clean["switch"]["switched"] == 1.0 and clean["switch"]["median_latency"] == 0
     assert clean["onset"] == {"held": True, "latency": 0}
-    assert clean["rerender_psnr"] > 35
+    assert clean["switch"]["kept"] == 1.0
     for window in ("early", "late"):
-        assert clean["drift"][window]["attribute"] >= 0.99
+        assert clean["drift"][window]["object_accuracy"] >= 0.99
 
 
 def test_wrong_colour_lowers_colour_accuracy(frames, expected, clean):
@@ -101,7 +112,7 @@ def test_late_corruption_shows_as_drift(frames, expected):
     half = len(frames) // 2
     noisy = frames[:half] + [rng.integers(0, 256, f.shape, dtype=np.uint8) for f in frames[half:]]
     drift = score_video(noisy, expected).report()["drift"]
-    assert drift["early"]["attribute"] >= 0.99 and drift["late"]["attribute"] < 0.5
+    assert drift["early"]["object_accuracy"] >= 0.99 and drift["late"]["object_accuracy"] < 0.5
 
 
 def test_prompt_scoring_judges_only_what_the_prompt_says():
@@ -110,3 +121,65 @@ def test_prompt_scoring_judges_only_what_the_prompt_says():
     report = score_video(render_states(episode.frames()), expected).report()
     assert report["size"] is None and report["background"] is None  # neither was asked for
     assert report["colour"] == report["shape"] == report["motion"] == 1.0
+
+
+# -- the strict score: what a user reads as "the video shows what I asked" ------------------------
+
+ASKED = "a red circle moves right on a black background"
+
+
+def prompt_score(frames, prompt: str = ASKED) -> dict:
+    return score_video(frames, Expected.from_timeline([(0, prompt)], len(frames), 64, 64)).report()
+
+
+@pytest.fixture(scope="module")
+def asked():
+    return list(render_states(episode_from_timeline([(0, ASKED)], 64, seed=1).frames()))
+
+
+def test_the_true_render_scores_full_marks(asked):
+    report = prompt_score(asked)
+    assert report["object_accuracy"] >= 0.95 and report["precision"] == 1.0
+
+
+def test_a_frozen_first_frame_of_a_moving_prompt_scores_at_most_half(asked):
+    report = prompt_score([asked[0]] * len(asked))
+    assert report["object_accuracy"] <= 0.5
+    assert report["colour"] == 1.0  # the object is there, it just does not move
+
+
+def test_an_all_black_video_scores_zero(asked):
+    report = prompt_score([np.zeros_like(f) for f in asked])
+    assert report["object_accuracy"] == 0 and report["identity"] == 0 and report["count"] == 0
+
+
+def test_a_wrong_object_scores_zero():
+    wrong = episode_from_timeline([(0, "a blue square moves left on a black background")], 64)
+    report = prompt_score(list(render_states(wrong.frames())))
+    assert report["object_accuracy"] == 0 and report["count"] == 0 and report["precision"] == 0
+
+
+def test_an_unasked_object_lowers_precision_not_object_accuracy():
+    both = "a red circle moves right and a blue square stays still on a black background"
+    frames = list(render_states(episode_from_timeline([(0, both)], 64, seed=1).frames()))
+    report = prompt_score(frames)
+    assert report["object_accuracy"] >= 0.95
+    assert 0.4 <= report["precision"] <= 0.6  # one object of the two found was asked for
+
+
+def test_a_change_keeps_what_it_does_not_mention():
+    """A story's later prompt states only the change; the rest of the scene is judged as before."""
+    story = [
+        (0, "a red circle moves right and a blue square stays still on a black background"),
+        (40, "the circle turns green"),
+    ]
+    expected = Expected.from_timeline(story, 96, 64, 64)
+    assert [o.colour for o in expected.specs[1].objects] == ["green", "blue"]
+    assert expected.specs[1].objects[1].motion == "still" and expected.specs[1].background == "black"
+    honest = episode_from_timeline(story, 96, seed=2)
+    report = score_video(render_states(honest.frames()), expected).report()
+    assert report["object_accuracy"] >= 0.95 and report["switch"]["kept"] == 1.0
+    # the square is lost at the change, which did not mention it: the change is not kept
+    lost = episode_from_timeline([story[0], (40, "a green circle moves right")], 96, seed=2)
+    report = score_video(render_states(lost.frames()), expected).report()
+    assert report["switch"]["kept"] == 0.0 and report["unchanged"] <= 0.1

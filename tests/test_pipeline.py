@@ -332,7 +332,7 @@ def test_eval_generate_scores_whole_generations(folder, tmp_path, capsys):
     assert cli.main([*argv, "--frames", "17", "--steps", "1", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["prompts"]["videos"] == 2 and report["timelines"]["videos"] == 1
-    assert 0 <= report["prompts"]["attribute"] <= 1 and report["mode"] == "arlon"
+    assert report["mode"] == "arlon" and report["prompts"]["object_accuracy"] is not None
     assert report["ar_guidance"] == GUIDANCE_SCALE  # the pipeline's default, recorded
 
 
@@ -403,3 +403,21 @@ def test_the_same_seed_writes_the_same_bytes(folder, tmp_path, capsys):
     for name in ("a.mp4", "b.mp4"):
         assert generate(capsys, *argv, "-o", tmp_path / name)[0] == 0
     assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
+
+
+def test_ar_only_mode_is_the_coarse_video_of_the_same_codes(pipe):
+    """Mode ar-only decodes the AR's codes straight through the VQ-VAE and the VAE: the video
+    `coarse_frames` makes of the same codes, and no DiT step runs."""
+    from arlon.pipeline.coarse import coarse_frames
+
+    codes = pipe.sample_codes([[(0, PROMPT)]], FRAMES, seeds=[2])[0]
+    settings = dict(num_frames=FRAMES, sampling=DiTSampling(mode="ar-only"), seed=2)
+    alone = np.stack(list(pipe.stream(PROMPT, **settings, progress=False)))
+    given = np.stack(list(pipe.stream(PROMPT, **settings, progress=False, codes=codes)))
+    window = pipe.ar.config.code_window
+    coarse = np.stack(list(coarse_frames(codes, pipe.vq, pipe.vae, window, FRAMES)))
+    assert alone.shape == (FRAMES, 32, 32, 3)
+    assert np.array_equal(alone, given) and np.array_equal(alone, coarse)
+    assert pipe.last_times.segments == 0 and pipe.last_times.dit == 0
+    with pytest.raises(ArlonError, match="does not continue"):
+        next(pipe.stream(PROMPT, **settings, init_video=alone))

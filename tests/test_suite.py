@@ -16,6 +16,7 @@ from arlon.evaluation.claims import markdown as claims_markdown
 from arlon.evaluation.heldout import HELDOUT_SEED
 from arlon.evaluation.suite import (
     SUITES,
+    SuitePlan,
     build_packaged_suites,
     packaged_suites,
     read_suite,
@@ -91,7 +92,7 @@ def test_a_malformed_suite_names_the_line(tmp_path, text, message):
 
 
 def test_unknown_suite_lists_the_packaged_ones():
-    with pytest.raises(ArlonError, match="long-2400, long-600, paraphrase, short, static"):
+    with pytest.raises(ArlonError, match="long-2400, long-600, paraphrase, short, static, stories"):
         read_suite("nonesuch")
 
 
@@ -102,6 +103,25 @@ def test_packaged_suites_are_rebuilt_from_their_seeds():
         assert (SUITES / f"{name}.txt").read_text() == text
     assert len(read_suite("short").videos) == 50 and read_suite("long-2400").frames == 2400
     assert all(len(timeline) > 1 for timeline in read_suite("long-600").videos)
+
+
+def test_stories_state_only_the_change_and_mean_their_episodes():
+    """Each story's later prompts state only a change; read against the scene before them, they
+    ask for what the episode shows (what they leave unsaid is not judged)."""
+    from arlon.world.metrics import Expected
+
+    stories = read_suite("stories")
+    assert len(stories.videos) == 20 and stories.frames == 600
+    for i, timeline in enumerate(stories.videos):
+        episode = random_episode((HELDOUT_SEED + 5, i), 600)
+        assert [s for s, _ in timeline] == [s for s, _ in episode.timeline]
+        assert all(prompt.startswith(("the ", "a ", "an ")) for _, prompt in timeline[1:])
+        asked = Expected.from_timeline(timeline, 600, 64, 64).specs
+        for spec, truth in zip(asked, episode.specs, strict=True):
+            assert spec.background == truth.background
+            assert [(o.colour, o.shape, o.motion) for o in spec.objects] == [
+                (o.colour, o.shape, o.motion) for o in truth.objects
+            ]
 
 
 def test_paraphrases_mean_the_same_scenes_in_held_out_words():
@@ -135,36 +155,55 @@ def test_a_suite_runs_scores_plots_and_resumes(folder, tmp_path, monkeypatch):
     path.write_text(SUITE)
     pipe = ARLONPipeline.from_pretrained(folder)
     out = tmp_path / "eval"
-    summary = run_suite(pipe, read_suite(path), ["arlon", "baseline"], [1, 2], out, progress=False)
-    assert [(r["mode"], r["steps"]) for r in summary["runs"]] == [
-        ("arlon", 1),
-        ("arlon", 2),
-        ("baseline", 1),
-        ("baseline", 2),
+    plan = SuitePlan(steps=(1, 2), guidance=(1.0, 3.0))
+    summary = run_suite(pipe, read_suite(path), plan, out, progress=False)
+    runs = [(r["mode"], r["steps"], r["guidance"]) for r in summary["runs"]]
+    assert runs == [
+        *[("arlon", s, g) for s in (1, 2) for g in (1.0, 3.0)],
+        *[("baseline", s, g) for s in (1, 2) for g in (1.0, 3.0)],
+        ("ar-only", None, None),  # no DiT: one run whatever the steps and guidance
     ]
     for run in summary["runs"]:
         assert run["videos"] == 3 and run["world_videos"] == 2  # the cat is outside the world
-        assert 0 <= run["attribute"] <= 1 and 0 <= run["subject_consistency"] <= 1
-        assert len(run["over_time"]["attribute"]) == 8
-    cat = json.loads((out / "videos" / "arlon-1" / "0002.json").read_text())
+        assert len(run["over_time"]["object_accuracy"]) == 8
+    cat = json.loads((out / "videos" / "arlon-1-g1" / "0002.json").read_text())
     assert cat["world"] is None and "no object found" in cat["world_skipped"]
-    assert 0 <= cat["vbench"]["motion_smoothness"] <= 1
     for name in ("metrics.json", "metrics.md", "quality_vs_steps.png", "over_time.png"):
         assert (out / name).stat().st_size > 0
-    assert "| arlon | 1 |" in (out / "metrics.md").read_text()
+    table = (out / "metrics.md").read_text()
+    assert "| arlon | 1 | 1 |" in table and "| ar-only | - | - |" in table
 
     def no_generation(*args, **kwargs):
         raise AssertionError("finished videos are not generated again")
 
     monkeypatch.setattr(ARLONPipeline, "stream", no_generation)
-    again = run_suite(pipe, read_suite(path), ["arlon", "baseline"], [1, 2], out, progress=False)
+    again = run_suite(pipe, read_suite(path), plan, out, progress=False)
     assert again["runs"] == summary["runs"]
     with pytest.raises(ArlonError, match="holds videos of another run"):
-        run_suite(pipe, read_suite(path), ["arlon"], [1], out, frames=9, progress=False)
+        run_suite(pipe, read_suite(path), SuitePlan(frames=9), out, progress=False)
     with torch.no_grad():  # another model's videos are not mixed in either
         next(pipe.dit.parameters()).add_(1e-3)
     with pytest.raises(ArlonError, match="holds videos of another run"):
-        run_suite(pipe, read_suite(path), ["arlon", "baseline"], [1, 2], out, progress=False)
+        run_suite(pipe, read_suite(path), plan, out, progress=False)
+
+
+def test_ar_only_and_arlon_share_the_ar_codes(folder, tmp_path, monkeypatch):
+    """The AR's codes of a video are drawn once, for ARLON (at every steps and guidance) and
+    AR-only alike, and AR-only's video is those codes decoded without the DiT."""
+    path = tmp_path / "mine.txt"
+    path.write_text(SUITE)
+    pipe = ARLONPipeline.from_pretrained(folder)
+    drawn = []
+    sample_codes = ARLONPipeline.sample_codes
+
+    def spy(self, timelines, *args, **kwargs):
+        drawn.extend(map(str, timelines))
+        return sample_codes(self, timelines, *args, **kwargs)
+
+    monkeypatch.setattr(ARLONPipeline, "sample_codes", spy)
+    plan = SuitePlan(modes=("arlon", "ar-only"), steps=(1, 2), videos=2)
+    run_suite(pipe, read_suite(path), plan, tmp_path / "eval", progress=False)
+    assert len(drawn) == 2  # two videos, each drawn once
 
 
 def test_eval_suite_cli(folder, tmp_path, capsys):
@@ -172,8 +211,9 @@ def test_eval_suite_cli(folder, tmp_path, capsys):
     path.write_text(SUITE)
     argv = ["eval", "--suite", str(path), "--model", str(folder), "--mode", "baseline"]
     out = tmp_path / "eval"
-    assert cli.main([*argv, "--steps", "1", "--videos", "1", "--out", str(out)]) == 0
-    assert "| baseline | 1 |" in capsys.readouterr().out
+    argv += ["--steps", "1", "--guidance", "1,2", "--videos", "1", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert "| baseline | 1 | 2 |" in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text())["videos"] == 1
 
 
@@ -181,7 +221,8 @@ def test_eval_suite_cli(folder, tmp_path, capsys):
     "args, message",
     [
         ([], "give --suite and --out"),
-        (["--suite", "short", "--out", "x", "--mode", "fast"], "arlon, baseline, got 'fast'"),
+        (["--suite", "short", "--out", "x", "--mode", "fast"], "arlon, baseline, ar-only, got"),
+        (["--suite", "short", "--out", "x", "--guidance", "-1"], "--guidance: must be 0 or more"),
         (["--suite", "short", "--out", "x", "--steps", "0"], "--steps: must be a positive"),
         (["--suite", "short", "--out", "x", "--backbone", "vgg"], "thumbnail, dino, clip"),
         (["--suite", "short", "--out", "x", "--backbone", "dino"], "pass --backbone-path"),
@@ -209,17 +250,19 @@ def test_bench_reports_speed_and_memory_per_length(folder, tmp_path, capsys):
     assert "| 9 |" in (tmp_path / "bench.md").read_text()
 
 
-def _run(mode, steps, q, dynamic=0.5, subject=0.9, drop=0.1, latency=20):
+def _run(mode, steps, q, guidance=1.0, dynamic=0.5, subject=0.9, drop=0.1, latency=20):
     return {
         "mode": mode,
         "steps": steps,
-        **{k: q for k in ("attribute", "motion", "count", "identity")},
+        "guidance": None if steps is None else guidance,
+        "object_accuracy": q,
+        "shape": q,
         "dynamic_degree": dynamic,
         "subject_consistency": subject,
         "identity_early": 0.9,
         "identity_late": 0.9 - drop,
-        "attribute_early": 0.8,
-        "attribute_late": 0.8 - drop,
+        "object_accuracy_early": 0.8,
+        "object_accuracy_late": 0.8 - drop,
         "switch_latency_median": latency,
     }
 
@@ -231,18 +274,22 @@ def test_claims_hold_or_not_on_their_numbers():
         "runs": [
             _run("arlon", 3, 0.8, dynamic=0.6, drop=0.05, latency=10),
             _run("arlon", 5, 0.85, dynamic=0.6, subject=0.89, drop=0.05, latency=10),
+            _run("arlon", 5, 0.6, guidance=4.0),  # a worse guidance: each mode at its best
             _run("baseline", 5, 0.5),
-            _run("baseline", 30, 0.8),
+            _run("baseline", 30, 0.7),
+            _run("baseline", 30, 0.8, guidance=2.0),
+            _run("ar-only", None, 0.75),
         ],
     }
-    assert [c["holds"] for c in check_claims([good])] == [True, True, True, True]
-    assert "reached from 3 step(s)" in check_claims([good])[0]["evidence"][0]
+    assert [c["holds"] for c in check_claims([good])] == [True, True, True, True, True]
+    evidence = check_claims([good])[1]["evidence"][0]
+    assert "arlon@5 (g1) 85.0%" in evidence and "baseline@30 (g2) 80.0%" in evidence
     bad = json.loads(json.dumps(good))
     bad["runs"][1] = _run("arlon", 5, 0.7, dynamic=0.4, subject=0.85, drop=0.2, latency=40)
     bad["runs"][0] = _run("arlon", 3, 0.7)
-    assert [c["holds"] for c in check_claims([bad])] == [False, False, False, False]
+    assert [c["holds"] for c in check_claims([bad])] == [False, False, False, False, False]
     short = {"suite": "short", "frames": 120, "runs": [_run("arlon", 5, 0.9)]}
-    assert [c["holds"] for c in check_claims([short])] == [None, None, None, None]
+    assert [c["holds"] for c in check_claims([short])] == [None] * 5
     assert "not checked" in claims_markdown(check_claims([short]))
 
 
@@ -250,11 +297,11 @@ def test_eval_claims_cli(tmp_path, capsys):
     summary = {
         "suite": "s",
         "frames": 120,
-        "runs": [_run("arlon", 5, 0.9), _run("baseline", 30, 0.8)],
+        "runs": [_run("arlon", 5, 0.9), _run("baseline", 30, 0.8), _run("ar-only", None, 0.7)],
     }
     (tmp_path / "metrics.json").write_text(json.dumps(summary))
     assert cli.main(["eval", "claims", str(tmp_path), "--out", str(tmp_path / "c.json")]) == 0
     assert "**holds**" in capsys.readouterr().out
-    assert json.loads((tmp_path / "c.json").read_text())[0]["holds"] is True
+    assert [c["holds"] for c in json.loads((tmp_path / "c.json").read_text())][:2] == [True, True]
     assert cli.main(["eval", "claims", str(tmp_path / "missing")]) == 2
     assert "holds no metrics.json" in capsys.readouterr().err

@@ -1,5 +1,8 @@
+import subprocess
+import sys
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,6 +39,25 @@ def moving_squares(num_frames: int, height: int = 64, width: int = 64) -> np.nda
         x = (3 * t) % (width - 16)
         video[t, 21:37, x : x + 16] = (230, 30, 30)
     return video.transpose(3, 0, 1, 2)
+
+
+def moving_discs(num_frames: int, height: int = 64, width: int = 64) -> np.ndarray:
+    """Smooth frames `(3, T, H, W)` uint8 like a generator's: soft coloured discs over a gradient."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    video = np.empty((3, num_frames, height, width), np.uint8)
+    colours = np.array([(230, 40, 40), (40, 220, 60), (250, 250, 30)], np.float32)
+    for t in range(num_frames):
+        frame = np.stack(
+            [60 + 40 * np.sin((x + t) / 20), 80 + 30 * np.cos((y - t) / 15), 0 * x + 120]
+        )
+        for k, colour in enumerate(colours):
+            cx = width / 2 + width / 3 * np.sin(0.07 * t * (k + 1) + k)
+            cy = height / 2 + height / 3 * np.cos(0.05 * t * (k + 2) + 2 * k)
+            r2 = ((x - cx) ** 2 + (y - cy) ** 2) / (height / 8) ** 2
+            alpha = np.clip(1.5 - r2, 0, 1)
+            frame = frame * (1 - alpha) + colour[:, None, None] * alpha
+        video[:, t] = np.clip(frame, 0, 255).astype(np.uint8)
+    return video
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -107,6 +129,44 @@ def test_floats_outside_minus_one_one_are_clipped(tmp_path):
     write_video(tmp_path / "wide.mp4", 3 * video, crf=0)
     write_video(tmp_path / "clipped.mp4", np.clip(3 * video, -1, 1), crf=0)
     assert np.array_equal(read_video(tmp_path / "wide.mp4"), read_video(tmp_path / "clipped.mp4"))
+
+
+# Encodes in a fresh process that may use only one CPU and runs torch with more threads: left to
+# "auto", x264 chose its slices from the CPUs it could use, so bytes differed from the parent's.
+ENCODE_ELSEWHERE = """
+import os, sys
+import numpy as np
+import torch
+from arlon.data.video_io import write_video
+
+if hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+torch.set_num_threads(2)
+for frames, out in zip(sys.argv[1::2], sys.argv[2::2]):
+    write_video(out, np.load(frames))
+"""
+
+
+def test_the_same_frames_give_the_same_bytes_in_any_process(tmp_path):
+    """Two videos in this process caught x264's AVX-512 mbtree code reading garbage (64x64); the
+    child, on one CPU, caught its "auto" slices (128x128, where there can be more than one)."""
+    cases = [("64.mp4", 64), ("128.mp4", 128), ("64.gif", 64)]
+    args = []
+    for name, size in cases:
+        np.save(tmp_path / f"{name}.npy", moving_discs(40, size, size))
+        args += [str(tmp_path / f"{name}.npy"), str(tmp_path / f"child-{name}")]
+    subprocess.run(
+        [sys.executable, "-c", ENCODE_ELSEWHERE, *args],
+        cwd=Path(__file__).parents[1],
+        check=True,
+    )
+    for name, _ in cases:
+        video = np.load(tmp_path / f"{name}.npy")
+        write_video(tmp_path / f"a-{name}", video)
+        write_video(tmp_path / f"b-{name}", video)
+        data = (tmp_path / f"a-{name}").read_bytes()
+        assert data == (tmp_path / f"b-{name}").read_bytes(), name
+        assert data == (tmp_path / f"child-{name}").read_bytes(), name
 
 
 def test_write_frame_and_write_chunks_give_the_same_video(tmp_path):
@@ -237,16 +297,78 @@ def test_a_writer_given_no_frames_leaves_no_file(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("read", [read_video, video_info, lambda p: next(iter_frames(p, 3))])
+READERS = {
+    "read_video": read_video,
+    "video_info": video_info,
+    "iter_frames": lambda p: list(iter_frames(p)),
+    "iter_frames from 3": lambda p: next(iter_frames(p, 3)),
+    "read_clip": lambda p: read_clip(p, 0, 2),
+    "read_clip at 5": lambda p: read_clip(p, 5, 2, stride=2),
+}
+
+
+@pytest.fixture(params=list(READERS))
+def read(request):
+    return READERS[request.param]
+
+
 def test_missing_file_is_a_clear_error(tmp_path, read):
     assert "missing.mp4" in one_line_error(lambda: read(tmp_path / "missing.mp4"))
 
 
-@pytest.mark.parametrize("read", [read_video, video_info])
-def test_corrupt_files_are_clear_errors(tmp_path, read):
-    (tmp_path / "random.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
-    assert "random.mp4" in one_line_error(lambda: read(tmp_path / "random.mp4"))
-    write_video(tmp_path / "a.mp4", moving_gradients(8))
-    data = (tmp_path / "a.mp4").read_bytes()
-    (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])
-    assert "truncated.mp4" in one_line_error(lambda: read(tmp_path / "truncated.mp4"))
+def a_valid_mp4(folder: Path) -> bytes:
+    write_video(folder / "valid.mp4", moving_gradients(8))
+    return (folder / "valid.mp4").read_bytes()
+
+
+# Each writes a file under the folder it is given and returns its path.
+BAD_FILES = {
+    "random bytes": lambda d: d / "random.mp4",
+    "empty": lambda d: d / "empty.mp4",
+    "a directory": lambda d: d / "folder.mp4",
+    "text": lambda d: d / "text.mp4",
+    "random bytes as gif": lambda d: d / "random.gif",
+    "a gif header and garbage": lambda d: d / "header.gif",
+    "truncated": lambda d: d / "truncated.mp4",
+    "an unknown codec": lambda d: d / "codec.mp4",
+}
+
+
+def make_bad_file(folder: Path, kind: str) -> Path:
+    path = BAD_FILES[kind](folder)
+    rng = np.random.default_rng(0)
+    if kind in ("random bytes", "random bytes as gif"):
+        path.write_bytes(rng.bytes(4096))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "a directory":
+        path.mkdir()
+    elif kind == "text":
+        path.write_text("path,text\nvideos/a.mp4,a red circle\n")
+    elif kind == "a gif header and garbage":
+        path.write_bytes(b"GIF89a" + rng.bytes(200))
+    elif kind == "truncated":
+        data = a_valid_mp4(folder)
+        path.write_bytes(data[: len(data) // 2])
+    else:  # FFmpeg opens it but has no decoder: PyAV's stream has no codec context
+        path.write_bytes(a_valid_mp4(folder).replace(b"avc1", b"zzzz"))
+    return path
+
+
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+def test_files_that_are_not_videos_are_one_line_errors(tmp_path, read, kind):
+    path = make_bad_file(tmp_path, kind)
+    message = one_line_error(lambda: read(path))
+    assert str(path) in message
+
+
+def test_the_errors_say_what_is_wrong(tmp_path):
+    assert "is a directory" in one_line_error(
+        lambda: read_video(make_bad_file(tmp_path, "a directory"))
+    )
+    assert "is empty" in one_line_error(lambda: video_info(make_bad_file(tmp_path, "empty")))
+    assert "not a video" in one_line_error(lambda: read_clip(make_bad_file(tmp_path, "text"), 0, 1))
+    codec = make_bad_file(tmp_path, "an unknown codec")
+    assert "unknown video codec" in one_line_error(lambda: video_info(codec))
+    header = make_bad_file(tmp_path, "a gif header and garbage")
+    assert "no frame size" in one_line_error(lambda: video_info(header))

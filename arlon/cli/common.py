@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -69,6 +70,23 @@ def seed(text: str) -> int:
 def int_list(text: str) -> list[int]:
     """Comma-separated positive integers, e.g. `1,3,5`."""
     return [positive_int(part) for part in text.split(",")]
+
+
+def float_list(text: str) -> list[float]:
+    """Comma-separated numbers of 0 or more, e.g. `1,2,4,7`."""
+    return [non_negative_float(part) for part in text.split(",")]
+
+
+def run_spec(text: str) -> tuple[str, int | None, float | None]:
+    """One suite run: `ar-only`, `MODE@STEPS` or `MODE@STEPS:gGUIDANCE` (e.g. `baseline@30:g4`)."""
+    m = re.fullmatch(r"([\w-]+)(?:@(\d+)(?::g([\d.]+))?)?", text.strip())
+    if m is None or (m[1] != "ar-only") == (m[2] is None):
+        raise argparse.ArgumentTypeError(
+            f"expected ar-only, MODE@STEPS or MODE@STEPS:gGUIDANCE, got {text!r}"
+        )
+    steps = None if m[2] is None else positive_int(m[2])
+    guidance = None if steps is None else non_negative_float(m[3] or "1")
+    return m[1], steps, guidance
 
 
 def name_list(choices: tuple[str, ...]):

@@ -11,10 +11,12 @@ from arlon.cli.common import (
     ar_settings,
     count,
     emit_json,
+    float_list,
     int_list,
     name_list,
     non_negative_float,
     positive_int,
+    run_spec,
 )
 from arlon.cli.generate import MODES, add_component_args, load_components
 from arlon.errors import ArlonError
@@ -27,18 +29,21 @@ def add_parsers(commands) -> None:
         "eval",
         help="run an evaluation suite, or measure one trained component",
         description="With --suite: generate every video of a suite (a packaged one: short, "
-        "paraphrase, static, long-600, long-2400; or a file of prompts / timelines, VBench's "
-        "prompt lists included) for each mode and step count, score it (world metrics, "
-        "VBench-style dimensions, seam ratio, metrics over time) and write OUT/metrics.json, "
-        "OUT/metrics.md and PNG plots. Finished videos are kept in OUT/videos: a re-run skips "
-        "them. With a command: one component's evaluation.",
+        "paraphrase, static, long-600, stories, long-2400; or a file of prompts / timelines, "
+        "VBench's prompt lists included) in each mode (arlon; baseline, the DiT alone; ar-only, "
+        "the AR's codes decoded without the DiT) at each step count and text guidance, score it "
+        "(world metrics with the strict per-object accuracy first, VBench-style dimensions, seam "
+        "ratio, metrics over time) and write OUT/metrics.json, OUT/metrics.md and PNG plots. "
+        "Finished videos are kept in OUT/videos: a re-run skips them. The stories suite's later "
+        "prompts state only a change ('the circle turns blue'). With a command: one component's "
+        "evaluation.",
     )
     p.add_argument("--suite", help="packaged suite name or suite file")
     p.add_argument(
         "--mode",
         type=name_list(MODES),
         default=list(MODES),
-        help="comma-separated modes (default arlon,baseline)",
+        help="comma-separated modes: arlon, baseline, ar-only (default all three)",
     )
     p.add_argument(
         "--steps",
@@ -47,6 +52,21 @@ def add_parsers(commands) -> None:
         type=int_list,
         default=[5],
         help="comma-separated DiT steps (default 5)",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float_list,
+        default=[1.0],
+        help="comma-separated DiT text guidance scales, e.g. 1,2,4,7 (default 1)",
+    )
+    p.add_argument(
+        "--run",
+        dest="runs",
+        metavar="RUN",
+        type=run_spec,
+        action="append",
+        help="instead of every mode x steps x guidance: exactly this run, repeatable (ar-only, "
+        "arlon@5, baseline@30:g4)",
     )
     p.add_argument("--frames", type=positive_int, help="frames per video (default: the suite's)")
     p.add_argument("--videos", type=positive_int, help="only the first N videos of the suite")
@@ -81,24 +101,30 @@ def run_suite(args: argparse.Namespace) -> None:
     if args.suite is None or args.suite_out is None:
         raise ArlonError("give --suite and --out, or an eval command (see 'arlon eval --help')")
     from arlon.evaluation import vbench
-    from arlon.evaluation.suite import markdown_table, read_suite
+    from arlon.evaluation.suite import Run, SuitePlan, read_suite
     from arlon.evaluation.suite import run_suite as run
+    from arlon.evaluation.suite_report import markdown_table
     from arlon.pipeline import ARLONPipeline
     from arlon.weights import ROOT
 
     suite = read_suite(args.suite)
+    plan = SuitePlan(
+        tuple(args.mode),
+        tuple(args.suite_steps),
+        tuple(args.guidance),
+        args.frames,
+        args.videos,
+        args.suite_batch,
+        tuple(Run(*run) for run in args.runs or ()),
+    )
     backbone = vbench.load_backbone(args.backbone, args.backbone_path)
     summary = run(
         ARLONPipeline.from_pretrained(args.model or ROOT),
         suite,
-        args.mode,
-        args.suite_steps,
+        plan,
         args.suite_out,
-        frames=args.frames,
-        videos=args.videos,
         backbone=backbone,
         dimensions=args.dimensions.split(",") if args.dimensions else None,
-        batch=args.suite_batch,
     )
     print(markdown_table(summary))
     print(f"wrote {args.suite_out}/metrics.json, metrics.md and plots")
@@ -139,7 +165,7 @@ def _add_ar(sub) -> None:
         help="world metrics of the AR transformer's coarse videos as JSON",
         description="Generate coarse videos (AR codes decoded by the fine VQ-VAE and the VAE) for "
         "prompts of held-out episodes and for timelines with caption changes, and score them with "
-        "the world metrics: attribute and motion accuracy, identity persistence, switch latency.",
+        "the world metrics: object accuracy, motion, identity persistence, switch latency.",
     )
     p.add_argument("--prompts", type=count, default=100, help="single prompts (default 100)")
     p.add_argument("--prompt-frames", type=positive_int, default=64, help="frames each (64)")
@@ -198,8 +224,8 @@ def _add_generate(sub) -> None:
         "generate",
         help="world metrics of whole generations (prompts and timelines) as JSON",
         description="Generate videos for prompts of held-out episodes and for timelines with "
-        "caption changes, and score them with the world metrics: attribute, motion, count, "
-        "identity persistence, switch latency, drift (first vs last quarter).",
+        "caption changes, and score them with the world metrics: object accuracy, precision, "
+        "motion, count, identity persistence, switch latency, drift (first vs last quarter).",
     )
     p.add_argument("--model", type=Path, help=MODEL_HELP)
     p.add_argument("--prompts", type=count, default=50, help="single prompts (default 50)")
@@ -274,7 +300,11 @@ def run_dit(args: argparse.Namespace) -> None:
     ar, vq, vae = load_components(args)
     text_encoder = TextEncoder.from_pretrained()
     settings = dict(clips=args.clips, reference=args.reference, guidance_scale=args.guidance)
-    report = {"settings": {"steps": args.steps, "condition": args.condition, **settings}}
+    report = {
+        "oracle": "ARLON is conditioned on the clip's own latent, the baseline on text only: a "
+        "diagnostic, not a comparison",
+        "settings": {"steps": args.steps, "condition": args.condition, **settings},
+    }
     for folder in args.models:
         dit = load_model(folder, "dit")
         arlon = dit.condition_path is not None

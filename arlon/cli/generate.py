@@ -22,7 +22,7 @@ from arlon.cli.common import (
 )
 from arlon.errors import ArlonError
 
-MODES = ("arlon", "baseline")  # the pipeline's, named here without importing it
+MODES = ("arlon", "baseline", "ar-only")  # the pipeline's, named here without importing torch
 TIMELINE_HELP = "file of 'START_FRAME<TAB>prompt' lines (progressive prompts)"
 
 
@@ -60,7 +60,8 @@ def _add_generate(commands) -> None:
         "--mode",
         choices=MODES,
         default="arlon",
-        help="arlon: the AR's tokens guide the DiT (default); baseline: the DiT alone",
+        help="arlon: the AR's tokens guide the DiT (default); baseline: the DiT alone; ar-only: the "
+        "AR's tokens decoded without the DiT",
     )
     p.add_argument(
         "--guidance", type=non_negative_float, default=1.0, help="DiT text guidance (default 1)"

@@ -94,7 +94,11 @@ def _add_score(sub) -> None:
         "score",
         help="score a video against its ground truth or a prompt timeline",
         description="Detect the objects of every frame of VIDEO and print the world metrics as "
-        "JSON: attribute, motion, count, identity, switch latency, re-render PSNR, drift.",
+        "JSON: object_accuracy (each asked object in each frame with the asked colour, shape, size "
+        "and motion; a missing one is wrong), precision (of the objects found, the asked ones), "
+        "colour, shape, size, background, motion, speed, count, identity, switch latency, what a "
+        "change left as it was, and drift. Later prompts of a timeline may state only a change "
+        "('the circle turns blue').",
     )
     p.add_argument("video", type=Path, help="video to score (.mp4, .gif, ...)")
     expected = p.add_mutually_exclusive_group(required=True)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import bisect
 import csv
+import io
 import itertools
 import json
+import math
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,8 @@ from arlon.utils import atomic_path
 
 COLUMNS = ("path", "text", "num_frames", "height", "width", "fps")
 REQUIRED = ("path", "text")
+_UINT = re.compile(r"[0-9]+")
+_UFLOAT = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 
 @dataclass
@@ -52,18 +57,50 @@ class ManifestRow:
 def read_manifest(csv_path: str | Path) -> list[ManifestRow]:
     """The rows of a manifest, with paths resolved against the CSV's folder."""
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise ArlonError(f"no such manifest: {csv_path}")
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+    reader = csv.DictReader(io.StringIO(_read_text(csv_path, "manifest"), newline=""))
+    try:
+        if reader.fieldnames is None:
+            raise ArlonError(f"{csv_path} is empty; a manifest starts with the line path,text,...")
+        missing = [c for c in REQUIRED if c not in reader.fieldnames]
         if missing:
             raise ArlonError(f"{csv_path} lacks the column(s) {', '.join(missing)}")
         return [_parse_row(csv_path, reader.line_num, record) for record in reader]
+    except csv.Error as e:  # e.g. a field over csv.field_size_limit()
+        raise ArlonError(f"{csv_path}, line {reader.line_num}: not CSV: {e}") from None
 
 
-def _parse_row(csv_path: Path, line: int, record: dict[str, str]) -> ManifestRow:
+def _read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of a manifest or truth file, or a one-line error naming the file.
+
+    Binary files fail here rather than deep inside csv or json: bytes that are not UTF-8, or NUL
+    (valid UTF-8, but never in text). A UTF-8 byte-order mark, as spreadsheets write, is dropped.
+    """
+    if path.is_dir():
+        raise ArlonError(f"the {what} {path} is a directory, not a file")
+    if not path.is_file():
+        raise ArlonError(f"no such {what}: {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ArlonError(f"cannot read the {what} {path}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ArlonError(
+            f"{path}, line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); "
+            f"is it really a {what}?"
+        ) from None
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise ArlonError(f"{path}, line {line}: a NUL byte, not text; is it really a {what}?")
+    return text
+
+
+def _parse_row(csv_path: Path, line: int, record: dict[str, str | None]) -> ManifestRow:
     where = f"{csv_path}, line {line}"
+    if not record["path"]:
+        raise ArlonError(f"{where}: the path is empty")
     path = csv_path.parent / record["path"]
     if not path.is_file():
         raise ArlonError(f"{where}: no such video {path}")
@@ -73,12 +110,20 @@ def _parse_row(csv_path: Path, line: int, record: dict[str, str]) -> ManifestRow
     text = record["text"] or ""
     numbers = [record.get(c) for c in COLUMNS[2:]]
     if not all(numbers):
-        return ManifestRow.from_video(path, text, truth)
-    try:
-        num_frames, height, width = (int(n) for n in numbers[:3])
-        fps = float(numbers[3])
-    except ValueError:
-        raise ArlonError(f"{where}: num_frames, height, width, fps must be numbers") from None
+        try:
+            return ManifestRow.from_video(path, text, truth)
+        except ArlonError as e:
+            raise ArlonError(f"{where}: {e}") from None
+    # int() and float() also take "٣", " 8 ", "1_0", "nan" and "inf"; none is a frame count or rate.
+    num_frames, height, width, fps = numbers
+    if not all(_UINT.fullmatch(n) for n in numbers[:3]) or not _UFLOAT.fullmatch(fps):
+        raise ArlonError(
+            f"{where}: num_frames, height, width must be whole numbers and fps a decimal number "
+            f"(ASCII digits), got {', '.join(map(repr, numbers))}"
+        )
+    num_frames, height, width, fps = int(num_frames), int(height), int(width), float(fps)
+    if min(num_frames, height, width) < 1 or not 0 < fps < math.inf:
+        raise ArlonError(f"{where}: num_frames, height, width and fps must be positive")
     return ManifestRow(path, text, num_frames, height, width, fps, truth)
 
 
@@ -177,21 +222,22 @@ class ClipDataset(Dataset):
 def _read_timeline(truth: Path) -> tuple[list[int], list[str]] | None:
     """The (starts, captions) of a truth JSON's timeline, or None; the rest of the file is dropped."""
     try:
-        with open(truth, encoding="utf-8") as f:
-            truth_data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ArlonError(f"cannot read the truth file {truth}: {e}") from None
+        truth_data = json.loads(_read_text(truth, "truth file"))
+    except json.JSONDecodeError as e:
+        raise ArlonError(f"cannot read the truth file {truth}: not JSON: {e}") from None
     timeline = truth_data.get("timeline") if isinstance(truth_data, dict) else None
     if timeline is None:
         return None
-    malformed = ArlonError(
-        f"{truth}: timeline must be [start_frame, caption] pairs sorted by start"
-    )
-    try:
-        starts = [int(start) for start, _ in timeline]
-        captions = [str(caption) for _, caption in timeline]
-    except (TypeError, ValueError):
-        raise malformed from None
+    # A pair is a JSON list [int, str]: int() would also take "12", 4.5 or true as a start frame.
+    if not isinstance(timeline, list) or not all(
+        isinstance(pair, list)
+        and len(pair) == 2
+        and type(pair[0]) is int
+        and isinstance(pair[1], str)
+        for pair in timeline
+    ):
+        raise ArlonError(f"{truth}: timeline must be [start_frame, caption] pairs sorted by start")
+    starts = [start for start, _ in timeline]
     if starts != sorted(starts):
-        raise malformed
-    return starts, captions
+        raise ArlonError(f"{truth}: timeline must be [start_frame, caption] pairs sorted by start")
+    return starts, [caption for _, caption in timeline]

@@ -32,6 +32,11 @@ FORMATS = {".mp4": "mp4", ".gif": "gif"}
 PIX_FMTS = ("yuv420p", "yuv444p")
 # A keyframe every 16 frames bounds the cost of reading a clip anywhere in a long video.
 GOP_SIZE = 16
+# x264 threads, fixed: left to "auto", x264 counts the CPUs this process may run on (its affinity)
+# and encodes one slice per CPU, so the bytes, and the pixels (up to 12 levels), changed with the
+# machine, a taskset or a job scheduler's CPU set (measured). A fixed number of slices is
+# reproducible, and x264 caps it at one per 64 rows: 64x64 videos encode on one thread, as before.
+X264_SLICES = 4
 
 # swscale's defaults lose ~4 dB on the RGB <-> YUV round trip; box-filtered chroma when writing and
 # full chroma interpolation when reading, both with accurate rounding, bring it back (measured).
@@ -65,7 +70,9 @@ class VideoWriter:
     `crf` (0 = lossless .. 51) and `pix_fmt` apply to mp4: crf 8 re-reads smooth 64x64 video at
     ~40 dB PSNR with yuv420p (sharp colour edges at ~27 dB, the 4:2:0 chroma limit); "yuv444p"
     keeps full colour (~50 dB) but some players (browsers) cannot play it. GIF uses a palette per
-    frame, so flat synthetic frames are lossless and gradients are dithered.
+    frame, so flat synthetic frames are lossless and gradients are dithered. The same frames give
+    the same bytes from run to run, whatever the load or the CPUs the process may use (x264 is set
+    up for it in `_open_stream`).
     """
 
     def __init__(
@@ -181,9 +188,18 @@ class VideoWriter:
         if self._fmt == "mp4":
             stream.pix_fmt = self._pix_fmt
             stream.codec_context.gop_size = GOP_SIZE
-            # x264's AVX-512 code can make the bytes differ from run to run (the pixels stay ~60 dB
-            # apart, measured); crf 0 is lossless and so reproducible.
-            stream.options = {"crf": str(self._crf)}
+            # A thread setup that does not depend on the machine, so the same frames give the same
+            # bytes: see X264_SLICES.
+            stream.codec_context.thread_type = "SLICE"
+            stream.codec_context.thread_count = X264_SLICES
+            # No macroblock-tree rate control: x264's AVX-512 code for it reads memory it never
+            # wrote, so the same frames gave other bytes (pixels up to ~10 levels apart) whenever
+            # the heap held other garbage: from run to run of a generator, even between two videos
+            # in one process (measured; B-frames on, 64x64). Without it x264 also gives the same
+            # bytes with its SSE4 to AVX-512 code (forced on one machine), at the same speed and
+            # PSNR (+0.1 dB), for ~50% larger files at crf 8. bframes=0 also hid the bug (+8..45%),
+            # but still runs that AVX-512 code.
+            stream.options = {"crf": str(self._crf), "mbtree": "0"}
         else:
             stream.pix_fmt = "pal8"
             self._palette = _palette_graph(height, width, self.fps)
@@ -246,6 +262,9 @@ class VideoInfo:
 def video_info(path: str | Path) -> VideoInfo:
     """Frame count (exact: counted from packets when the container does not store it), fps, size."""
     with _open_video(path) as (container, stream):
+        if stream.height < 1 or stream.width < 1:
+            # Seen in GIF headers followed by garbage: readers would fail on the first frame.
+            raise ArlonError(f"{path}: the video has no frame size (corrupt or truncated?)")
         num_frames = stream.frames or sum(
             1 for packet in container.demux(stream) if packet.size > 0
         )
@@ -302,8 +321,12 @@ def write_video(
 def _open_video(path: str | Path) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
     """Open the first video stream of `path`; PyAV errors, here or in the block, become ArlonError."""
     path = Path(path)
+    if path.is_dir():
+        raise ArlonError(f"{path} is a directory, not a video file")
     if not path.is_file():
         raise ArlonError(f"no such video file: {path}")
+    if path.stat().st_size == 0:
+        raise ArlonError(f"{path} is empty, not a video")
     try:
         container = av.open(str(path))
     except av.FFmpegError as e:
@@ -311,7 +334,11 @@ def _open_video(path: str | Path) -> Iterator[tuple[av.container.InputContainer,
     try:
         if not container.streams.video:
             raise ArlonError(f"{path} has no video stream")
-        yield container, container.streams.video[0]
+        stream = container.streams.video[0]
+        # A damaged header can name a codec FFmpeg does not know: PyAV then has no decoder for it.
+        if stream.codec_context is None:
+            raise ArlonError(f"{path}: unknown video codec (not a video, or corrupt)")
+        yield container, stream
     except av.FFmpegError as e:
         raise ArlonError(f"cannot decode {path}: {_reason(e)} (corrupt or truncated?)") from None
     finally:

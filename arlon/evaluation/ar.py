@@ -1,8 +1,7 @@
 """How good the AR transformer is on its own: its coarse videos, judged by the world metrics.
 
 - `prompt_eval`: one short coarse video per prompt of the world's vocabulary (captions of held-out
-  episodes without events); attribute and motion-direction accuracy, identity, and how fast codes
-  come;
+  episodes without events); the world metrics (object accuracy first), and how fast codes come;
 - `timeline_eval`: long coarse videos for timelines with caption changes (held-out episodes with
   events); identity persistence, prompt-switch latency, drift.
 
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 
 from arlon.evaluation.heldout import HELDOUT_SEED, heldout_episodes, heldout_prompts
 from arlon.pipeline.coarse import coarse_frames, sample_codes, windows_for
-from arlon.world.metrics import Expected, mean_judged, onset_summary, score_video
+from arlon.world.metrics import METRICS, Expected, mean_judged, onset_summary, score_video
 
 SamplerFactory = Callable[[int | list[int]], object]  # seed(s) -> ARSampler
 BATCH = 25  # videos whose codes are drawn together
@@ -96,10 +95,8 @@ def prompt_eval(
     reports, seconds = score_coarse_videos(
         make_sampler, vq, vae, timelines, num_frames, seed, "AR prompts", progress
     )
-    attributes = ("attribute", "colour", "shape", "size", "background")
-    names = (*attributes, "motion", "speed", "count", "identity")
     out = {"prompts": prompts, "frames": num_frames}
-    out |= {n: mean_judged(r[n] for r in reports) for n in names}
+    out |= {n: mean_judged(r[n] for r in reports) for n in METRICS}
     out |= onset_summary(reports)
     out["seconds_per_video"] = seconds / prompts
     out["frames_per_second"] = prompts * num_frames / seconds
@@ -130,14 +127,14 @@ def timeline_summary(reports: list[dict], num_frames: int) -> dict:
         "timelines": len(reports),
         "frames": num_frames,
         "switches": sum(r["switch"]["count"] for r in reports),
-        "identity": mean_judged(r["identity"] for r in reports),
-        "attribute": mean_judged(r["attribute"] for r in reports),
-        "motion": mean_judged(r["motion"] for r in reports),
-        "count": mean_judged(r["count"] for r in reports),
+        **{n: mean_judged(r[n] for r in reports) for n in METRICS},
         "switched": mean_judged(r["switch"]["switched"] for r in reports),
+        "kept": mean_judged(r["switch"]["kept"] for r in reports),
         "switch_latency_median": float(np.median(latencies)) if latencies else None,
         "switch_latency_mean": float(np.mean(latencies)) if latencies else None,
         **onset_summary(reports),
-        "attribute_early": mean_judged(r["drift"]["early"]["attribute"] for r in reports),
-        "attribute_late": mean_judged(r["drift"]["late"]["attribute"] for r in reports),
+        "object_accuracy_early": mean_judged(
+            r["drift"]["early"]["object_accuracy"] for r in reports
+        ),
+        "object_accuracy_late": mean_judged(r["drift"]["late"]["object_accuracy"] for r in reports),
     }

@@ -1,12 +1,14 @@
-"""How good a DiT is on its own, teacher-forced: real references and real conditions, world metrics.
+"""How good a DiT is on its own, teacher-forced: an ORACLE diagnostic, never the basis of a claim.
 
 Each held-out clip of the shapes world is encoded by the VAE; its first `reference` latent frames are
 the clean reference and the rest is generated from noise in N Euler steps, guided (for ARLON) by the
 fine VQ-VAE's reconstruction of the clip's own latent (`condition="fine"`: what a perfect AR would
 give) or of codes the AR transformer samples, teacher-forced, after the clip's true codes
 (`condition="ar"`: the AR's per-token errors without its drift over a long video). The generated
-frames are decoded and judged against the clip's ground truth: attribute and motion accuracy, count,
-re-render PSNR, and PSNR against the real frames.
+frames are decoded and judged against the clip's ground truth (object accuracy, colour, shape,
+motion, count, identity) and by PSNR against the real frames. ARLON's condition here comes from the
+clip's own latent while the baseline has only the text, so the comparison flatters ARLON: whole
+generations (`arlon eval --suite`) decide the claims.
 
     report = teacher_forced(dit, vae, vq, text_encoder, steps=(1, 3, 5, 10, 30), use_condition=True)
 """
@@ -24,7 +26,7 @@ from arlon.world.metrics import Expected, mean_judged, score_video
 from arlon.world.render import render_states
 from arlon.world.simulate import random_episode
 
-METRICS = ("attribute", "colour", "shape", "background", "motion", "count", "rerender_psnr")
+METRICS = ("object_accuracy", "colour", "shape", "background", "motion", "count", "identity")
 
 
 def _clips(clips: int, num_frames: int, seed: int):

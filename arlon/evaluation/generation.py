@@ -17,9 +17,9 @@ from tqdm.auto import tqdm
 from arlon.evaluation.heldout import HELDOUT_SEED, heldout_episodes, heldout_prompts
 from arlon.models.ar_sampler import ARSampling
 from arlon.pipeline.pipeline import DiTSampling
-from arlon.world.metrics import Expected, mean_judged, onset_summary, score_video
+from arlon.world.metrics import METRICS, Expected, mean_judged, onset_summary, score_video
 
-NAMES = ("attribute", "colour", "shape", "size", "background", "motion", "count", "identity")
+DRIFT = ("object_accuracy", "identity", "motion")  # compared between the first and last quarter
 
 
 def _score(pipe, timelines, num_frames, sampling, ar_sampling, batch, desc, progress):
@@ -55,15 +55,16 @@ def _score(pipe, timelines, num_frames, sampling, ar_sampling, batch, desc, prog
 def summarise(reports: list[dict], seconds: float) -> dict:
     """Mean world metrics of many videos' reports, switch latency over all their caption changes,
     drift (early vs late windows), and the mean seconds per video."""
-    out = {n: mean_judged(r[n] for r in reports) for n in (*NAMES, "rerender_psnr")}
+    out = {n: mean_judged(r[n] for r in reports) for n in METRICS}
     latencies = [lat for r in reports for lat in r["switch"]["latencies"]]
     if latencies:
         out["switches"] = len(latencies)
         out["switched"] = mean_judged(r["switch"]["switched"] for r in reports)
+        out["kept"] = mean_judged(r["switch"]["kept"] for r in reports)
         out["switch_latency_median"] = float(np.median(latencies))
     out |= onset_summary(reports)
     for window in ("early", "late"):
-        for n in ("attribute", "identity", "motion"):
+        for n in DRIFT:
             out[f"{n}_{window}"] = mean_judged(r["drift"][window][n] for r in reports)
     out["seconds_per_video"] = seconds / max(len(reports), 1)
     return out

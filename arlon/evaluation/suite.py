@@ -1,17 +1,22 @@
 """Evaluation suites: files of prompts and timelines -> generations -> one report.
 
-    arlon eval --suite short --mode arlon,baseline --steps 1,3,5,10,30 --out runs/suite/short
+    arlon eval --suite short --steps 1,3,5,10,30 --guidance 1,2,4,7 --out runs/suite/short
 
     suite = read_suite("long-600")                        # a packaged suite, or any file
-    report = run_suite(pipe, suite, ["arlon"], [5], Path("runs/suite/long-600"))
+    report = run_suite(pipe, suite, SuitePlan(modes=("arlon", "ar-only")), Path("runs/long-600"))
+
+Three modes are compared on the same videos (video i from seed i): ARLON, the baseline DiT, and
+AR-only (the AR's codes decoded without the DiT, which shows what the DiT adds); ARLON and AR-only
+share the AR's codes. The DiT's runs are made at every step count and text-guidance scale asked,
+so each mode can be judged at its best guidance.
 
 Each video is scored with the world metrics (when its prompts are in the world's vocabulary: other
 prompts, such as VBench's, still run and get the VBench-style dimensions only), each world metric
 over `WINDOWS` equal windows of time, the VBench-style dimensions (`arlon.evaluation.vbench`, long-video
 protocol), and the seam ratio: the mean frame change across the DiT's segment seams over the mean
 change inside segments (1: seams do not show). A video's scores are written to
-`OUT/videos/MODE-STEPS/INDEX.json` as soon as it is done, so a re-run skips finished videos; then
-`metrics.json`, `metrics.md` and PNG plots summarise them all.
+`OUT/videos/RUN/INDEX.json` as soon as it is done, so a re-run skips finished videos; then
+`metrics.json`, `metrics.md` and PNG plots summarise them all (`arlon.evaluation.suite_report`).
 
 A suite file (`.txt`) holds one video per line, `PROMPT`, or a timeline of `START_FRAME<TAB>PROMPT`
 lines (a start of 0 begins a new timeline); `# frames: N` sets the suite's default length; blank
@@ -25,7 +30,7 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,18 +39,22 @@ from tqdm.auto import tqdm
 
 from arlon.errors import ArlonError
 from arlon.evaluation import vbench
-from arlon.evaluation.generation import summarise
 from arlon.evaluation.heldout import HELDOUT_SEED
+from arlon.evaluation.suite_report import (
+    OVER_TIME,
+    WINDOWS,
+    summarise_suite,
+    video_path,
+    write_report,
+)
 from arlon.pipeline.pipeline import MODES, DiTSampling
 from arlon.timeline import Timeline
 from arlon.utils import atomic_path
-from arlon.world.captions import describe
-from arlon.world.metrics import Expected, mean_judged, score_video
+from arlon.world.captions import describe, describe_change
+from arlon.world.metrics import Expected, score_video
 from arlon.world.simulate import random_episode
 
 SUITES = Path(__file__).parent / "suites"
-WINDOWS = 8  # windows of time for the metrics-over-time curves
-OVER_TIME = ("attribute", "identity", "motion", "rerender_psnr")
 
 
 @dataclass
@@ -146,10 +155,17 @@ def build_packaged_suites() -> dict[str, str]:
                 out.append(episode.timeline[0][1])
         return out
 
-    def timelines(seed, count: int, frames: int) -> list[str]:
+    def timelines(seed, count: int, frames: int, changes: bool = False) -> list[str]:
         blocks = []
         for i in range(count):
-            timeline = random_episode((seed, i), frames).timeline
+            episode = random_episode((seed, i), frames)
+            timeline = episode.timeline
+            if changes:  # later prompts state only the change, as people write a story
+                rng = np.random.default_rng([seed, i, 1])
+                pairs = zip(episode.specs, episode.specs[1:], strict=False)
+                later = [describe_change(a, b, rng) for a, b in pairs]
+                starts = [start for start, _ in timeline[1:]]
+                timeline = [timeline[0], *zip(starts, later, strict=True)]
             blocks.append("\n".join(f"{start}\t{prompt}" for start, prompt in timeline))
         return blocks
 
@@ -179,6 +195,13 @@ def build_packaged_suites() -> dict[str, str]:
             "20 timelines with caption changes, 600 frames",
             600,
             timelines(HELDOUT_SEED + 1, 20, 600),
+            "\n\n",
+        ),
+        "stories": text(
+            "20 stories of 600 frames: later prompts state only the change ('the circle turns "
+            "blue'); what they do not mention must stay as it was",
+            600,
+            timelines(HELDOUT_SEED + 5, 20, 600, changes=True),
             "\n\n",
         ),
         "long-2400": text(
@@ -240,81 +263,133 @@ def score_one(
 # ------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Run:
+    """One way of making a suite's videos: a mode, and for the DiT its steps and text guidance."""
+
+    mode: str
+    steps: int | None = None
+    guidance: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.mode if self.steps is None else f"{self.mode}-{self.steps}-g{self.guidance:g}"
+
+    @property
+    def sampling(self) -> DiTSampling:
+        if self.steps is None:
+            return DiTSampling(mode=self.mode)
+        return DiTSampling(self.steps, self.guidance, self.mode)
+
+
+@dataclass(frozen=True)
+class SuitePlan:
+    """Which runs to make of a suite: every mode at every step count and guidance scale (AR-only,
+    which has no DiT, once), or exactly the runs `only` lists; `frames` per video (None: the
+    suite's), its first `videos`."""
+
+    modes: tuple[str, ...] = MODES
+    steps: tuple[int, ...] = (5,)
+    guidance: tuple[float, ...] = (1.0,)
+    frames: int | None = None
+    videos: int | None = None
+    batch: int = 25  # videos whose AR codes are drawn together
+    only: tuple[Run, ...] = ()
+
+    def __post_init__(self):
+        for mode in (*self.modes, *(run.mode for run in self.only)):
+            if mode not in MODES:
+                raise ArlonError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
+        if not self.steps or min(self.steps) < 1 or not self.guidance or min(self.guidance) < 0:
+            raise ArlonError("steps must be positive integers, guidance scales 0 or more")
+
+    def runs(self) -> list[Run]:
+        if self.only:
+            return list(self.only)
+        runs = []
+        for mode in self.modes:
+            if mode == "ar-only":
+                runs.append(Run(mode))
+            else:
+                runs += [Run(mode, s, g) for s in self.steps for g in self.guidance]
+        return runs
+
+
 def run_suite(
     pipe,
     suite: Suite,
-    modes: list[str],
-    steps: list[int],
+    plan: SuitePlan,
     out: Path,
-    frames: int | None = None,
-    videos: int | None = None,
     backbone=None,
     dimensions: list[str] | None = None,
-    batch: int = 25,
     progress: bool = True,
 ) -> dict:
-    """Generate and score every video of `suite` for each mode and step count (video i from seed
-    i), skipping those already scored in `out`; write and return the summary. `dimensions`: the
+    """Generate and score every video of `suite` for each run of `plan` (video i from seed i),
+    skipping those already scored in `out`; write and return the summary. `dimensions`: the
     VBench-style ones to score (default all)."""
-    for mode in modes:
-        if mode not in MODES:
-            raise ArlonError(f"unknown mode {mode!r}: use {' or '.join(MODES)}")
-    if not steps or min(steps) < 1:
-        raise ArlonError(f"steps must be positive integers, got {steps}")
-    frames = frames or suite.frames
+    frames = plan.frames or suite.frames
     backbone = backbone or vbench.load_backbone("thumbnail")
     vbench.check_dimensions(dimensions or list(vbench.DIMENSIONS))
-    timelines = [[(s, p) for s, p in t if s < frames] for t in suite.videos[:videos]]
+    timelines = [
+        Timeline([(s, p) for s, p in t if s < frames]) for t in suite.videos[: plan.videos]
+    ]
     settings = {"suite": suite.name, "frames": frames, "backbone": backbone.name}
     _check_out(out, settings | {"model": weights_digest(pipe)})
-    seams = pipe.seams(frames)
     todo = [
-        (mode, s, i)
-        for mode in modes
-        for s in steps
+        (run, i)
+        for run in plan.runs()
         for i in range(len(timelines))
-        if not _video_path(out, mode, s, i).exists()
+        if not video_path(out, run.label, i).exists()
     ]
-    bar = tqdm(total=len(todo), desc=f"suite {suite.name}", unit="video", disable=not progress)
-    # The AR's codes do not depend on the DiT's steps: drawn once per video, in batches, and each
-    # video's share of its batch's time is counted in each of its ARLON runs.
-    codes: dict[int, list] = {}
-    ar_seconds: dict[int, float] = {}
-    for mode, s, i in todo:
-        video_codes, shared = None, 0.0
-        if mode == "arlon":
-            if i not in codes:
-                started = time.perf_counter()
-                drawn = _sample(pipe, timelines, frames, i, batch, todo, progress)
-                share = (time.perf_counter() - started) / len(drawn)
-                codes |= drawn
-                ar_seconds |= dict.fromkeys(drawn, share)
-            video_codes, shared = codes[i], ar_seconds[i]
+    codes = _Codes(pipe, timelines, frames, plan.batch, todo, progress)
+    for run, i in tqdm(todo, desc=f"suite {suite.name}", unit="video", disable=not progress):
+        video_codes, shared = codes.of(i) if run.mode != "baseline" else (None, 0.0)
         started = time.perf_counter()
-        video = np.stack(
-            list(
-                pipe.stream(
-                    timeline=timelines[i],
-                    num_frames=frames,
-                    sampling=DiTSampling(s, mode=mode),
-                    seed=i,
-                    progress=False,
-                    codes=video_codes,
-                )
-            )
+        stream = pipe.stream(
+            timeline=timelines[i],
+            num_frames=frames,
+            sampling=run.sampling,
+            seed=i,
+            progress=False,
+            codes=video_codes,
         )
+        video = np.stack(list(stream))
+        seams = [] if run.mode == "ar-only" else pipe.seams(frames)  # the DiT's segment seams
         report = score_one(video, timelines[i], seams, backbone, dimensions)
         seconds = time.perf_counter() - started + shared
-        report |= {"mode": mode, "steps": s, "index": i, "seconds": seconds}
-        path = _video_path(out, mode, s, i)
+        report |= {**asdict(run), "index": i, "seconds": seconds}
+        path = video_path(out, run.label, i)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(report))
-        bar.update(1)
-    bar.close()
-    summary = summarise_suite(out, suite.name, modes, steps, len(timelines), frames, backbone.name)
+    summary = summarise_suite(out, suite.name, plan.runs(), len(timelines), frames, backbone.name)
     write_report(summary, out)
     return summary
+
+
+class _Codes:
+    """The AR's codes of the suite's videos, drawn `batch` videos at a time when first needed and
+    shared by every run that uses them (ARLON at any steps and guidance, AR-only); each video is
+    charged its share of its batch's time."""
+
+    def __init__(self, pipe, timelines, frames: int, batch: int, todo, progress: bool):
+        self.pipe, self.timelines, self.frames, self.batch = pipe, timelines, frames, batch
+        self.wanted = sorted({i for run, i in todo if run.mode != "baseline"})
+        self.progress = progress
+        self.codes: dict[int, list] = {}
+        self.seconds: dict[int, float] = {}
+
+    def of(self, i: int) -> tuple[list, float]:
+        if i not in self.codes:
+            chunk = [j for j in self.wanted if j >= i][: self.batch]
+            started = time.perf_counter()
+            drawn = self.pipe.sample_codes(
+                [self.timelines[j] for j in chunk], self.frames, chunk, progress=self.progress
+            )
+            share = (time.perf_counter() - started) / len(chunk)
+            self.codes |= dict(zip(chunk, drawn, strict=True))
+            self.seconds |= dict.fromkeys(chunk, share)
+        return self.codes[i], self.seconds[i]
 
 
 def weights_digest(pipe) -> str:
@@ -341,173 +416,3 @@ def _check_out(out: Path, settings: dict) -> None:
         return
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(settings))
-
-
-def _video_path(out: Path, mode: str, steps: int, index: int) -> Path:
-    return out / "videos" / f"{mode}-{steps}" / f"{index:04d}.json"
-
-
-def _sample(pipe, timelines, frames, first, batch, todo, progress) -> dict[int, list]:
-    """AR codes of up to `batch` videos still to do in ARLON mode, from video `first` on."""
-    wanted = sorted({i for mode, _, i in todo if mode == "arlon" and i >= first})[:batch]
-    drawn = pipe.sample_codes([timelines[i] for i in wanted], frames, wanted, progress=progress)
-    return dict(zip(wanted, drawn, strict=True))
-
-
-# ------------------------------------------------------------------------------------------------
-# Summary, table, plots
-# ------------------------------------------------------------------------------------------------
-
-
-def summarise_suite(out: Path, name, modes, steps, videos: int, frames: int, backbone: str) -> dict:
-    """Mean scores per (mode, steps) of the videos written in `out`."""
-    runs = []
-    for mode in modes:
-        for s in steps:
-            reports = [json.loads(_video_path(out, mode, s, i).read_text()) for i in range(videos)]
-            seconds = sum(r["seconds"] for r in reports)
-            world = [r["world"] for r in reports if r["world"] is not None]
-            run = {"mode": mode, "steps": s, "videos": len(reports), "world_videos": len(world)}
-            if world:
-                run |= summarise(world, seconds)
-                judged = [r["over_time"] for r in reports if r["world"] is not None]
-                run["over_time"] = {
-                    k: [mean_judged(w[j][k] for w in judged) for j in range(WINDOWS)]
-                    for k in OVER_TIME
-                }
-            run["seconds_per_video"] = seconds / len(reports)
-            dims = [r["vbench"] for r in reports]
-            for dim in vbench.DIMENSIONS:
-                if all(dim in d for d in dims):
-                    run[dim] = float(np.mean([d[dim] for d in dims]))
-            if "temporal_flickering" in run and "dynamic_degree" in run:
-                # VBench scores flickering on static videos only; over all of them, motion counts
-                # as flicker too (what the 'static' suite's prompts, all at rest, want to see)
-                run["temporal_flickering_all"] = run["temporal_flickering"]
-                static = [d["temporal_flickering"] for d in dims if d["dynamic_degree"] == 0]
-                run["temporal_flickering"] = float(np.mean(static)) if static else None
-                run["static_videos"] = len(static)
-            run["seam_ratio"] = mean_judged(r["seams"]["ratio"] for r in reports)
-            runs.append(run)
-    return {
-        "suite": name,
-        "frames": frames,
-        "videos": videos,
-        "backbone": backbone,
-        "date": time.strftime("%Y-%m-%d"),
-        "runs": runs,
-    }
-
-
-TABLE = (
-    ("attribute", "attribute", 100),
-    ("motion", "motion", 100),
-    ("count", "count", 100),
-    ("identity", "identity", 100),
-    ("PSNR", "rerender_psnr", 1),
-    ("switch lat.", "switch_latency_median", 1),
-    ("dynamic", "dynamic_degree", 100),
-    ("smooth", "motion_smoothness", 100),
-    ("flicker (static)", "temporal_flickering", 100),
-    ("flicker (all)", "temporal_flickering_all", 100),
-    ("subject", "subject_consistency", 100),
-    ("background", "background_consistency", 100),
-    ("seam ratio", "seam_ratio", 1),
-    ("s/video", "seconds_per_video", 1),
-)
-
-
-def markdown_table(summary: dict) -> str:
-    """One row per (mode, steps); accuracies and VBench-style scores in %."""
-    head = ["mode", "steps", *(name for name, _, _ in TABLE)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for run in summary["runs"]:
-        cells = [run["mode"], str(run["steps"])]
-        for _, key, scale in TABLE:
-            value = run.get(key)
-            cells.append("-" if value is None else f"{value * scale:.1f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    note = (
-        f"\n{summary['suite']}: {summary['videos']} videos x {summary['frames']} frames; "
-        f"consistency backbone {summary['backbone']}; {summary['date']}.\n"
-    )
-    return "\n".join(lines) + "\n" + note
-
-
-def write_report(summary: dict, out: Path) -> None:
-    """`metrics.json`, `metrics.md` and the PNG plots in `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
-    with atomic_path(out / "metrics.md") as tmp:
-        tmp.write_text(markdown_table(summary))
-    plot(summary, out)
-
-
-def plot(summary: dict, out: Path) -> list[Path]:
-    """Quality vs steps per mode, each world metric over time, and the seam ratio."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs, written = summary["runs"], []
-    modes = list(dict.fromkeys(r["mode"] for r in runs))
-    keys = [
-        ("attribute", "attribute accuracy"),
-        ("motion", "motion accuracy"),
-        ("identity", "identity persistence"),
-        ("dynamic_degree", "dynamic degree"),
-        ("subject_consistency", f"subject consistency ({summary['backbone']})"),
-        ("motion_smoothness", "motion smoothness"),
-    ]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
-    for ax, (key, title) in zip(axes.flat, keys, strict=True):
-        for mode in modes:
-            points = [(r["steps"], r.get(key)) for r in runs if r["mode"] == mode]
-            points = [(s, v) for s, v in points if v is not None]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=mode)
-        ax.set_xscale("log")
-        ax.set_xlabel("denoising steps")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes.flat[0].legend()
-    fig.suptitle(f"{summary['suite']}: quality vs steps ({summary['frames']} frames)")
-    fig.tight_layout()
-    written.append(_save(fig, out / "quality_vs_steps.png"))
-
-    timed = [r for r in runs if "over_time" in r]
-    if timed:
-        fig, axes = plt.subplots(1, len(OVER_TIME), figsize=(4 * len(OVER_TIME), 3.5))
-        centres = (np.arange(WINDOWS) + 0.5) / WINDOWS * summary["frames"]
-        for ax, key in zip(axes, OVER_TIME, strict=True):
-            for r in timed:
-                values = [np.nan if v is None else v for v in r["over_time"][key]]
-                ax.plot(centres, values, marker=".", label=f"{r['mode']} @{r['steps']}")
-            ax.set_xlabel("frame")
-            ax.set_title(key, fontsize=10)
-            ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=8)
-        fig.suptitle(f"{summary['suite']}: world metrics over time")
-        fig.tight_layout()
-        written.append(_save(fig, out / "over_time.png"))
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    labels = [f"{r['mode']}\n@{r['steps']}" for r in runs]
-    ax.bar(labels, [r["seam_ratio"] or 0 for r in runs])
-    ax.axhline(1, color="k", lw=0.8, ls="--")
-    ax.set_ylabel("change at seams / inside")
-    ax.set_title(f"{summary['suite']}: seam ratio (1: seams invisible)", fontsize=10)
-    fig.tight_layout()
-    written.append(_save(fig, out / "seam_ratio.png"))
-    return written
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return path

@@ -16,6 +16,8 @@ The stages, each holding a bounded window:
    the same frames (mode "arlon"; mode "baseline" runs the same chain without F, Open-Sora's
    loop), in `num_inference_steps` Euler steps with classifier-free guidance on the text;
 4. the VAE decodes the new latent frames causally and streams frames out.
+
+Mode "ar-only" leaves out step 3: F itself goes to the VAE, which shows what the DiT adds.
 """
 
 from __future__ import annotations
@@ -43,13 +45,14 @@ from arlon.pipeline.folders import MODELS, assemble, load_components
 from arlon.timeline import Timeline
 from arlon.utils import check_seed
 
-MODES = ("arlon", "baseline")
+MODES = ("arlon", "baseline", "ar-only")
 
 
 @dataclass(frozen=True)
 class DiTSampling:
     """How the DiT renders each segment: Euler steps, text guidance (1: none), and `mode`:
-    "arlon" (guided by the AR's coarse latent) or "baseline" (text only, Open-Sora's loop)."""
+    "arlon" (guided by the AR's coarse latent), "baseline" (text only, Open-Sora's loop) or
+    "ar-only" (no DiT: the AR's codes decoded straight through the VQ-VAE and the VAE)."""
 
     num_inference_steps: int = 5
     guidance_scale: float = 1.0
@@ -190,7 +193,7 @@ class ARLONPipeline(DiffusionPipeline):
             raise ArlonError(
                 f"height and width must be positive multiples of {s}, got {height}x{width}"
             )
-        if sampling.mode == "arlon" and (height, width) != self.default_size():
+        if sampling.mode != "baseline" and (height, width) != self.default_size():
             raise ArlonError(
                 "this AR transformer draws {}x{} videos, not {}x{} (mode baseline takes other "
                 "sizes)".format(*self.default_size(), height, width)
@@ -248,17 +251,25 @@ class ARLONPipeline(DiffusionPipeline):
         is then unused."""
         job = self._job(prompt, timeline, num_frames, height, width, sampling, seed, init_video)
         times = self.last_times = StageTimes()
-        conditions = None
-        if sampling.mode == "arlon":
-            conditions = self._conditions(job, ar_sampling, codes, times)
-        bars = _Bars(progress, num_frames, job.segments)
-        yield from self._decode(job, self._latents(job, conditions, times, bars), times, bars)
+        coarse = None
+        if sampling.mode != "baseline":
+            coarse = self._coarse_latents(job, ar_sampling, codes, times)
+        if sampling.mode == "ar-only":  # F itself, window by window as the VQ-VAE decodes it
+            bars = _Bars(progress, num_frames, 0)
+            latents = coarse
+        else:
+            bars = _Bars(progress, num_frames, job.segments)
+            conditions = None if coarse is None else (f for c in coarse for f in c.split(1, dim=2))
+            latents = self._latents(job, conditions, times, bars)
+        yield from self._decode(job, latents, times, bars)
         bars.close()
 
     def _job(self, prompt, timeline, num_frames, height, width, sampling, seed, init_video) -> _Job:
         if (prompt is None) == (timeline is None):
             raise ArlonError("give either a prompt or a timeline")
         timeline = Timeline.of(prompt if timeline is None else timeline)
+        if init_video is not None and sampling.mode == "ar-only":
+            raise ArlonError("mode ar-only does not continue a video: use arlon or baseline")
         init = None if init_video is None else self._encode_init(init_video)
         if init is not None:
             height, width = (n * self.vae.spatial_ratio for n in init.shape[3:])
@@ -338,15 +349,14 @@ class ARLONPipeline(DiffusionPipeline):
             leave=False,
         )
 
-    def _conditions(self, job: _Job, ar_sampling, codes, times) -> Iterator[torch.Tensor]:
-        """Coarse latent frames `(1, C, 1, h, w)`, one at a time: the AR's token frames (drawn
-        here unless `codes` are given) through the fine VQ-VAE; when continuing a video, its
-        reference frames' own codes first, which are also the AR's history."""
+    def _coarse_latents(self, job: _Job, ar_sampling, codes, times) -> Iterator[torch.Tensor]:
+        """The coarse latent F `(1, C, n, h, w)`, one VQ window at a time: the AR's token frames
+        (drawn here unless `codes` are given) through the fine VQ-VAE; when continuing a video,
+        its reference frames' own codes first, which are also the AR's history."""
         history = None
         if job.init is not None:
             history = list(self.vq.encode(job.init)[0])  # (h, w) each
-            decoded = self.vq.decode_codes(torch.stack(history)[None], num_frames=job.init.shape[2])
-            yield from decoded.split(1, dim=2)
+            yield self.vq.decode_codes(torch.stack(history)[None], num_frames=job.init.shape[2])
         if codes is None:
             sampler = ARSampler(self.ar, self.text_encoder, ar_sampling, job.seed)
             tokens = token_timeline(job.timeline, self.temporal_ratio, self.vq.ratio[0])
@@ -358,7 +368,7 @@ class ARLONPipeline(DiffusionPipeline):
             times.ar += time.perf_counter() - started
             if chunk is None:
                 return
-            yield from chunk.split(1, dim=2)
+            yield chunk
 
     def _latents(self, job: _Job, conditions, times, bars) -> Iterator[torch.Tensor]:
         """Latent frames `(1, C, n, h, w)` for the VAE: the reference being continued (if any),

@@ -3,18 +3,24 @@
 `describe` draws every word and template at random (seeded), so the same scene has many wordings and
 the text encoder has to carry meaning, not a template. `parse_caption` understands the training words,
 the held-out words, and direction keywords, so user prompts and paraphrases map back onto the world.
+
+A story's later prompts may state only a change ("the circle turns blue", "the square stops", "a
+green triangle comes in and moves left", "the background turns gray"): `describe_change` writes one,
+`apply_change` reads one against the scene before it, and `resolve` reads a timeline's prompts into
+the scene of each, keeping whatever a change does not mention as it was.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from dataclasses import replace
 
 import numpy as np
 
 from arlon.errors import ArlonError
 from arlon.world import vocab
-from arlon.world.scene import ObjectSpec, SceneSpec
+from arlon.world.scene import ObjectSpec, SceneSpec, world_event
 
 _BACKGROUND_TEMPLATES = (
     "{objects} on a {bg} background",
@@ -27,36 +33,41 @@ _BACKGROUND_TEMPLATES = (
 
 def describe(spec: SceneSpec, rng: np.random.Generator, heldout: bool = False) -> str:
     """One caption for `spec`, wording drawn from `rng`; `heldout=True` uses only held-out words."""
-
-    def pick(words: vocab.Words) -> str:
-        options = words.heldout if heldout and words.heldout else words.train
-        return options[rng.integers(len(options))]
-
-    clauses = []
-    for obj in spec.objects:
-        adjectives = []
-        if obj.size is not None and rng.random() < 0.5:
-            adjectives.append(pick(vocab.SIZE_WORDS[obj.size]))
-        adjectives.append(pick(vocab.COLOUR_WORDS[obj.colour]))
-        noun = " ".join([*adjectives, pick(vocab.SHAPE_WORDS[obj.shape])])
-        clause = f"{_article(noun)} {noun}"
-        if obj.motion is not None:
-            verb = pick(vocab.MOTION_WORDS[obj.motion])
-            if obj.speed is not None and obj.motion not in ("still",) and rng.random() < 0.5:
-                speed = pick(vocab.SPEED_WORDS[obj.speed])
-                # Adverbs in -ly read well either side of the verb ("slowly rises", "rises
-                # slowly"); "fast" only after it.
-                before = speed.endswith("ly") and rng.random() < 0.5
-                verb = f"{speed} {verb}" if before else f"{verb} {speed}"
-            clause = f"{clause} {verb}"
-        clauses.append(clause)
+    clauses = [" ".join(filter(None, describe_object(o, rng, heldout))) for o in spec.objects]
     objects = clauses[0] if len(clauses) == 1 else ", ".join(clauses[:-1]) + " and " + clauses[-1]
     if spec.background is None:
         text = objects
     else:
         template = _BACKGROUND_TEMPLATES[rng.integers(len(_BACKGROUND_TEMPLATES))]
-        text = template.format(objects=objects, bg=pick(vocab.BACKGROUND_WORDS[spec.background]))
+        words = vocab.BACKGROUND_WORDS[spec.background]
+        text = template.format(objects=objects, bg=_pick(words, rng, heldout))
     return text[0].upper() + text[1:]
+
+
+def describe_object(
+    obj: ObjectSpec, rng: np.random.Generator, heldout: bool = False
+) -> tuple[str, str | None]:
+    """`(noun phrase, verb phrase or None)` for one object: ("a small red ball", "moves left")."""
+    adjectives = []
+    if obj.size is not None and rng.random() < 0.5:
+        adjectives.append(_pick(vocab.SIZE_WORDS[obj.size], rng, heldout))
+    adjectives.append(_pick(vocab.COLOUR_WORDS[obj.colour], rng, heldout))
+    noun = " ".join([*adjectives, _pick(vocab.SHAPE_WORDS[obj.shape], rng, heldout)])
+    if obj.motion is None:
+        return f"{_article(noun)} {noun}", None
+    verb = _pick(vocab.MOTION_WORDS[obj.motion], rng, heldout)
+    if obj.speed is not None and obj.motion != "still" and rng.random() < 0.5:
+        speed = _pick(vocab.SPEED_WORDS[obj.speed], rng, heldout)
+        # Adverbs in -ly read well either side of the verb ("slowly rises", "rises slowly");
+        # "fast" only after it.
+        before = speed.endswith("ly") and rng.random() < 0.5
+        verb = f"{speed} {verb}" if before else f"{verb} {speed}"
+    return f"{_article(noun)} {noun}", verb
+
+
+def _pick(words: vocab.Words, rng: np.random.Generator, heldout: bool = False) -> str:
+    options = words.heldout if heldout and words.heldout else words.train
+    return options[rng.integers(len(options))]
 
 
 @functools.cache
@@ -187,3 +198,114 @@ def _locate(table: list[tuple[str, str]], text: str) -> tuple[str, int] | None:
 def _find(table: list[tuple[str, str]], text: str) -> str | None:
     found = _locate(table, text)
     return found[0] if found else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Changes
+# ------------------------------------------------------------------------------------------------
+
+ENTER = re.compile(r"\b(?:comes? in|enters|appears|joins(?: in)?)\b")
+LEAVE = re.compile(r"\b(?:leaves|disappears|exits|goes away)\b")
+STOP = re.compile(r"\b(?:stops|halts|comes to a (?:stop|halt)|stands still|stays still)\b")
+RECOLOUR = re.compile(r"\b(?:turns|becomes|changes to|goes)\b")
+BACKGROUND = re.compile(r"^the (?:background|backdrop) (?:turns|becomes|changes to|is now) (.+)$")
+
+
+def describe_change(before: SceneSpec, after: SceneSpec, rng: np.random.Generator) -> str:
+    """One prompt that states only what turns `before` into `after` (one world event)."""
+    event = world_event(before, after)
+    if event == "background":
+        verb = ("turns", "becomes")[rng.integers(2)]
+        return f"the background {verb} {_pick(vocab.BACKGROUND_WORDS[after.background], rng)}"
+    if event == "enter":
+        (new,) = [o for o in after.objects if o.colour not in {p.colour for p in before.objects}]
+        noun, verb = describe_object(new, rng)
+        return f"{noun} comes in" + (f" and {verb}" if verb else "")
+    if event == "leave":
+        (gone,) = [o for o in before.objects if o.colour not in {p.colour for p in after.objects}]
+        return f"the {_name(gone, before, rng)} {('leaves', 'disappears')[rng.integers(2)]}"
+    old, new = next((p, o) for p, o in zip(before.objects, after.objects, strict=True) if p != o)
+    if event == "recolour":
+        return f"the {_name(old, before, rng)} turns {_pick(vocab.COLOUR_WORDS[new.colour], rng)}"
+    if new.motion == "still":
+        return f"the {_name(old, before, rng)} stops"
+    return f"the {_name(old, before, rng)} now {_pick(vocab.MOTION_WORDS[new.motion], rng)}"
+
+
+def _name(o: ObjectSpec, scene: SceneSpec, rng: np.random.Generator) -> str:
+    """The shortest name that picks out `o` in `scene`: its shape noun, with its colour when
+    another object has the same shape."""
+    noun = _pick(vocab.SHAPE_WORDS[o.shape], rng)
+    if sum(p.shape == o.shape for p in scene.objects) > 1:
+        return f"{_pick(vocab.COLOUR_WORDS[o.colour], rng)} {noun}"
+    return noun
+
+
+def apply_change(spec: SceneSpec, text: str) -> SceneSpec | None:
+    """The scene after the change `text` states; None when `text` describes a whole scene."""
+    s = " ".join(re.sub(r"[^\w\s-]", " ", text.lower()).split())
+    m = BACKGROUND.match(s)
+    if m:
+        background = _find(_BACKGROUNDS, m.group(1))
+        if background is None:
+            raise ArlonError(f"unknown background in {text!r}")
+        return SceneSpec(spec.objects, background)
+    if ENTER.search(s):
+        (new,) = parse_caption(ENTER.sub(" ", s)).objects
+        new = replace(new, motion=new.motion or "still")
+        return SceneSpec(
+            (*[o for o in spec.objects if o.colour != new.colour], new), spec.background
+        )
+    if not s.startswith("the "):
+        return None
+    i, rest = _referent(spec, s[4:], text)
+    objects = list(spec.objects)
+    if LEAVE.search(rest):
+        objects.pop(i)
+    elif STOP.search(rest):
+        objects[i] = replace(objects[i], motion="still", speed=None)
+    elif RECOLOUR.search(rest) and _find(_COLOURS, rest):
+        objects[i] = replace(objects[i], colour=_find(_COLOURS, rest))
+    else:
+        motion = _parse_motion(f" {rest} ")
+        if motion is None:
+            raise ArlonError(f"{text!r} says no change the world knows (a colour, a motion, ...)")
+        speed = None if motion == "still" else _find(_SPEEDS, rest) or objects[i].speed
+        objects[i] = replace(objects[i], motion=motion, speed=speed)
+    return SceneSpec(tuple(objects), spec.background)
+
+
+def _referent(spec: SceneSpec, s: str, text: str) -> tuple[int, str]:
+    """The object the words `s` start by naming ("red circle ..."), and the words after its name."""
+    words = s.split()
+    for end in range(1, min(len(words), 4) + 1):
+        head = " ".join(words[:end])
+        shape = _find(_SHAPES, head)
+        if shape is None:
+            continue
+        colour, size = _find(_COLOURS, head), _find(_SIZES, head)
+        hits = [
+            i
+            for i, o in enumerate(spec.objects)
+            if o.shape == shape and colour in (None, o.colour) and size in (None, o.size)
+        ]
+        if len(hits) == 1:
+            return hits[0], " ".join(words[end:])
+        break
+    raise ArlonError(f"{text!r} names no one object of the scene ({_scene(spec)})")
+
+
+def _scene(spec: SceneSpec) -> str:
+    return ", ".join(f"{o.colour} {o.shape}" for o in spec.objects)
+
+
+def resolve(prompts: list[str], fill=None) -> list[SceneSpec]:
+    """The scene each prompt of a timeline asks for: a whole scene, or the one before changed.
+    `fill(spec) -> spec`, when given, completes each scene before the next change applies to it
+    (what a renderer needs: a size the first prompt left unsaid stays the same afterwards)."""
+    specs: list[SceneSpec] = []
+    for text in prompts:
+        changed = apply_change(specs[-1], text) if specs else None
+        spec = parse_caption(text) if changed is None else changed
+        specs.append(spec if fill is None else fill(spec))
+    return specs

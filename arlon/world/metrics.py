@@ -1,22 +1,27 @@
 """World metrics: how well a video shows what its timeline (or ground truth) asks for.
 
-One pass over the frames detects every object and re-renders the detected state; per-frame records
-are kept, so any metric can be taken over any range of frames (drift: early vs late windows). All
-accuracies are in [0, 1]; PSNR is in dB; latencies in frames.
+One pass over the frames detects every object; per-frame records are kept, so any metric can be
+taken over any range of frames (drift: early vs late windows). Accuracies are in [0, 1], latencies
+in frames. Every asked object counts in every frame: one that is missing is wrong, never left out.
 
-- colour: the asked objects are there (colour is an object's identity in this world);
-- shape / size / background: of the objects found, the right shape (and size when asked); the frame's
-  background;
-- attribute: the mean of colour, shape, size and background accuracy;
+- object_accuracy (the headline): per asked object and frame, right only when an object of the
+  asked colour is there with the asked shape and size (when asked; not judged while it is cut by
+  the border) and, over the motion window holding the frame, the asked motion;
+- precision: of the objects found, the share that were asked for (an extra object lowers it, and
+  not object_accuracy);
+- colour: the asked objects are there (colour is an object's identity in this world); shape / size:
+  of those found, the right shape (and size when asked); background: the frame's, on its own;
 - motion / speed: over windows of `motion_window` frames, each object's fitted velocity has the asked
   direction ('bounce' asks only that it moves) and speed class;
-- count: the number of objects found equals the number asked;
-- identity: from one frame to the next within a segment, each object keeps its shape and size and
-  moves no more than `max_jump` of the frame;
+- count: the objects found are exactly the asked ones (as many, of the asked colours);
+- identity: from one frame to the next within a segment, each asked object is there in both and
+  keeps its shape and size, moving no more than `max_jump` of the frame;
 - switch latency: frames from a caption change until the new caption holds (objects, shapes,
   background, count, motion) for `hold` frames in a row (a missed switch counts as its whole
   segment); onset: the same from frame 0 for the first caption, the latency's baseline;
-- rerender_psnr: each frame against the clean render of the state the detector read from it.
+- unchanged / kept: after a caption change, the object accuracy of the objects the change left as
+  they were, and the share of changes after which those objects stay right in `kept_share` of
+  the frames (what a prompt does not mention must stay as it was).
 """
 
 from __future__ import annotations
@@ -29,13 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from arlon.errors import ArlonError
-from arlon.frames import psnr
 from arlon.timeline import Timeline
 from arlon.utils import read_json
 from arlon.world import vocab
-from arlon.world.captions import parse_caption
+from arlon.world.captions import resolve
 from arlon.world.detect import Detection, Detector, FrameDetection, size_class
-from arlon.world.render import render_frame
 from arlon.world.scene import FrameState, SceneSpec, WorldObject
 from arlon.world.simulate import direction_of, occluded_ids
 
@@ -75,9 +78,10 @@ class Expected:
     def from_timeline(
         cls, timeline: Timeline | list[tuple[int, str]], num_frames: int, height: int, width: int
     ) -> Expected:
-        """From a prompt timeline: only what the captions say is judged."""
+        """From a prompt timeline: only what the captions say is judged; a later prompt that states
+        only a change ("the circle turns blue") keeps the rest of the scene before it."""
         timeline = Timeline.of(timeline)
-        specs = [parse_caption(text) for _, text in timeline]
+        specs = resolve(timeline.prompts)
         return cls(specs, [s for s, _ in timeline], num_frames, height, width)
 
     def segment_of(self) -> np.ndarray:
@@ -94,6 +98,7 @@ class MetricSettings:
     hold: int = 4
     max_jump: float = 0.1  # of the frame's shorter side, per frame
     still_below: float = 0.35  # of the slow speed, per frame
+    kept_share: float = 0.9  # of a segment's frames in which the unchanged objects must be right
 
 
 @dataclass
@@ -103,7 +108,6 @@ class WorldScore:
     expected: Expected
     settings: MetricSettings
     detections: list[FrameDetection]
-    psnr: np.ndarray
     records: dict[str, np.ndarray] = field(default_factory=dict)
 
     def summary(self, start: int = 0, stop: int | None = None) -> dict:
@@ -114,13 +118,7 @@ class WorldScore:
             total = r[f"{name}_total"].sum()
             return None if total == 0 else float(r[f"{name}_ok"].sum() / total)
 
-        out = {n: rate(n) for n in ("colour", "shape", "size", "background", "motion", "speed")}
-        out["attribute"] = mean_judged(out[n] for n in ("colour", "shape", "size", "background"))
-        out["count"] = rate("count")
-        out["identity"] = rate("identity")
-        psnr = self.psnr[start:stop]
-        out["rerender_psnr"] = float(np.mean(psnr)) if len(psnr) else None
-        return out
+        return {name: rate(name) for name in METRICS}
 
     def _segment(self, k: int) -> tuple[int, int]:
         starts = self.expected.starts
@@ -140,8 +138,9 @@ class WorldScore:
         return {"held": held, "latency": latency}
 
     def switches(self) -> dict:
-        """Prompt-switch latency over every caption change."""
-        latencies, switched = [], []
+        """Prompt-switch latency over every caption change, and whether what a change left as it
+        was stayed right (`kept`: over the changes that left some object or the background)."""
+        latencies, switched, kept = [], [], []
         for k in range(1, len(self.expected.starts)):
             s, e = self._segment(k)
             if e - s < self.settings.hold:
@@ -149,19 +148,16 @@ class WorldScore:
             held, latency = self._take_hold(s, e)
             switched.append(held)
             latencies.append(latency)
-        if not latencies:
-            return {
-                "count": 0,
-                "median_latency": None,
-                "mean_latency": None,
-                "switched": None,
-                "latencies": [],
-            }
+            total = self.records["unchanged_total"][s:e].sum()
+            if total:
+                right = self.records["unchanged_ok"][s:e].sum() / total
+                kept.append(bool(right >= self.settings.kept_share))
         return {
             "count": len(latencies),
-            "median_latency": float(np.median(latencies)),
-            "mean_latency": float(np.mean(latencies)),
-            "switched": float(np.mean(switched)),
+            "median_latency": float(np.median(latencies)) if latencies else None,
+            "mean_latency": float(np.mean(latencies)) if latencies else None,
+            "switched": float(np.mean(switched)) if switched else None,
+            "kept": float(np.mean(kept)) if kept else None,
             "latencies": latencies,  # frames, per caption change (a missed one: its length)
         }
 
@@ -205,18 +201,14 @@ def score_video(
     """Score a stream of `(H, W, 3)` uint8 frames against what `expected` asks for."""
     detector = detector or Detector()
     settings = settings or MetricSettings()
-    side = min(expected.height, expected.width)
-    detections, rerender_psnr = [], []
+    detections = []
     for frame in frames:
-        found = detector(frame)
-        detections.append(found)
-        rerender = render_frame(found.to_state(side), *frame.shape[:2])
-        rerender_psnr.append(psnr(frame, rerender))
+        detections.append(detector(frame))
         if len(detections) == expected.num_frames:
             break
     if len(detections) < expected.num_frames:
         raise ValueError(f"the video has {len(detections)} frames, expected {expected.num_frames}")
-    score = WorldScore(expected, settings, detections, np.array(rerender_psnr))
+    score = WorldScore(expected, settings, detections)
     score.records = _records(detections, expected, settings)
     return score
 
@@ -277,11 +269,24 @@ def _speed_class(track: list, frames: range, height: int, width: int) -> str | N
     return min(vocab.SPEEDS, key=lambda s: abs(vocab.SPEEDS[s] - speed))
 
 
+METRICS = (
+    "object_accuracy",
+    "precision",
+    "colour",
+    "shape",
+    "size",
+    "background",
+    "motion",
+    "speed",
+    "count",
+    "identity",
+    "unchanged",
+)
+
+
 class _Records:
     """Per-frame counts of what was judged and what was right, per metric (`colour_ok`,
     `colour_total`, ...), and whether the whole caption holds in each frame (`holds`)."""
-
-    NAMES = ("colour", "shape", "size", "background", "motion", "speed", "count", "identity")
 
     def __init__(self, dets: list[FrameDetection], exp: Expected, cfg: MetricSettings):
         self.dets, self.exp, self.cfg = dets, exp, cfg
@@ -293,13 +298,15 @@ class _Records:
         self.seg_end = {
             k: (starts[k + 1] if k + 1 < len(starts) else n) for k in range(len(starts))
         }
-        self.rec = {f"{m}_{s}": np.zeros(n) for m in self.NAMES for s in ("ok", "total")}
+        self.rec = {f"{m}_{s}": np.zeros(n) for m in METRICS for s in ("ok", "total")}
         self.rec["holds"] = np.zeros(n)
         self.by_colour = [d.by_colour() for d in dets]
         self.tracks = {
             c: [(bc[c].x, bc[c].y) if c in bc else None for bc in self.by_colour]
             for c in vocab.COLOURS
         }
+        # (segment, colour) -> per frame of the segment: the asked motion held over its window
+        self.moves: dict[tuple[int, str], list[bool | None]] = {}
 
     def add(self, name: str, f: int, ok: bool) -> bool:
         self.rec[f"{name}_ok"][f] += ok
@@ -309,72 +316,98 @@ class _Records:
     def hidden(self, f: int) -> set[str]:
         return self.exp.hidden[f] if self.exp.hidden else set()
 
+    def windows(self, k: int) -> list[range]:
+        """Segment k cut into motion windows; a tail shorter than a window joins the one before."""
+        start, end, w = self.exp.starts[k], self.seg_end[k], self.cfg.motion_window
+        cuts = list(range(start, end, w))
+        if len(cuts) > 1 and end - cuts[-1] < w:
+            cuts.pop()
+        return [range(a, b) for a, b in zip(cuts, [*cuts[1:], end], strict=True)]
+
+    def motion(self) -> None:
+        """Judge motion and speed over each window of each segment, for every asked object."""
+        exp = self.exp
+        for k in range(len(exp.starts)):
+            for o in exp.specs[k].objects:
+                moves = self.moves[k, o.colour] = []
+                for window in self.windows(k):
+                    judged = o.motion is not None and len(window) >= 3
+                    if not judged or any(o.colour in self.hidden(f) for f in window):
+                        moves += [None] * len(window)
+                        continue
+                    track = self.tracks[o.colour]
+                    v = _velocity(track, window, exp.height, exp.width)
+                    ok = self.add("motion", window[0], _motion_ok(o.motion, v, self.still_below))
+                    moves += [ok] * len(window)
+                    if o.speed is not None and o.motion != "still":
+                        speed = _speed_class(track, window, exp.height, exp.width)
+                        self.add("speed", window[0], speed == o.speed)
+
     def frame(self, f: int) -> None:
         """Judge frame `f` against the caption of its segment."""
-        exp, det = self.exp, self.dets[f]
-        spec, hidden = exp.specs[self.seg[f]], self.hidden(f)
+        exp, det, k = self.exp, self.dets[f], self.seg[f]
+        spec, hidden = exp.specs[k], self.hidden(f)
         holds = True
         if spec.background is not None:
             holds &= self.add("background", f, det.background == spec.background)
+        asked = {o.colour for o in spec.objects}
         if not hidden:
-            holds &= self.add("count", f, len(det.objects) == len(spec.objects))
+            found = sorted(d.colour for d in det.objects)
+            holds &= self.add("count", f, found == sorted(asked))
+            if det.objects:
+                self.rec["precision_ok"][f] += len(asked & {d.colour for d in det.objects})
+                self.rec["precision_total"][f] += len(det.objects)
+        before = set(exp.specs[k - 1].objects) if k > 0 else set()
         for o in spec.objects:
             d = self.by_colour[f].get(o.colour)
             if o.colour in hidden:
                 # Overlapping objects are not judged, but the caption holds only if they are there.
                 holds &= d is not None
                 continue
-            holds &= self.add("colour", f, d is not None)
-            if d is not None:
-                holds &= self.object(f, o, d)
+            there = self.object(f, o, d)
+            holds &= there and self.moving(f, o)
+            right = there and self.moves[k, o.colour][f - exp.starts[k]] is not False
+            self.add("object_accuracy", f, right)
+            if o in before:
+                self.add("unchanged", f, right)
         self.rec["holds"][f] = holds
 
-    def object(self, f: int, o, d) -> bool:
-        """Judge the asked object `o`, found as `d` in frame `f`; whether it holds there."""
-        exp, cfg, end = self.exp, self.cfg, self.seg_end[self.seg[f]]
-        holds = True
-        if not d.partial:
-            holds &= self.add("shape", f, d.shape == o.shape)
-            if o.size is not None:
-                self.add("size", f, size_class(d.size, self.side) == o.size)
+    def object(self, f: int, o, d: Detection | None) -> bool:
+        """Judge the asked object `o`, found as `d` (or not) in frame `f`: whether it is there with
+        the asked colour, shape and size."""
+        end = self.seg_end[self.seg[f]]
+        right = self.add("colour", f, d is not None)
         if f + 1 < end and o.colour not in self.hidden(f + 1):
             nxt = self.by_colour[f + 1].get(o.colour)
-            ok = nxt is not None
-            if ok:
-                jump = math.hypot(_wrap(nxt.x - d.x, exp.width), _wrap(nxt.y - d.y, exp.height))
-                ok = jump <= cfg.max_jump * self.side and 0.75 <= nxt.size / d.size <= 1.33
-                ok &= d.partial or nxt.partial or nxt.shape == d.shape
-            self.add("identity", f, ok)
-        if o.motion is not None:
-            # A short window from this frame tells whether the motion already holds here.
-            short = range(f, min(f + cfg.hold + 1, end))
-            if len(short) >= 3:
-                v = _velocity(self.tracks[o.colour], short, exp.height, exp.width)
-                holds &= _motion_ok(o.motion, v, self.still_below)
-        return holds
+            self.add("identity", f, d is not None and nxt is not None and self.same(d, nxt))
+        if d is None:
+            return False
+        if not d.partial:
+            right &= self.add("shape", f, d.shape == o.shape)
+            if o.size is not None:
+                right &= self.add("size", f, size_class(d.size, self.side) == o.size)
+        return right
 
-    def motion_windows(self) -> None:
-        """Judge motion and speed over windows of `motion_window` frames in each segment."""
-        exp, cfg = self.exp, self.cfg
-        for k, start in enumerate(exp.starts):
-            for w0 in range(start, self.seg_end[k] - cfg.motion_window + 1, cfg.motion_window):
-                window = range(w0, w0 + cfg.motion_window)
-                for o in exp.specs[k].objects:
-                    if o.motion is None or any(o.colour in self.hidden(f) for f in window):
-                        continue
-                    track = self.tracks[o.colour]
-                    v = _velocity(track, window, exp.height, exp.width)
-                    self.add("motion", w0, _motion_ok(o.motion, v, self.still_below))
-                    if o.speed is not None and o.motion != "still":
-                        speed = _speed_class(track, window, exp.height, exp.width)
-                        self.add("speed", w0, speed == o.speed)
+    def moving(self, f: int, o) -> bool:
+        """Whether `o` already moves as asked over the few frames from `f` (for switch latency)."""
+        short = range(f, min(f + self.cfg.hold + 1, self.seg_end[self.seg[f]]))
+        if o.motion is None or len(short) < 3:
+            return True
+        v = _velocity(self.tracks[o.colour], short, self.exp.height, self.exp.width)
+        return _motion_ok(o.motion, v, self.still_below)
+
+    def same(self, d: Detection, nxt: Detection) -> bool:
+        """Whether `nxt` in the next frame is plausibly the same object as `d`."""
+        jump = math.hypot(_wrap(nxt.x - d.x, self.exp.width), _wrap(nxt.y - d.y, self.exp.height))
+        ok = jump <= self.cfg.max_jump * self.side and 0.75 <= nxt.size / d.size <= 1.33
+        return ok and (d.partial or nxt.partial or nxt.shape == d.shape)
 
 
 def _records(
     dets: list[FrameDetection], exp: Expected, cfg: MetricSettings
 ) -> dict[str, np.ndarray]:
     records = _Records(dets, exp, cfg)
+    records.motion()
     for f in range(exp.num_frames):
         records.frame(f)
-    records.motion_windows()
     return records.rec

@@ -22,7 +22,7 @@ from arlon.errors import ArlonError
 from arlon.timeline import Timeline
 from arlon.utils import atomic_path
 from arlon.world import vocab
-from arlon.world.captions import describe, parse_caption
+from arlon.world.captions import describe, resolve
 from arlon.world.scene import FrameState, ObjectSpec, SceneSpec, WorldObject
 
 EVENTS = ("turn", "recolour", "enter", "leave", "background")
@@ -131,7 +131,7 @@ def episode_from_timeline(
     _check_frames(num_frames)
     timeline = Timeline.of(timeline)
     rng = _rng(seed, 0)
-    specs = [complete_spec(parse_caption(text), rng) for _, text in timeline]
+    specs = resolve(timeline.prompts, fill=lambda spec: complete_spec(spec, rng))
     initial = place(specs[0], _rng(seed, 2), height, width)
     return Episode(seed, num_frames, height, width, fps, list(timeline), specs, initial)
 
