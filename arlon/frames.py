@@ -18,10 +18,14 @@ if TYPE_CHECKING:
 PSNR_CAP = 100.0  # dB: what identical inputs score
 
 
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Floats in [-1, 1] -> uint8, any layout: clipped, then round((x + 1) * 127.5)."""
+    return np.rint((np.clip(x, -1.0, 1.0, dtype=np.float32) + 1.0) * 127.5).astype(np.uint8)
+
+
 def to_frames(video: torch.Tensor) -> np.ndarray:
     """`(3, T, H, W)` (or `(B, 3, T, H, W)`) in [-1, 1] -> uint8 `(T, H, W, 3)` (`(B, T, H, W, 3)`)."""
-    x = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte()
-    return x.movedim(-4, -1).cpu().numpy()
+    return to_uint8(video.detach().float().movedim(-4, -1).cpu().numpy())
 
 
 def psnr(a, b, peak: float = 255.0) -> float:

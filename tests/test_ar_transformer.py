@@ -113,7 +113,8 @@ def test_prompt_switch_changes_the_prefix_and_keeps_the_history(model, text_enco
         return forward(self, x, cache, start)
 
     monkeypatch.setattr(ARTransformer, "forward_embeddings", spy)
-    frames = generate(model, text_encoder, [(0, "a red circle"), (3, "a blue square")], 4)
+    timeline = [(0, "a red circle"), (3, "a blue square")]
+    frames = generate(model, text_encoder, timeline, 4, guidance_scale=1.0)  # one row per video
     before, after = refills[0], refills[1]  # at frame 0, and at the switch at frame 3
     with torch.no_grad():
         old, new = (

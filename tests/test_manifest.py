@@ -270,3 +270,14 @@ def test_garbage_in_a_truth_file_is_a_one_line_error(tmp_path, videos, data, pro
     dataset = ClipDataset(csv_path, num_frames=8)
     message = one_line_error(lambda: dataset[0])
     assert str(videos / "long.json") in message and problem in message
+
+
+def test_the_cache_command_reports_a_damaged_manifest_before_loading_a_model(tmp_path, capsys):
+    from arlon import cli
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(bytes(range(256)) * 8)
+    argv = ["cache", "--vae", str(tmp_path / "no-vae"), "--manifest", str(manifest)]
+    assert cli.main([*argv, "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "m.csv" in err and "no-vae" not in err and err.count("\n") == 1

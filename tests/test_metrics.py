@@ -175,7 +175,9 @@ def test_a_change_keeps_what_it_does_not_mention():
     ]
     expected = Expected.from_timeline(story, 96, 64, 64)
     assert [o.colour for o in expected.specs[1].objects] == ["green", "blue"]
-    assert expected.specs[1].objects[1].motion == "still" and expected.specs[1].background == "black"
+    assert (
+        expected.specs[1].objects[1].motion == "still" and expected.specs[1].background == "black"
+    )
     honest = episode_from_timeline(story, 96, seed=2)
     report = score_video(render_states(honest.frames()), expected).report()
     assert report["object_accuracy"] >= 0.95 and report["switch"]["kept"] == 1.0
@@ -183,3 +185,16 @@ def test_a_change_keeps_what_it_does_not_mention():
     lost = episode_from_timeline([story[0], (40, "a green circle moves right")], 96, seed=2)
     report = score_video(render_states(lost.frames()), expected).report()
     assert report["switch"]["kept"] == 0.0 and report["unchanged"] <= 0.1
+
+
+def test_prompts_that_start_after_the_video_ends_are_not_judged(asked):
+    timeline = [(0, ASKED), (500, "the circle turns blue")]
+    report = score_video(asked, Expected.from_timeline(timeline, len(asked), 64, 64)).report()
+    assert report["object_accuracy"] >= 0.95 and report["switch"]["count"] == 0
+
+
+def test_a_video_shorter_than_its_timeline_is_a_clear_error(asked):
+    from arlon.errors import ArlonError
+
+    with pytest.raises(ArlonError, match="the video has 64 frames"):
+        score_video(asked, Expected.from_timeline([(0, ASKED)], 100, 64, 64))

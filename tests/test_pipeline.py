@@ -101,7 +101,9 @@ def test_codes_sampled_as_a_batch_give_each_video_its_own_frames(pipe):
     timelines = [[(0, PROMPT)], [(0, PROMPT), (12, "a blue square moves up on a gray background")]]
     batch = pipe.sample_codes(timelines, FRAMES + 8, seeds=[5, 6])
     for timeline, codes, seed in zip(timelines, batch, [5, 6], strict=True):
-        settings = dict(timeline=timeline, num_frames=FRAMES + 8, sampling=DiTSampling(1), seed=seed)
+        settings = dict(
+            timeline=timeline, num_frames=FRAMES + 8, sampling=DiTSampling(1), seed=seed
+        )
         alone = np.stack(list(pipe.stream(**settings, progress=False)))
         given = np.stack(list(pipe.stream(**settings, progress=False, codes=codes)))
         assert np.array_equal(alone, given)

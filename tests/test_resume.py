@@ -15,9 +15,9 @@ from safetensors.torch import load_file, save_file
 
 from arlon import cli
 from arlon.errors import ArlonError
+from arlon.training.checkpoint import latest_checkpoint
 from arlon.training.presets import train_config
 from arlon.training.stages import stage
-from arlon.training.checkpoint import latest_checkpoint
 from arlon.training.trainer import train
 
 

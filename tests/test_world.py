@@ -198,3 +198,40 @@ def test_random_specs_have_distinct_colours():
     for _ in range(100):
         spec = random_spec(rng)
         assert len({o.colour for o in spec.objects}) == len(spec.objects)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("a red triangle comes in", "already has a red object"),
+        ("a green triangle and a white ball come in", "one object comes in at a time"),
+        ("the square speeds up", "the square is not moving"),
+        ("the triangle turns blue", "names no one object"),
+        ("the square hums", "says no change the world knows"),
+    ],
+)
+def test_a_change_that_cannot_apply_is_a_clear_error(change, message):
+    from arlon.errors import ArlonError
+    from arlon.world.captions import resolve
+
+    scene = "a red ball moves right and a blue square stays still on a black background"
+    with pytest.raises(ArlonError, match=message):
+        resolve([scene, change])
+
+
+def test_changes_keep_what_they_do_not_mention_and_whole_scenes_replace_it():
+    from arlon.world.captions import resolve
+
+    scene = "a red ball moves right and a blue square stays still on a black background"
+    later = [
+        "the ball slows down",
+        "the background is gray",
+        "the red ball moves up and the blue square moves down",
+    ]
+    slow, gray, whole = resolve([scene, *later])[1:]
+    assert [(o.colour, o.motion, o.speed) for o in slow.objects] == [
+        ("red", "right", "slow"),
+        ("blue", "still", None),
+    ]
+    assert gray.background == "gray" and gray.objects == slow.objects
+    assert [o.motion for o in whole.objects] == ["up", "down"] and whole.background is None

@@ -115,7 +115,11 @@ def run_cache(args: argparse.Namespace) -> None:
         input_file(args.manifest, "manifest")
 
     from arlon.data.latent_cache import add_codes, build_cache
+    from arlon.data.manifest import read_manifest
     from arlon.models.loading import load_model
+
+    if args.manifest is not None:
+        read_manifest(args.manifest)  # a damaged manifest is reported before any model loads
 
     fine = load_model(args.fine_vq, "vq") if args.fine_vq else None
     coarse = load_model(args.coarse_vq, "vq") if args.coarse_vq else None

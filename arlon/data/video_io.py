@@ -26,6 +26,7 @@ import torch
 from av.video.reformatter import Interpolation, VideoReformatter
 
 from arlon.errors import ArlonError
+from arlon.frames import to_uint8
 from arlon.utils import atomic_path
 
 FORMATS = {".mp4": "mp4", ".gif": "gif"}
@@ -59,7 +60,7 @@ def _to_uint8(x: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
         )
     if not np.isfinite(x).all():
         raise ArlonError(f"{what} contains NaN or infinite values")
-    return np.rint((np.clip(x, -1.0, 1.0, dtype=np.float32) + 1.0) * 127.5).astype(np.uint8)
+    return to_uint8(x)
 
 
 class VideoWriter:

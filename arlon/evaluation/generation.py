@@ -33,7 +33,7 @@ def _score(pipe, timelines, num_frames, sampling, ar_sampling, batch, desc, prog
         seeds = list(range(first, first + len(chunk)))
         start = time.perf_counter()
         codes = [None] * len(chunk)
-        if sampling.mode == "arlon":
+        if sampling.mode != "baseline":
             codes = pipe.sample_codes(chunk, num_frames, seeds, ar_sampling, progress=progress)
         for timeline, seed, video_codes in zip(chunk, seeds, codes, strict=True):
             frames = pipe.stream(
@@ -87,7 +87,7 @@ def generation_eval(
     mode = sampling.mode
     report = {"mode": mode, "steps": sampling.num_inference_steps, "frames": num_frames}
     report["guidance"] = sampling.guidance_scale
-    if mode == "arlon":
+    if mode != "baseline":
         report["ar_guidance"] = ar_sampling.guidance_scale
     score = dict(ar_sampling=ar_sampling, batch=batch, progress=progress)
     if prompts:

@@ -208,7 +208,11 @@ ENTER = re.compile(r"\b(?:comes? in|enters|appears|joins(?: in)?)\b")
 LEAVE = re.compile(r"\b(?:leaves|disappears|exits|goes away)\b")
 STOP = re.compile(r"\b(?:stops|halts|comes to a (?:stop|halt)|stands still|stays still)\b")
 RECOLOUR = re.compile(r"\b(?:turns|becomes|changes to|goes)\b")
-BACKGROUND = re.compile(r"^the (?:background|backdrop) (?:turns|becomes|changes to|is now) (.+)$")
+BACKGROUND = re.compile(
+    r"^the (?:background|backdrop) (?:turns|becomes|changes to|is now|is) (.+)$"
+)
+SLOWER = re.compile(r"\bslows(?: down)?\b")
+FASTER = re.compile(r"\b(?:speeds up|goes faster)\b")
 
 
 def describe_change(before: SceneSpec, after: SceneSpec, rng: np.random.Generator) -> str:
@@ -251,21 +255,22 @@ def apply_change(spec: SceneSpec, text: str) -> SceneSpec | None:
             raise ArlonError(f"unknown background in {text!r}")
         return SceneSpec(spec.objects, background)
     if ENTER.search(s):
-        (new,) = parse_caption(ENTER.sub(" ", s)).objects
-        new = replace(new, motion=new.motion or "still")
-        return SceneSpec(
-            (*[o for o in spec.objects if o.colour != new.colour], new), spec.background
-        )
-    if not s.startswith("the "):
+        return _enter(spec, parse_caption(ENTER.sub(" ", s)), text)
+    if not s.startswith("the ") or _whole_scene(s):
         return None
     i, rest = _referent(spec, s[4:], text)
     objects = list(spec.objects)
+    colour = _find(_COLOURS, rest)
     if LEAVE.search(rest):
         objects.pop(i)
     elif STOP.search(rest):
         objects[i] = replace(objects[i], motion="still", speed=None)
-    elif RECOLOUR.search(rest) and _find(_COLOURS, rest):
-        objects[i] = replace(objects[i], colour=_find(_COLOURS, rest))
+    elif RECOLOUR.search(rest) and colour:
+        objects[i] = replace(objects[i], colour=colour)
+    elif SLOWER.search(rest) or FASTER.search(rest):
+        if objects[i].motion in (None, "still"):
+            raise ArlonError(f"{text!r}: the {objects[i].shape} is not moving")
+        objects[i] = replace(objects[i], speed="slow" if SLOWER.search(rest) else "fast")
     else:
         motion = _parse_motion(f" {rest} ")
         if motion is None:
@@ -273,6 +278,21 @@ def apply_change(spec: SceneSpec, text: str) -> SceneSpec | None:
         speed = None if motion == "still" else _find(_SPEEDS, rest) or objects[i].speed
         objects[i] = replace(objects[i], motion=motion, speed=speed)
     return SceneSpec(tuple(objects), spec.background)
+
+
+def _whole_scene(s: str) -> bool:
+    """Whether words that start with "the" describe a whole scene: a background, two objects."""
+    return any(p.search(s) for p in _BG_PATTERNS) or len(_CLAUSE_SPLIT.split(s)) > 1
+
+
+def _enter(spec: SceneSpec, entering: SceneSpec, text: str) -> SceneSpec:
+    if len(entering.objects) != 1:
+        raise ArlonError(f"{text!r}: one object comes in at a time")
+    (new,) = entering.objects
+    if new.colour in {o.colour for o in spec.objects}:
+        raise ArlonError(f"{text!r}: the scene already has a {new.colour} object")
+    new = replace(new, motion=new.motion or "still")
+    return SceneSpec((*spec.objects, new), spec.background)
 
 
 def _referent(spec: SceneSpec, s: str, text: str) -> tuple[int, str]:
@@ -287,7 +307,7 @@ def _referent(spec: SceneSpec, s: str, text: str) -> tuple[int, str]:
         hits = [
             i
             for i, o in enumerate(spec.objects)
-            if o.shape == shape and colour in (None, o.colour) and size in (None, o.size)
+            if o.shape == shape and colour in (None, o.colour) and o.size in (None, size or o.size)
         ]
         if len(hits) == 1:
             return hits[0], " ".join(words[end:])

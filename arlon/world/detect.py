@@ -25,7 +25,6 @@ import numpy as np
 
 from arlon.world import vocab
 from arlon.world.render import shape_coverage
-from arlon.world.scene import FrameState, WorldObject
 
 _COLOUR_NAMES = list(vocab.COLOURS)
 _COLOUR_RGB = np.array([vocab.COLOURS[c] for c in _COLOUR_NAMES], np.float32)  # (K, 3)
@@ -59,16 +58,6 @@ class FrameDetection:
         for d in sorted(self.objects, key=lambda d: d.area):
             found[d.colour] = d
         return found
-
-    def to_state(self, frame_side: int) -> FrameState:
-        """The world state this detection describes (what the re-render PSNR draws)."""
-        objects = [
-            WorldObject(
-                i, d.shape, d.colour, d.size, d.x, d.y, size_name=size_class(d.size, frame_side)
-            )
-            for i, d in enumerate(self.objects)
-        ]
-        return FrameState(self.background, objects)
 
     def to_dict(self) -> dict:
         return {

@@ -2,7 +2,8 @@
 
 One pass over the frames detects every object; per-frame records are kept, so any metric can be
 taken over any range of frames (drift: early vs late windows). Accuracies are in [0, 1], latencies
-in frames. Every asked object counts in every frame: one that is missing is wrong, never left out.
+in frames. Every asked object counts in every frame: one that is missing is wrong, never left out
+(only where the ground truth itself hides it behind another object is it not judged).
 
 - object_accuracy (the headline): per asked object and frame, right only when an object of the
   asked colour is there with the asked shape and size (when asked; not judged while it is cut by
@@ -82,7 +83,10 @@ class Expected:
         only a change ("the circle turns blue") keeps the rest of the scene before it."""
         timeline = Timeline.of(timeline)
         specs = resolve(timeline.prompts)
-        return cls(specs, [s for s, _ in timeline], num_frames, height, width)
+        # prompts that start past the video's end have nothing to judge
+        kept = [k for k, (start, _) in enumerate(timeline) if start < num_frames]
+        starts = [timeline[k][0] for k in kept]
+        return cls([specs[k] for k in kept], starts, num_frames, height, width)
 
     def segment_of(self) -> np.ndarray:
         """Segment index of every frame, (T,)."""
@@ -207,7 +211,9 @@ def score_video(
         if len(detections) == expected.num_frames:
             break
     if len(detections) < expected.num_frames:
-        raise ValueError(f"the video has {len(detections)} frames, expected {expected.num_frames}")
+        raise ArlonError(
+            f"the video has {len(detections)} frames, its timeline or truth {expected.num_frames}"
+        )
     score = WorldScore(expected, settings, detections)
     score.records = _records(detections, expected, settings)
     return score
@@ -296,7 +302,7 @@ class _Records:
         self.seg = exp.segment_of()
         starts = exp.starts
         self.seg_end = {
-            k: (starts[k + 1] if k + 1 < len(starts) else n) for k in range(len(starts))
+            k: min(starts[k + 1] if k + 1 < len(starts) else n, n) for k in range(len(starts))
         }
         self.rec = {f"{m}_{s}": np.zeros(n) for m in METRICS for s in ("ok", "total")}
         self.rec["holds"] = np.zeros(n)
@@ -357,7 +363,7 @@ class _Records:
             if det.objects:
                 self.rec["precision_ok"][f] += len(asked & {d.colour for d in det.objects})
                 self.rec["precision_total"][f] += len(det.objects)
-        before = set(exp.specs[k - 1].objects) if k > 0 else set()
+        before = exp.specs[k - 1].objects if k > 0 else ()
         for o in spec.objects:
             d = self.by_colour[f].get(o.colour)
             if o.colour in hidden:
@@ -368,7 +374,7 @@ class _Records:
             holds &= there and self.moving(f, o)
             right = there and self.moves[k, o.colour][f - exp.starts[k]] is not False
             self.add("object_accuracy", f, right)
-            if o in before:
+            if any(_same_spec(o, p) for p in before):
                 self.add("unchanged", f, right)
         self.rec["holds"][f] = holds
 
@@ -401,6 +407,13 @@ class _Records:
         jump = math.hypot(_wrap(nxt.x - d.x, self.exp.width), _wrap(nxt.y - d.y, self.exp.height))
         ok = jump <= self.cfg.max_jump * self.side and 0.75 <= nxt.size / d.size <= 1.33
         return ok and (d.partial or nxt.partial or nxt.shape == d.shape)
+
+
+def _same_spec(a, b) -> bool:
+    """Whether two captions' objects are the same object asked the same way (an attribute only
+    one of them states does not tell them apart)."""
+    pairs = [(getattr(a, f), getattr(b, f)) for f in ("colour", "shape", "motion", "size", "speed")]
+    return all(x == y or None in (x, y) for x, y in pairs)
 
 
 def _records(
