@@ -48,14 +48,14 @@ def count(text: str) -> int:
 
 def positive_float(text: str) -> float:
     value = _number(text, float)
-    if not value > 0:
+    if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
 
 
 def non_negative_float(text: str) -> float:
     value = _number(text, float)
-    if not value >= 0:
+    if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 

@@ -18,7 +18,7 @@ from arlon.cli.common import (
     positive_int,
     run_spec,
 )
-from arlon.cli.generate import MODES, add_component_args, load_components
+from arlon.cli.generate import MODES, add_component_args, load_ar_parts
 from arlon.errors import ArlonError
 
 MODEL_HELP = "pipeline folder (default: the embedded model)"
@@ -38,6 +38,17 @@ def add_parsers(commands) -> None:
         "prompts state only a change ('the circle turns blue'). With a command: one component's "
         "evaluation.",
     )
+    _add_suite_args(p)
+    p.set_defaults(run=run_suite)
+    sub = p.add_subparsers(title="eval commands", metavar="COMMAND")
+    _add_recon(sub)
+    _add_ar(sub)
+    _add_claims(sub)
+    _add_generate(sub)
+    _add_dit(sub)
+
+
+def _add_suite_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", help="packaged suite name or suite file")
     p.add_argument(
         "--mode",
@@ -88,13 +99,6 @@ def add_parsers(commands) -> None:
         help="videos per AR batch (default 25)",
     )
     p.add_argument("--out", dest="suite_out", metavar="OUT", type=Path, help="output folder")
-    p.set_defaults(run=run_suite)
-    sub = p.add_subparsers(title="eval commands", metavar="COMMAND")
-    _add_recon(sub)
-    _add_ar(sub)
-    _add_claims(sub)
-    _add_generate(sub)
-    _add_dit(sub)
 
 
 def run_suite(args: argparse.Namespace) -> None:
@@ -183,7 +187,7 @@ def run_ar(args: argparse.Namespace) -> None:
     from arlon.models.ar_sampler import ARSampler, ARSampling
     from arlon.models.text_encoder import TextEncoder
 
-    ar, vq, vae = load_components(args)
+    ar, vq, vae = load_ar_parts(args)
     sampling = ARSampling(**settings)
     make_sampler = partial(ARSampler, ar, TextEncoder.from_pretrained(), sampling)
     report = {"sampling": vars(sampling)}
@@ -297,7 +301,7 @@ def run_dit(args: argparse.Namespace) -> None:
     from arlon.models.loading import load_model
     from arlon.models.text_encoder import TextEncoder
 
-    ar, vq, vae = load_components(args)
+    ar, vq, vae = load_ar_parts(args)
     text_encoder = TextEncoder.from_pretrained()
     settings = dict(clips=args.clips, reference=args.reference, guidance_scale=args.guidance)
     report = {

@@ -148,7 +148,7 @@ def add_component_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{name}", type=Path, help=f"trained {what} folder (default: embedded)")
 
 
-def load_components(args: argparse.Namespace, names=("ar", "vq", "vae")) -> list:
+def load_ar_parts(args: argparse.Namespace, names=("ar", "vq", "vae")) -> list:
     """The models of `add_component_args`, from their folders or embedded."""
     from arlon.models.loading import load_model
     from arlon.weights import embedded
@@ -167,7 +167,7 @@ def run_coarse(args: argparse.Namespace) -> None:
     from arlon.pipeline.coarse import coarse_video
     from arlon.pipeline.output import VideoOutput, write_video
 
-    ar, vq, vae = load_components(args)
+    ar, vq, vae = load_ar_parts(args)
     sampler = ARSampler(ar, TextEncoder.from_pretrained(), ARSampling(**settings), args.seed)
     frames = coarse_video(sampler, vq, vae, timeline, args.frames)
     written = write_video(frames, VideoOutput(args.out), fps=args.fps)
