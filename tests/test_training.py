@@ -258,3 +258,9 @@ def test_eval_every_minus_one_never_evaluates(tmp_path):
     assert len((tmp_path / "never" / "train.csv").read_text().splitlines()) == 3
     train(stage("vae"), train_config("vae", "smoke", max_steps=2), tmp_path / "at-end")
     assert (tmp_path / "at-end" / "eval.csv").read_text().splitlines()[1].startswith("2,")
+
+
+def test_a_run_refused_for_want_of_data_leaves_no_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "ar", "--preset", "smoke", "--out", str(out)]) == 2
+    assert "latent cache" in capsys.readouterr().err and not out.exists()

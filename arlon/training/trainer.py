@@ -191,15 +191,14 @@ class _Run:
         self.main = self.accelerator.is_main_process
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         checkpoint = checkpoint_to_resume(out, resume)
-        if self.main:
-            out.mkdir(parents=True, exist_ok=True)
-            cfg.save(out / "config.yaml")
-
         set_seed(cfg.seed)
         model = stage.build_model(cfg)
         if cfg.init_from is not None and checkpoint is None:
             _load_weights(model, Path(cfg.init_from))
         self.dataset = stage.dataset(cfg)
+        if self.main:  # only once the model and the data are there: a refused run leaves nothing
+            out.mkdir(parents=True, exist_ok=True)
+            cfg.save(out / "config.yaml")
         self.ema = None
         if cfg.ema_decay > 0:
             self.ema = EMA(model, cfg.ema_decay)
