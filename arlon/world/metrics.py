@@ -313,6 +313,11 @@ class _Records:
         }
         # (segment, colour) -> per frame of the segment: the asked motion held over its window
         self.moves: dict[tuple[int, str], list[bool | None]] = {}
+        # per segment, the colours of the objects its caption change left as they were
+        self.unchanged = [set()] + [
+            {o.colour for o in now.objects if any(_same_spec(o, p) for p in before.objects)}
+            for before, now in zip(exp.specs, exp.specs[1:], strict=False)
+        ]
 
     def add(self, name: str, f: int, ok: bool) -> bool:
         self.rec[f"{name}_ok"][f] += ok
@@ -363,7 +368,6 @@ class _Records:
             if det.objects:
                 self.rec["precision_ok"][f] += len(asked & {d.colour for d in det.objects})
                 self.rec["precision_total"][f] += len(det.objects)
-        before = exp.specs[k - 1].objects if k > 0 else ()
         for o in spec.objects:
             d = self.by_colour[f].get(o.colour)
             if o.colour in hidden:
@@ -374,7 +378,7 @@ class _Records:
             holds &= there and self.moving(f, o)
             right = there and self.moves[k, o.colour][f - exp.starts[k]] is not False
             self.add("object_accuracy", f, right)
-            if any(_same_spec(o, p) for p in before):
+            if o.colour in self.unchanged[k]:
                 self.add("unchanged", f, right)
         self.rec["holds"][f] = holds
 
