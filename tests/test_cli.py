@@ -179,3 +179,16 @@ def test_dataset_manifest_and_resume(tmp_path, capsys):
     first = (out / rows[0]["path"]).stat().st_mtime_ns
     assert run(capsys, *argv)[0] == 0
     assert (out / rows[0]["path"]).stat().st_mtime_ns == first  # finished videos are not redone
+
+
+def test_the_cli_names_what_the_library_has():
+    """The CLI spells out modes, output formats and stages so as not to import torch before it
+    checks a command line; they must stay the library's."""
+    from arlon.cli import common, generate, train
+    from arlon.data.video_io import FORMATS
+    from arlon.pipeline.pipeline import MODES
+    from arlon.training.stages import STAGES
+
+    assert generate.MODES == MODES
+    assert set(common.VIDEO_SUFFIXES) == set(FORMATS)
+    assert set(train.STAGES) == set(STAGES)

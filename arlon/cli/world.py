@@ -17,6 +17,7 @@ from arlon.cli.common import (
 )
 from arlon.errors import ArlonError
 from arlon.timeline import Timeline
+from arlon.world.simulate import check_size
 
 
 def add_parsers(commands) -> None:
@@ -36,11 +37,6 @@ def _add_size_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=positive_int, default=64, help="a multiple of 8 (default 64)")
     p.add_argument("--width", type=positive_int, default=64, help="a multiple of 8 (default 64)")
     p.add_argument("--fps", type=positive_float, default=8.0, help="frames per second (default 8)")
-
-
-def _check_size(args: argparse.Namespace) -> None:
-    if args.height % 8 or args.width % 8:
-        raise ArlonError(f"frame size must be a multiple of 8, got {args.height}x{args.width}")
 
 
 def _add_render(sub) -> None:
@@ -66,7 +62,7 @@ def _add_render(sub) -> None:
 
 def run_render(args: argparse.Namespace) -> None:
     output_file(args.out, VIDEO_SUFFIXES)
-    _check_size(args)
+    check_size(args.height, args.width)
     timeline = None
     if args.prompt is not None or args.timeline is not None:
         timeline = Timeline.read(args.timeline) if args.timeline else Timeline.of(args.prompt)
@@ -159,7 +155,7 @@ def _add_dataset(sub) -> None:
 
 
 def run_dataset(args: argparse.Namespace) -> None:
-    _check_size(args)
+    check_size(args.height, args.width)
     from arlon.data.world_dataset import DatasetSettings, write_dataset
 
     fields = ("out", "clips", "clip_frames", "episodes", "frames", "seed", "height", "width", "fps")
