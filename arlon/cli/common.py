@@ -14,7 +14,7 @@ from pathlib import Path
 
 from arlon.errors import ArlonError
 from arlon.timeline import Timeline
-from arlon.utils import atomic_path, check_seed
+from arlon.utils import check_seed, write_json
 from arlon.world.captions import unknown_words
 
 # What `arlon generate` writes (the video writer's formats, without importing it and torch).
@@ -209,8 +209,6 @@ def ar_settings(args: argparse.Namespace, prefix: str = "") -> dict:
 
 def emit_json(report: dict, out: Path | None) -> None:
     """Print a report as JSON, and write it atomically to `out` too when given."""
-    text = json.dumps(report, indent=2)
     if out is not None:
-        with atomic_path(out) as tmp:
-            tmp.write_text(text)
-    print(text)
+        write_json(out, report)
+    print(json.dumps(report, indent=2))

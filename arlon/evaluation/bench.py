@@ -38,7 +38,7 @@ from arlon.training.config import TrainConfig
 from arlon.training.presets import DEFAULT_PRESETS, train_config
 from arlon.training.stages import stage
 from arlon.training.trainer import train
-from arlon.utils import atomic_path
+from arlon.utils import atomic_path, write_json
 from arlon.weights import ROOT
 
 PROMPT = "a red circle moves right and a blue square moves up on a black background"
@@ -82,8 +82,7 @@ def run_bench(settings: BenchSettings, out: Path | None = None) -> dict:
             report["training"].append(speed)
             print(json.dumps(speed), flush=True)
     if out is not None:
-        with atomic_path(out / "bench.json") as tmp:
-            tmp.write_text(json.dumps(report, indent=2))
+        write_json(out / "bench.json", report)
         with atomic_path(out / "bench.md") as tmp:
             tmp.write_text(markdown(report))
     return report

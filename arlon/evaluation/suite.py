@@ -342,6 +342,7 @@ def run_suite(
         if not video_path(out, run.label, i).exists()
     ]
     codes = _Codes(pipe, timelines, frames, plan.batch, todo, progress)
+    dit_seams = pipe.seams(frames)
     for run, i in tqdm(todo, desc=f"suite {suite.name}", unit="video", disable=not progress):
         video_codes, shared = codes.of(i) if run.mode != "baseline" else (None, 0.0)
         started = time.perf_counter()
@@ -354,7 +355,7 @@ def run_suite(
             codes=video_codes,
         )
         video = np.stack(list(stream))
-        seams = [] if run.mode == "ar-only" else pipe.seams(frames)  # the DiT's segment seams
+        seams = [] if run.mode == "ar-only" else dit_seams  # AR-only has no DiT segments
         report = score_one(video, timelines[i], seams, backbone, dimensions)
         seconds = time.perf_counter() - started + shared
         report |= {**asdict(run), "index": i, "seconds": seconds}
