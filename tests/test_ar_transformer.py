@@ -24,9 +24,19 @@ def codes(b=2, t=4, seed=1) -> torch.Tensor:
     return torch.randint(0, 64, (b, t, 2, 2), generator=torch.Generator().manual_seed(seed))
 
 
-def generate(model, text_encoder, timeline, frames, seed=0, use_cache=True, **sampling):
-    sampler = ARSampler(model, text_encoder, ARSampling(**sampling), seed, use_cache)
-    return torch.stack(list(sampler.frames(timeline, frames)))  # (frames, h, w)
+def generate(
+    model,
+    text_encoder,
+    timeline,
+    frames,
+    seed=0,
+    use_cache=True,
+    fast=True,
+    history=None,
+    **sampling,
+):
+    sampler = ARSampler(model, text_encoder, ARSampling(**sampling), seed, use_cache, fast)
+    return torch.stack(list(sampler.frames(timeline, frames, history)))  # (frames, h, w)
 
 
 TIMELINE = [(0, "a red circle moves right"), (5, "a blue square moves up")]
@@ -57,13 +67,31 @@ def test_teacher_forcing_equals_incremental_decoding(model, text_encoder):
 
 
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
-def test_cached_generation_equals_uncached(model, text_encoder, guidance):
-    settings = dict(seed=3, top_k=20, top_p=0.9, guidance_scale=guidance)
+@pytest.mark.parametrize("continued", [0, 2])
+def test_cached_generation_equals_uncached(model, text_encoder, guidance, continued):
+    history = list(codes(1, continued, seed=5)[0]) if continued else None  # a video's last frames
+    settings = dict(seed=3, top_k=20, top_p=0.9, guidance_scale=guidance, history=history)
     # 11 frames with a context of 4: the window slides, and the prompt switches at frame 5
     cached = generate(model, text_encoder, TIMELINE, 11, **settings)
     uncached = generate(model, text_encoder, TIMELINE, 11, use_cache=False, **settings)
     assert cached.shape == (11, 2, 2) and cached.dtype == torch.long
     assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_the_fast_path_draws_the_reference_codes(model, text_encoder, guidance):
+    """ARDecoder with each prompt's prefix computed once draws the codes of the model's own
+    forward, through window slides, prompt switches, a continued video's history and a batch."""
+    settings = ARSampling(top_k=20, top_p=0.9, guidance_scale=guidance)
+    timelines = [TIMELINE, [(0, "a green triangle stays still"), (2, "a red circle moves left")]]
+    history = [list(codes(1, 3, seed=5)[0]), list(codes(1, 3, seed=6)[0])]  # 3 frames (2, 2) each
+    drawn = []
+    for fast in (True, False):
+        sampler = ARSampler(model, text_encoder, settings, seed=[3, 4], fast=fast)
+        drawn.append(torch.stack(list(sampler.batch_frames(timelines, 12, history))))
+    assert drawn[0].shape == (12, 2, 2, 2) and torch.equal(drawn[0], drawn[1])
+    alone = ARSampler(model, text_encoder, settings, seed=3, fast=False)
+    assert torch.equal(drawn[0][:, 0], torch.stack(list(alone.frames(TIMELINE, 12, history[0]))))
 
 
 def test_sampling_is_deterministic_per_seed(model, text_encoder):
@@ -97,10 +125,11 @@ def test_the_window_slides_in_constant_memory(model, text_encoder):
     for _ in sampler.frames([(0, "a red circle")], 40):
         lengths.append(cache.length)
     # never more than the prefix and max_frames token frames, in the buffers allocated at the start
-    assert max(lengths) == model.context_length == cache.capacity
+    assert max(lengths) <= cache.capacity == model.context_length
     assert (cache.keys.data_ptr(), cache.values.data_ptr(), cache.keys.shape) == storage
-    # from frame 3 on, the context is full: the prefix, 3 earlier frames and the new one
-    assert lengths[3:] == [model.context_length] * 37
+    # from frame 3 on, the context is full: the prefix, 3 earlier frames and the new one but its
+    # last code (whose keys and values no code would read: the next frame refills the cache)
+    assert lengths[3:] == [model.context_length - 1] * 37
 
 
 def test_prompt_switch_changes_the_prefix_and_keeps_the_history(model, text_encoder, monkeypatch):
@@ -114,7 +143,8 @@ def test_prompt_switch_changes_the_prefix_and_keeps_the_history(model, text_enco
 
     monkeypatch.setattr(ARTransformer, "forward_embeddings", spy)
     timeline = [(0, "a red circle"), (3, "a blue square")]
-    frames = generate(model, text_encoder, timeline, 4, guidance_scale=1.0)  # one row per video
+    # the reference path (the fast one computes each prompt's prefix once, not at every refill)
+    frames = generate(model, text_encoder, timeline, 4, fast=False, guidance_scale=1.0)
     before, after = refills[0], refills[1]  # at frame 0, and at the switch at frame 3
     with torch.no_grad():
         old, new = (

@@ -14,9 +14,10 @@ def add_parsers(commands) -> None:
         "bench",
         help="speed and memory: generation per stage and vs length, DiT FLOP/s, training",
         description="Measure `arlon generate` end to end and per stage at each length (each in a "
-        "fresh process: peak memory is per process), the DiT's achieved FLOP/s against this "
-        "machine's matmul FLOP/s measured in the same run, and each stage's training samples/s. "
-        "Prints JSON lines and a table; --out also writes bench.json and bench.md.",
+        "fresh process: peak memory is per process), each stage's FLOP/s against this machine's "
+        "matmul FLOP/s measured in the same run, the AR's ms per code on its fast path against "
+        "its reference path (and that both draw the same codes), and each stage's training "
+        "samples/s. Prints JSON lines and a table, and writes bench.json and bench.md to --out.",
     )
     p.add_argument(
         "--lengths",
@@ -32,7 +33,12 @@ def add_parsers(commands) -> None:
     p.add_argument("--train-data", type=Path, help="latent cache for the training speeds")
     p.add_argument("--train-steps", type=positive_int, default=6, help="steps timed per stage")
     p.add_argument("--no-train", action="store_true", help="skip the training speeds")
-    p.add_argument("--out", type=Path, help="folder for bench.json and bench.md")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/bench"),
+        help="folder for bench.json and bench.md (default runs/bench)",
+    )
     p.set_defaults(run=run_bench)
 
 

@@ -1,15 +1,21 @@
 """`arlon bench`: how fast the system runs here, and in how much memory, in one report.
 
     arlon bench                                  # 120, 600 and 2,400 frames; DiT FLOP/s; training
-    arlon bench --lengths 600 --train-data cache/shapes-finecond --out runs/bench
+    arlon bench --lengths 600 --no-train --out runs/bench
+
+Every speed is also a ratio against this machine measured in the same run, so that a report from a
+noisy or a faster machine still says how close to the hardware each stage runs:
 
 - generation: `arlon generate` end to end and per stage (AR, DiT, VAE) at each length, each length
   in a fresh process (peak resident memory is per process), frames streamed into an mp4 as the CLI
-  does; frames/s, real-time factor at 8 fps, peak memory, and the ratio of the longest's peak to the
-  shortest's;
-- the DiT: one denoising step (a forward of batch 2: classifier-free guidance) counted by
-  `torch.utils.flop_counter`, its achieved FLOP/s against a square matmul's FLOP/s measured in the
-  same run (the best of before and after);
+  does; frames/s, real-time factor at 8 fps, peak memory, and per stage its FLOPs (counted by
+  `torch.utils.flop_counter` on one unit of it: an AR code, a DiT forward, the VAE's decoding) and
+  its FLOP/s as a fraction of a square matmul's FLOP/s measured in the same process;
+- the AR: ms per code of the fast path (`ARDecoder`) and of the reference path (the model's own
+  forward with the KV cache), interleaved in one process, the best of three each, and whether
+  they drew the same codes;
+- the DiT: one denoising step (a forward of batch 2: classifier-free guidance), its achieved FLOP/s
+  against the matmul's (the best of before and after);
 - training: samples/s of each stage's training step at its default preset (the VAE on world clips
   rendered on the fly; the other stages on the latent cache `--train-data`, skipped without one).
 """
@@ -33,7 +39,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from arlon.data.video_io import VideoWriter
 from arlon.errors import ArlonError
+from arlon.models.ar_sampler import ARSampler
+from arlon.pipeline.coarse import SEAM_CONTEXT
 from arlon.pipeline.pipeline import ARLONPipeline, DiTSampling
+from arlon.timeline import Timeline
 from arlon.training.config import TrainConfig
 from arlon.training.presets import DEFAULT_PRESETS, train_config
 from arlon.training.stages import stage
@@ -73,6 +82,8 @@ def run_bench(settings: BenchSettings, out: Path | None = None) -> dict:
     report["generation"] = generation_lengths(
         settings.model, lengths, settings.sampling, settings.threads
     )
+    report["ar"] = ar_speed(settings.model)
+    print(json.dumps({"ar": report["ar"]}), flush=True)
     report["dit"] = dit_efficiency(ARLONPipeline.from_pretrained(settings.model or ROOT).dit)
     print(json.dumps({"dit": report["dit"]}), flush=True)
     if settings.train:
@@ -129,6 +140,19 @@ def generation_speed(
                 writer.write_frame(frame)
         seconds = time.perf_counter() - start
     stages = pipe.last_times.as_dict()["seconds"]
+    peak = peak_rss_mib()  # before the counting below, which decodes all the latents at once
+    machine = matmul_flops()
+    flops = stage_flops(pipe, frames, sampling)
+    efficiency = {
+        name: {
+            "gflop": round(flops[name] / 1e9, 2),
+            "gflops_per_s": round(flops[name] / stages[name] / 1e9, 2),
+            "fraction_of_matmul": round(flops[name] / stages[name] / machine, 3),
+        }
+        for name in flops
+        if stages[name] > 0
+    }
+    codes = pipe.token_frames(pipe.plan(frames)[1]) * pipe.ar.tokens_per_frame
     return {
         "frames": frames,
         "mode": sampling.mode,
@@ -142,8 +166,11 @@ def generation_speed(
             k: round(frames / v, 1) for k, v in stages.items() if k != "total" and v > 0
         },
         "segments": pipe.last_times.segments,
+        "ar_ms_per_code": round(1000 * stages["ar"] / codes, 3) if stages["ar"] else None,
+        "matmul_gflops": round(machine / 1e9, 2),
+        "stage_efficiency": efficiency,
         "rss_after_load_mib": round(loaded, 1),
-        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "peak_rss_mib": round(peak, 1),
     }
 
 
@@ -178,6 +205,79 @@ def matmul_flops(size: int = 1024, repeats: int = 20) -> float:
     for _ in range(repeats):
         a @ b
     return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def count_flops(work) -> int:
+    """FLOPs of the matmuls, convolutions and attention `work()` runs."""
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        work()
+    return counter.get_total_flops()
+
+
+def ar_flops_per_code(pipe: ARLONPipeline) -> float:
+    """FLOPs per code of the AR's fast path once its window slides (every frame refills the cache),
+    counted over two such token frames."""
+    frames = ARSampler(pipe.ar, pipe.text_encoder, seed=0).frames(
+        Timeline.of(PROMPT), pipe.ar.config.max_frames + 2
+    )
+    for _ in range(pipe.ar.config.max_frames):
+        next(frames)
+    return count_flops(lambda: [next(frames), next(frames)]) / (2 * pipe.ar.tokens_per_frame)
+
+
+def stage_flops(pipe: ARLONPipeline, frames: int, sampling: DiTSampling) -> dict[str, float]:
+    """FLOPs of each stage of a `frames`-frame generation: one unit of each counted (an AR code, a
+    VQ window's decoding, a DiT forward, the VAE's decoding of all the latents) and multiplied."""
+    segments, new_latents = pipe.plan(frames)
+    c = pipe.dit.config
+    height, width = (n // pipe.vae.spatial_ratio for n in pipe.default_size())
+    latents = torch.zeros(1, c.in_channels, new_latents, height, width)
+    flops = {"vae": count_flops(lambda: pipe.vae.decode(latents))}
+    if sampling.mode != "baseline":
+        a = pipe.ar.config
+        token_frames = pipe.token_frames(new_latents)
+        # a window is decoded with SEAM_CONTEXT token frames of its neighbours on either side
+        window = torch.zeros(1, a.code_window + 2 * SEAM_CONTEXT, a.frame_height, a.frame_width)
+        vq = count_flops(lambda: pipe.vq.decode_codes(window.long())) * token_frames / a.code_window
+        flops["ar"] = ar_flops_per_code(pipe) * token_frames * pipe.ar.tokens_per_frame + vq
+    if sampling.mode != "ar-only":
+        batch = 1 if sampling.guidance_scale == 1 else 2
+        shape = (batch, c.in_channels, pipe.config.segment_frames, height, width)
+        x, t = torch.zeros(shape), torch.full((batch,), 500.0)
+        states, mask = torch.zeros(batch, 30, c.text_dim), torch.ones(batch, 30, dtype=torch.bool)
+        condition = x if sampling.mode == "arlon" and pipe.dit.condition_path is not None else None
+        forward = count_flops(lambda: pipe.dit(x, t, states, mask, condition=condition))
+        flops["dit"] = forward * sampling.num_inference_steps * segments
+    return flops
+
+
+def ar_speed(model: str | Path | None, token_frames: int = 12, repeats: int = 3) -> dict:
+    """Ms per code of the AR's fast path and of its reference path (the model's own forward with the
+    KV cache) in this process, interleaved, the best of `repeats` each; and whether they drew the
+    same codes (`token_frames` token frames, the window sliding from the fifth on)."""
+    pipe = ARLONPipeline.from_pretrained(model or ROOT)
+    timeline = Timeline.of(PROMPT)
+    seconds: dict[str, list[float]] = {"fast": [], "reference": []}
+    codes = {}
+    for _ in range(repeats):
+        for path in seconds:
+            sampler = ARSampler(pipe.ar, pipe.text_encoder, seed=0, fast=path == "fast")
+            start = time.perf_counter()
+            codes[path] = torch.stack(list(sampler.frames(timeline, token_frames)))
+            seconds[path].append(time.perf_counter() - start)
+    per_code = {k: 1000 * min(v) / codes[k].numel() for k, v in seconds.items()}
+    flops = ar_flops_per_code(pipe)
+    machine = matmul_flops()
+    return {
+        "codes": codes["fast"].numel(),
+        "threads": torch.get_num_threads(),
+        "ms_per_code": round(per_code["fast"], 3),
+        "reference_ms_per_code": round(per_code["reference"], 3),
+        "speedup": round(per_code["reference"] / per_code["fast"], 2),
+        "identical_codes": torch.equal(codes["fast"], codes["reference"]),
+        "mflop_per_code": round(flops / 1e6, 2),
+        "fraction_of_matmul": round(flops / (per_code["fast"] / 1000) / machine, 3),
+    }
 
 
 @torch.inference_mode()
@@ -255,21 +355,33 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"{m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}", ""]
     lines += [
-        "| frames | seconds | frames/s | x real time (8 fps) | AR s | DiT s | VAE s | peak MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| frames | seconds | frames/s | x real time (8 fps) | AR s | DiT s | VAE s | "
+        "AR ms/code | AR, DiT, VAE: % of matmul FLOP/s | peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["generation"]["runs"]:
-        st = r["stage_seconds"]
+        st, eff = r["stage_seconds"], r["stage_efficiency"]
+        fractions = ", ".join(
+            f"{100 * eff[k]['fraction_of_matmul']:.0f}" if k in eff else "-"
+            for k in ("ar", "dit", "vae")
+        )
         lines.append(
             f"| {r['frames']} | {r['seconds']} | {r['frames_per_second']} | "
             f"{r['realtime_factor_at_8fps']} | {st['ar']} | {st['dit']} | {st['vae']} | "
-            f"{r['peak_rss_mib']} |"
+            f"{r['ar_ms_per_code']} | {fractions} | {r['peak_rss_mib']} |"
         )
     if "peak_ratio_longest_to_shortest" in report["generation"]:
         lines.append(
             f"\npeak memory, longest / shortest: "
             f"{report['generation']['peak_ratio_longest_to_shortest']}"
         )
+    a = report["ar"]
+    lines += [
+        "",
+        f"AR, ms per code: {a['ms_per_code']} (fast path) against {a['reference_ms_per_code']} "
+        f"(reference path, same run): {a['speedup']}x, identical codes: {a['identical_codes']}; "
+        f"{a['mflop_per_code']} MFLOP per code = {100 * a['fraction_of_matmul']:.0f}% of the matmul",
+    ]
     d = report["dit"]
     lines += [
         "",

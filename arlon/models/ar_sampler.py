@@ -16,8 +16,10 @@ about 10 times one video, not 25. Classifier-free guidance runs the prompts and 
 one batch and mixes their logits, `null + scale * (prompt - null)`; the pipeline and the CLI
 default to `GUIDANCE_SCALE`, the best scale measured on shapes-tiny (docs/RESULTS.md). Timelines
 here count token frames, not video frames (`arlon.pipeline.coarse.token_timeline` converts).
-`use_cache=False` recomputes the whole context for every token: slow, and there to check the cache
-(both give the same codes for the same seed).
+Each step runs through `ARDecoder`, the model's arithmetic in fewer operations, and each prompt's
+prefix is computed once rather than at every refill; `fast=False` runs the model's own forward (the
+reference the fast path is checked against), `use_cache=False` recomputes the whole context for
+every token (slow, there to check the cache). All three give the same codes for the same seed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from arlon.errors import ArlonError
+from arlon.models.ar_decoder import ARDecoder
 from arlon.models.ar_transformer import ARTransformer, KVCache
 from arlon.timeline import Timeline
 
@@ -64,15 +67,16 @@ def sample_logits(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    generator: torch.Generator | None = None,
+    uniform: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One index per row of `logits` `(B, K)` -> `(B,)` long. Temperature 0 is greedy; top-k (0:
     off) keeps the k likeliest; top-p keeps the smallest set of likeliest codes whose probability
     reaches p (Holtzman et al. 2019, arxiv.org/abs/1904.09751). Drawn by inverting the cumulative
-    distribution with one uniform number per row from `generator` (or from each row's own)."""
+    distribution with one uniform number in [0, 1) per row: `uniform` `(B,)`, or from `generator`."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    logits = logits.float() if temperature == 1 else logits.float() / temperature
     if 0 < top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -torch.inf)
@@ -83,18 +87,20 @@ def sample_logits(
         drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
         probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0))
         probs = probs / probs.sum(-1, keepdim=True)
-    if isinstance(generator, Sequence):
-        u = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in generator])[:, None]
-    else:
-        u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device)
-    u = 1 - u  # (0, 1]
+    if uniform is None:
+        uniform = torch.rand(probs.shape[0], generator=generator, device=probs.device)
     cdf = probs.cumsum(-1)
-    return torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_max(probs.shape[-1] - 1).squeeze(-1)
+    target = (1 - uniform[:, None]) * cdf[:, -1:]  # 1 - u lies in (0, 1]
+    return torch.searchsorted(cdf, target).clamp_max_(probs.shape[-1] - 1).squeeze(-1)
 
 
 class ARSampler:
     """Streams codes from an `ARTransformer` for a prompt timeline (in token frames), or for a batch
-    of timelines at once (one seed each: `seed=[...]`, and `batch_frames`)."""
+    of timelines at once (one seed each: `seed=[...]`, and `batch_frames`).
+
+    Three paths draw the same codes for the same seed: the fast one (the default: `ARDecoder`, and
+    each prompt's prefix computed once instead of at every refill), the model's own forward with
+    the KV cache (`fast=False`, the reference), and no cache at all (`use_cache=False`)."""
 
     def __init__(
         self,
@@ -103,6 +109,7 @@ class ARSampler:
         sampling: ARSampling = ARSampling(),
         seed: int | Sequence[int] = 0,
         use_cache: bool = True,
+        fast: bool = True,
     ):
         seeds = [seed] if isinstance(seed, int) else list(seed)
         if not seeds:
@@ -118,6 +125,7 @@ class ARSampler:
         # under guidance the rows are the videos' prompts, then as many null prompts
         self.batch = self.videos * (1 if sampling.guidance_scale == 1 else 2)
         self.cache: KVCache | None = model.new_cache(self.batch) if use_cache else None
+        self.decoder = ARDecoder(model) if use_cache and fast else None
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -131,19 +139,60 @@ class ARSampler:
         """Per-video `(videos, ...)` -> per-row `(batch, ...)` (the null rows see the same codes)."""
         return x.repeat(self.batch // self.videos, *[1] * (x.ndim - 1))
 
-    def _next(self, logits: torch.Tensor) -> torch.Tensor:
+    def _next(self, logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
         """Logits of the last position `(batch, K)` -> each video's next code `(videos,)`."""
         if self.batch > self.videos:
             cond, null = logits[: self.videos], logits[self.videos :]
             logits = null + self.sampling.guidance_scale * (cond - null)
         s = self.sampling
-        return sample_logits(logits, s.temperature, s.top_k, s.top_p, self.generators)
+        return sample_logits(logits, s.temperature, s.top_k, s.top_p, uniform=uniform)
 
     def _embed(self, codes: list[torch.Tensor], first_frame: int) -> torch.Tensor:
         """Whole or partial token frames (each `(videos, n)` long) -> `(batch, N, C)`."""
         if not codes:
             return self.model.bos.new_zeros(self.batch, 0, self.model.bos.shape[0])
         return self.model.embed_codes(self._rows(torch.cat(codes, dim=1)), 0, first_frame)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings `(batch, N, C)` appended to the cache -> the last position's logits."""
+        if self.decoder is not None:
+            return self.decoder(x, self.cache, self.cache.length)
+        return self.model.forward_embeddings(x, self.cache, self.cache.length)[:, -1]
+
+    def _refill(self, prefix: _Prefix, history: list[torch.Tensor], first: int) -> torch.Tensor:
+        """Empty the cache, then fill it with the prefix and the history frames (the first of them
+        token frame `first`) -> the logits of the code that follows them."""
+        self.cache.reset()
+        if self.decoder is None:
+            return self._forward(torch.cat([prefix.embeddings, self._embed(history, first)], 1))
+        # the prefix's keys and values do not depend on what follows it: computed once per prompt
+        p = prefix.cache.length
+        self.cache.keys[:, :, :, :p] = prefix.cache.keys
+        self.cache.values[:, :, :, :p] = prefix.cache.values
+        self.cache.length = p
+        return self._forward(self._embed(history, first)) if history else prefix.logits
+
+    def _switch_prefix(self, prefix: _Prefix, rows: list[int], prompts: list[str]) -> None:
+        """Give video rows `rows` the prefixes of `prompts`."""
+        embeddings = self._prefix(prompts)
+        prefix.embeddings[rows] = embeddings
+        if self.decoder is not None:
+            part = KVCache(*(t[:, rows].clone() for t in (prefix.cache.keys, prefix.cache.values)))
+            prefix.logits[rows] = self.decoder(embeddings, part, 0)
+            prefix.cache.keys[:, rows], prefix.cache.values[:, rows] = part.keys, part.values
+
+    def _first_prefix(self, prompts: list[str]) -> _Prefix:
+        """Every row's prefix: the videos' prompts, then (under guidance) the null prompt."""
+        embeddings = self._prefix(prompts)  # (videos, P + 1, C)
+        if self.batch > self.videos:
+            null = self.model.embed_prefix(None, None, self.videos)
+            embeddings = torch.cat([embeddings, null])  # (batch, P + 1, C)
+        if self.decoder is None:
+            return _Prefix(embeddings)
+        cfg, p = self.model.config, embeddings.shape[1]
+        shape = (cfg.num_layers, self.batch, cfg.num_heads, p, self.model.head_dim)
+        cache = KVCache(embeddings.new_zeros(shape), embeddings.new_zeros(shape))
+        return _Prefix(embeddings, cache, self.decoder(embeddings, cache, 0))
 
     # -- generation -------------------------------------------------------------------------------
 
@@ -175,8 +224,8 @@ class ARSampler:
         timelines = [Timeline.of(timeline) for timeline in timelines]
         if num_frames < 1:
             raise ArlonError(f"num_frames must be >= 1, got {num_frames}")
-        cfg = self.model.config
-        per_frame = self.model.tokens_per_frame
+        model, cfg = self.model, self.model.config
+        per_frame = model.tokens_per_frame
         history: deque[torch.Tensor] = deque(maxlen=cfg.max_frames - 1)  # (videos, h * w) each
         if histories is not None:
             if len(histories) != self.videos or len({len(h) for h in histories}) != 1:
@@ -184,33 +233,50 @@ class ARSampler:
             for frames in zip(*histories, strict=True):
                 history.append(torch.stack([f.flatten().long() for f in frames]))
         switches = [dict(timeline) for timeline in timelines]
-        prompts = self._prefix([timeline[0][1] for timeline in timelines])  # (videos, P + 1, C)
-        if self.batch > self.videos:
-            null = self.model.embed_prefix(None, None, self.videos)
-            prefix = torch.cat([prompts, null])  # (batch, P + 1, C)
-        else:
-            prefix = prompts
+        starts = {t for s in switches for t in s if t > 0}
+        prefix = self._first_prefix([timeline[0][1] for timeline in timelines])
+        cells = model.cell_embedder.weight  # (h * w, C)
+        held = 0  # token frames in the cache, history included
         for t in range(num_frames):
             switching = [i for i, s in enumerate(switches) if t in s and t > 0]
             if switching:
-                prefix[switching] = self._prefix([switches[i][t] for i in switching])
+                self._switch_prefix(prefix, switching, [switches[i][t] for i in switching])
             # The context: prefix, history frames (the first of them is token frame `first`), and
-            # the codes of frame t so far. From frame max_frames on, the cache is full: refill.
+            # the codes of frame t so far. When the cache holds max_frames frames, refill it.
             first = t - len(history)
-            if self.use_cache and (t == 0 or switching or t >= cfg.max_frames):
-                self.cache.reset()
-                logits = self.model.forward_embeddings(
-                    torch.cat([prefix, self._embed(list(history), first)], dim=1), self.cache
-                )[:, -1]
+            if self.use_cache and (t == 0 or switching or held == cfg.max_frames):
+                logits = self._refill(prefix, list(history), first)
+                held = len(history)
+            # one uniform number per code and video, drawn a frame at a time (the same numbers)
+            uniform = torch.stack([torch.rand(per_frame, generator=g) for g in self.generators])
+            phase = model.phase_embedder.weight[t % cfg.code_window]
+            held += 1
+            # the last code's keys and values are wasted when the next frame refills the cache
+            refills = t + 1 == num_frames or held == cfg.max_frames or t + 1 in starts
             frame: list[torch.Tensor] = []  # (videos, 1) each
             for j in range(per_frame):
                 if not self.use_cache:
-                    x = torch.cat([prefix, self._embed([*history, *frame], first)], dim=1)
-                    logits = self.model.forward_embeddings(x)[:, -1]
-                frame.append(self._next(logits)[:, None])
-                if self.use_cache:
-                    x = self.model.embed_codes(self._rows(frame[-1]), j, t)
-                    logits = self.model.forward_embeddings(x, self.cache, self.cache.length)[:, -1]
+                    x = torch.cat([prefix.embeddings, self._embed([*history, *frame], first)], 1)
+                    logits = model.forward_embeddings(x)[:, -1]
+                code = self._next(logits, uniform[:, j])
+                frame.append(code[:, None])
+                if not self.use_cache or j + 1 == per_frame and refills:
+                    continue
+                if self.decoder is None:
+                    x = model.embed_codes(self._rows(code[:, None]), j, t)
+                else:  # as `embed_codes` sums it: code, cell, then phase
+                    x = (model.code_embedder(self._rows(code)) + cells[j] + phase)[:, None]
+                logits = self._forward(x)
             codes = torch.cat(frame, dim=1)  # (videos, h * w)
             history.append(codes)
             yield codes.view(self.videos, cfg.frame_height, cfg.frame_width)
+
+
+@dataclass
+class _Prefix:
+    """Every row's prefix embeddings `(batch, P + 1, C)` and, on the fast path, their keys and
+    values and the logits of the first code after them."""
+
+    embeddings: torch.Tensor
+    cache: KVCache | None = None
+    logits: torch.Tensor | None = None

@@ -199,7 +199,7 @@ class ARLONPipeline(DiffusionPipeline):
                 "sizes)".format(*self.default_size(), height, width)
             )
 
-    def _plan(self, num_frames: int, continued: bool = False) -> tuple[int, int]:
+    def plan(self, num_frames: int, continued: bool = False) -> tuple[int, int]:
         """`(segments, new latent frames)` for `num_frames` video frames (continuing a video: they
         follow its reference frames)."""
         s, r = self.config.segment_frames, self.config.reference_frames
@@ -215,11 +215,11 @@ class ARLONPipeline(DiffusionPipeline):
     def seams(self, num_frames: int) -> list[int]:
         """Video frames t whose successor t + 1 is the first new frame of a DiT segment."""
         s, r = self.config.segment_frames, self.config.reference_frames
-        segments, _ = self._plan(num_frames)
+        segments, _ = self.plan(num_frames)
         ends = [self.vae.video_frames(k * (s - r) + s) - 1 for k in range(segments)]
         return [end for end in ends if end + 1 < num_frames]
 
-    def _token_frames(self, new_latents: int) -> int:
+    def token_frames(self, new_latents: int) -> int:
         """AR token frames that cover `new_latents` latent frames: whole VQ windows."""
         frames_per_window = self.ar.config.code_window * self.vq.ratio[0]
         return -(-new_latents // frames_per_window) * self.ar.config.code_window
@@ -276,7 +276,7 @@ class ARLONPipeline(DiffusionPipeline):
         default_h, default_w = self.default_size()
         height, width = height or default_h, width or default_w
         self.check_inputs(num_frames, height, width, sampling)
-        segments, new_latents = self._plan(num_frames, continued=init is not None)
+        segments, new_latents = self.plan(num_frames, continued=init is not None)
         return _Job(
             timeline,
             num_frames,
@@ -335,12 +335,12 @@ class ARLONPipeline(DiffusionPipeline):
         """The AR's token frames for several videos at once (a batch: much faster per video than one
         by one), to pass to `stream(codes=...)` with the same timeline, length and seed. Memory
         grows with the batch and the length: meant for evaluations, not for unbounded videos."""
-        _, new_latents = self._plan(num_frames)
+        _, new_latents = self.plan(num_frames)
         sampler = ARSampler(self.ar, self.text_encoder, ar_sampling, [check_seed(s) for s in seeds])
         return sample_codes(
             sampler,
             [Timeline.of(t) for t in timelines],
-            self._token_frames(new_latents),
+            self.token_frames(new_latents),
             self.temporal_ratio,
             self.vq.ratio[0],
             desc=f"AR ({len(timelines)} videos)",
@@ -360,7 +360,7 @@ class ARLONPipeline(DiffusionPipeline):
         if codes is None:
             sampler = ARSampler(self.ar, self.text_encoder, ar_sampling, job.seed)
             tokens = token_timeline(job.timeline, self.temporal_ratio, self.vq.ratio[0])
-            codes = sampler.frames(tokens, self._token_frames(job.new_latents), history)
+            codes = sampler.frames(tokens, self.token_frames(job.new_latents), history)
         chunks = coarse_latents(codes, self.vq, self.ar.config.code_window, history=history)
         while True:
             started = time.perf_counter()
