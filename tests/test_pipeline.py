@@ -324,6 +324,9 @@ def test_continuation_starts_from_the_given_video(pipe, monkeypatch):
     x, frame_mask = calls[0]
     assert frame_mask[0].tolist() == [True, False, False]
     assert torch.allclose(x[:, :, :1], tail, atol=1e-6)
+    # longer than the AR's window: the history and the new frames slide through it together
+    longer = pipe(PROMPT, num_frames=40, num_inference_steps=1, init_video=video, progress=False)
+    assert longer.frames.shape == (1, 40, 32, 32, 3)
     with pytest.raises(ArlonError, match="no such video"):
         pipe(PROMPT, num_frames=8, init_video="missing.mp4")
 
