@@ -22,6 +22,7 @@ noisy or a faster machine still says how close to the hardware each stage runs:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import json
@@ -140,7 +141,7 @@ def generation_speed(
                 writer.write_frame(frame)
         seconds = time.perf_counter() - start
     stages = pipe.last_times.as_dict()["seconds"]
-    peak = peak_rss_mib()  # before the counting below, which decodes all the latents at once
+    peak = peak_rss_mib()  # before the counting below
     machine = matmul_flops()
     flops = stage_flops(pipe, frames, sampling)
     efficiency = {
@@ -226,13 +227,16 @@ def ar_flops_per_code(pipe: ARLONPipeline) -> float:
 
 
 def stage_flops(pipe: ARLONPipeline, frames: int, sampling: DiTSampling) -> dict[str, float]:
-    """FLOPs of each stage of a `frames`-frame generation: one unit of each counted (an AR code, a
-    VQ window's decoding, a DiT forward, the VAE's decoding of all the latents) and multiplied."""
+    """FLOPs of each stage of a `frames`-frame generation: the VAE's streamed decoding counted whole,
+    one unit of the others counted (an AR code, a VQ window's decoding, a DiT forward) and
+    multiplied."""
     segments, new_latents = pipe.plan(frames)
-    c = pipe.dit.config
+    c, s, r = pipe.dit.config, pipe.config.segment_frames, pipe.config.reference_frames
     height, width = (n // pipe.vae.spatial_ratio for n in pipe.default_size())
-    latents = torch.zeros(1, c.in_channels, new_latents, height, width)
-    flops = {"vae": count_flops(lambda: pipe.vae.decode(latents))}
+    # the latents as the pipeline streams them: a first segment, then each one's new frames
+    chunks = [s] + [s - r] * (segments - 1)
+    latents = (torch.zeros(1, c.in_channels, n, height, width) for n in chunks)
+    flops = {"vae": count_flops(lambda: collections.deque(pipe.vae.decode_stream(latents), 0))}
     if sampling.mode != "baseline":
         a = pipe.ar.config
         token_frames = pipe.token_frames(new_latents)
