@@ -5,8 +5,9 @@ At batch 2 (a video and its null prompt) a code's step reads the AR's 20 MB of w
 little arithmetic with them: its time goes to memory traffic and to the dispatch of each small
 operation (docs/RESULTS.md, "AR: sampling speed"). `ARDecoder` cuts the operations: SwiGLU's gate
 and up are one matmul; RMSNorm is six element-wise operations with its weight pre-scaled; the
-residual additions ride on the matmuls (`addmm`); the rotary tables are built once, the sign of
-rotate-half folded into them; and only the last position goes through the output head. It writes
+residual additions ride on the matmuls (`addmm`); attention's 1/sqrt(head_dim) rides on the query
+weights; the rotary tables are built once, the sign of rotate-half folded into them; and only the
+last position goes through the output head. It writes
 into the same `KVCache` as the model: `ARSampler(fast=False)` is the reference path, and both draw
 the same codes (tested, and checked by `arlon bench` on every run).
 
@@ -20,6 +21,14 @@ import torch
 
 from arlon.models.ar_transformer import ARTransformer, KVCache
 from arlon.models.layers import rope_tables
+
+
+def _scaled_queries(qkv: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """The fused projection `(3C, C)` with its query rows times attention's 1 / sqrt(head_dim):
+    exact when head_dim is a power of 4 (64: times 1/8), as scaling the scores after would be."""
+    scale = torch.ones(qkv.shape[0], 1, dtype=qkv.dtype, device=qkv.device)
+    scale[: qkv.shape[0] // 3] = head_dim**-0.5
+    return qkv * scale
 
 
 class ARDecoder:
@@ -36,7 +45,7 @@ class ARDecoder:
             self.layers = [
                 (
                     block.attn_norm.weight * root,
-                    block.attn.qkv.weight.t(),  # (C, 3C)
+                    _scaled_queries(block.attn.qkv.weight, self.head_dim).t(),  # (C, 3C)
                     block.attn.proj.weight.t(),
                     block.mlp_norm.weight * root,
                     torch.cat([block.mlp.gate.weight, block.mlp.up.weight]).t().contiguous(),
@@ -74,19 +83,21 @@ class ARDecoder:
         for layer, (norm1, qkv_w, proj_w, norm2, gate_up_w, down_w) in enumerate(self.layers):
             qkv = (self._norm(x, norm1) @ qkv_w).view(b, n, 3, h, d)
             qk = qkv[:, :, :2]  # (B, N, 2, H, D)
-            rotated = torch.cat([qk[..., half:], qk[..., :half]], dim=-1)
+            rotated = qk.roll(half, -1)  # rotate-half, its sign folded into `sin`
             qk = qk * cos[:, None, None] + rotated * sin[:, None, None]
             keys, values = cache.keys[layer], cache.values[layer]  # (B, H, capacity, D)
             keys[:, :, start:end] = qk[:, :, 1].transpose(1, 2)
             values[:, :, start:end] = qkv[:, :, 2].transpose(1, 2)
             q = qk[:, :, 0].transpose(1, 2)  # (B, H, N, D)
             k, v = keys[:, :, :end], values[:, :, :end]
-            if n == 1:
-                weights = (q @ k.transpose(2, 3)).mul_(d**-0.5).softmax(-1)
-                out = weights @ v  # (B, H, 1, D)
-            else:
-                out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            x = torch.addmm(x, out.transpose(1, 2).reshape(b * n, c), proj_w)
+            if n == 1:  # (B, H, 1, D): laid out as (B, C) already
+                out = ((q @ k.transpose(2, 3)).softmax(-1) @ v).view(b, c)
+            else:  # the queries come scaled by 1 / sqrt(D): scale 1 here
+                out = torch.nn.functional.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, scale=1.0
+                )
+                out = out.transpose(1, 2).reshape(b * n, c)
+            x = torch.addmm(x, out, proj_w)
             gate, up = (self._norm(x, norm2) @ gate_up_w).split(self.inner, dim=-1)
             x = torch.addmm(x, torch.nn.functional.silu(gate).mul_(up), down_w)
         cache.length = end
