@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from arlon.errors import ArlonError
+from arlon.models.ar_decoder import ARDecoder
 from arlon.models.ar_sampler import ARSampler, ARSampling, sample_logits
 from arlon.models.ar_transformer import ARTransformer, ar_transformer
 from arlon.models.text_encoder import TextEncoder
@@ -80,8 +81,8 @@ def test_cached_generation_equals_uncached(model, text_encoder, guidance, contin
 
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
 def test_the_fast_path_draws_the_reference_codes(model, text_encoder, guidance):
-    """ARDecoder with each prompt's prefix computed once draws the codes of the model's own
-    forward, through window slides, prompt switches, a continued video's history and a batch."""
+    """ARDecoder draws the codes of the model's own forward, through window slides, prompt
+    switches, a continued video's history and a batch."""
     settings = ARSampling(top_k=20, top_p=0.9, guidance_scale=guidance)
     timelines = [TIMELINE, [(0, "a green triangle stays still"), (2, "a red circle moves left")]]
     history = [list(codes(1, 3, seed=5)[0]), list(codes(1, 3, seed=6)[0])]  # 3 frames (2, 2) each
@@ -92,6 +93,32 @@ def test_the_fast_path_draws_the_reference_codes(model, text_encoder, guidance):
     assert drawn[0].shape == (12, 2, 2, 2) and torch.equal(drawn[0], drawn[1])
     alone = ARSampler(model, text_encoder, settings, seed=3, fast=False)
     assert torch.equal(drawn[0][:, 0], torch.stack(list(alone.frames(TIMELINE, 12, history[0]))))
+
+
+def test_the_fast_path_computes_the_models_logits_bitwise(model, text_encoder):
+    """Not close: equal, so that the fast path draws the reference's codes over any length (a
+    rounding difference would flip a draw sooner or later, and every code after it)."""
+    text = text_encoder.encode(["a red circle moves right", "a green triangle stays still"])
+    x = torch.cat(
+        [
+            model.embed_prefix(text.states, text.mask),
+            model.embed_codes(codes()[:, :3].flatten(1), 0, 0),
+        ],
+        1,
+    )
+    decoder, reference, fast = ARDecoder(model), model.new_cache(2), model.new_cache(2)
+    with torch.inference_mode():
+        logits = [(model.forward_embeddings(x, reference)[:, -1], decoder(x, fast, 0))]
+        for code in codes(2, 1, seed=9).flatten(1).T:  # then one code at a time
+            y = model.embed_codes(code[:, None], 0, 3)
+            logits.append(
+                (
+                    model.forward_embeddings(y, reference, reference.length)[:, -1],
+                    decoder(y, fast, fast.length),
+                )
+            )
+    assert all(torch.equal(a, b) for a, b in logits) and len(logits) == 5
+    assert torch.equal(reference.keys, fast.keys) and torch.equal(reference.values, fast.values)
 
 
 def test_sampling_is_deterministic_per_seed(model, text_encoder):

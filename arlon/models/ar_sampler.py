@@ -16,10 +16,10 @@ about 10 times one video, not 25. Classifier-free guidance runs the prompts and 
 one batch and mixes their logits, `null + scale * (prompt - null)`; the pipeline and the CLI
 default to `GUIDANCE_SCALE`, the best scale measured on shapes-tiny (docs/RESULTS.md). Timelines
 here count token frames, not video frames (`arlon.pipeline.coarse.token_timeline` converts).
-Each step runs through `ARDecoder`, the model's arithmetic in fewer operations, and each prompt's
-prefix is computed once rather than at every refill; `fast=False` runs the model's own forward (the
-reference the fast path is checked against), `use_cache=False` recomputes the whole context for
-every token (slow, there to check the cache). All three give the same codes for the same seed.
+Each step runs through `ARDecoder`, the model's arithmetic in fewer operations; `fast=False` runs
+the model's own forward (the reference the fast path is checked against: bitwise the same logits),
+`use_cache=False` recomputes the whole context for every token (slow, there to check the cache).
+All three give the same codes for the same seed.
 """
 
 from __future__ import annotations
@@ -98,9 +98,9 @@ class ARSampler:
     """Streams codes from an `ARTransformer` for a prompt timeline (in token frames), or for a batch
     of timelines at once (one seed each: `seed=[...]`, and `batch_frames`).
 
-    Three paths draw the same codes for the same seed: the fast one (the default: `ARDecoder`, and
-    each prompt's prefix computed once instead of at every refill), the model's own forward with
-    the KV cache (`fast=False`, the reference), and no cache at all (`use_cache=False`)."""
+    Three paths draw the same codes for the same seed: the fast one (the default: `ARDecoder`), the
+    model's own forward with the KV cache (`fast=False`, the reference: bitwise the same logits),
+    and no cache at all (`use_cache=False`)."""
 
     def __init__(
         self,
@@ -159,40 +159,22 @@ class ARSampler:
             return self.decoder(x, self.cache, self.cache.length)
         return self.model.forward_embeddings(x, self.cache, self.cache.length)[:, -1]
 
-    def _refill(self, prefix: _Prefix, history: list[torch.Tensor], first: int) -> torch.Tensor:
+    def _refill(
+        self, prefix: torch.Tensor, history: list[torch.Tensor], first: int
+    ) -> torch.Tensor:
         """Empty the cache, then fill it with the prefix and the history frames (the first of them
         token frame `first`) -> the logits of the code that follows them."""
         self.cache.reset()
-        if self.decoder is None:
-            return self._forward(torch.cat([prefix.embeddings, self._embed(history, first)], 1))
-        # the prefix's keys and values do not depend on what follows it: computed once per prompt
-        p = prefix.cache.length
-        self.cache.keys[:, :, :, :p] = prefix.cache.keys
-        self.cache.values[:, :, :, :p] = prefix.cache.values
-        self.cache.length = p
-        return self._forward(self._embed(history, first)) if history else prefix.logits
+        return self._forward(torch.cat([prefix, self._embed(history, first)], dim=1))
 
-    def _switch_prefix(self, prefix: _Prefix, rows: list[int], prompts: list[str]) -> None:
-        """Give video rows `rows` the prefixes of `prompts`."""
-        embeddings = self._prefix(prompts)
-        prefix.embeddings[rows] = embeddings
-        if self.decoder is not None:
-            part = KVCache(*(t[:, rows].clone() for t in (prefix.cache.keys, prefix.cache.values)))
-            prefix.logits[rows] = self.decoder(embeddings, part, 0)
-            prefix.cache.keys[:, rows], prefix.cache.values[:, rows] = part.keys, part.values
-
-    def _first_prefix(self, prompts: list[str]) -> _Prefix:
-        """Every row's prefix: the videos' prompts, then (under guidance) the null prompt."""
-        embeddings = self._prefix(prompts)  # (videos, P + 1, C)
+    def _first_prefix(self, prompts: list[str]) -> torch.Tensor:
+        """Every row's prefix `(batch, P + 1, C)`: the videos' prompts, then (under guidance) the
+        null prompt."""
+        prefix = self._prefix(prompts)  # (videos, P + 1, C)
         if self.batch > self.videos:
             null = self.model.embed_prefix(None, None, self.videos)
-            embeddings = torch.cat([embeddings, null])  # (batch, P + 1, C)
-        if self.decoder is None:
-            return _Prefix(embeddings)
-        cfg, p = self.model.config, embeddings.shape[1]
-        shape = (cfg.num_layers, self.batch, cfg.num_heads, p, self.model.head_dim)
-        cache = KVCache(embeddings.new_zeros(shape), embeddings.new_zeros(shape))
-        return _Prefix(embeddings, cache, self.decoder(embeddings, cache, 0))
+            prefix = torch.cat([prefix, null])  # (batch, P + 1, C)
+        return prefix
 
     # -- generation -------------------------------------------------------------------------------
 
@@ -240,7 +222,7 @@ class ARSampler:
         for t in range(num_frames):
             switching = [i for i, s in enumerate(switches) if t in s and t > 0]
             if switching:
-                self._switch_prefix(prefix, switching, [switches[i][t] for i in switching])
+                prefix[switching] = self._prefix([switches[i][t] for i in switching])
             # The context: prefix, history frames (the first of them is token frame `first`), and
             # the codes of frame t so far. When the cache holds max_frames frames, refill it.
             first = t - len(history)
@@ -256,7 +238,7 @@ class ARSampler:
             frame: list[torch.Tensor] = []  # (videos, 1) each
             for j in range(per_frame):
                 if not self.use_cache:
-                    x = torch.cat([prefix.embeddings, self._embed([*history, *frame], first)], 1)
+                    x = torch.cat([prefix, self._embed([*history, *frame], first)], dim=1)
                     logits = model.forward_embeddings(x)[:, -1]
                 code = self._next(logits, uniform[:, j])
                 frame.append(code[:, None])
@@ -270,13 +252,3 @@ class ARSampler:
             codes = torch.cat(frame, dim=1)  # (videos, h * w)
             history.append(codes)
             yield codes.view(self.videos, cfg.frame_height, cfg.frame_width)
-
-
-@dataclass
-class _Prefix:
-    """Every row's prefix embeddings `(batch, P + 1, C)` and, on the fast path, their keys and
-    values and the logits of the first code after them."""
-
-    embeddings: torch.Tensor
-    cache: KVCache | None = None
-    logits: torch.Tensor | None = None
