@@ -248,7 +248,7 @@ def test_bench_reports_speed_and_memory_per_length(folder, tmp_path, capsys):
     assert report["generation"]["peak_ratio_longest_to_shortest"] > 0
     assert report["dit"]["fraction_of_matmul"] > 0 and report["dit"]["forward_gflop"] > 0
     # every stage's FLOPs counted, so its speed is also a fraction of this machine's matmul
-    assert {k: v["gflop"] > 0 for k, v in runs[1]["stage_efficiency"].items()} == dict.fromkeys(
+    assert {k: v["flops"] > 0 for k, v in runs[1]["stage_efficiency"].items()} == dict.fromkeys(
         ("ar", "dit", "vae"), True
     )
     # the AR's fast path draws the reference path's codes, and both were timed in this run

@@ -146,6 +146,7 @@ def generation_speed(
     flops = stage_flops(pipe, frames, sampling)
     efficiency = {
         name: {
+            "flops": int(flops[name]),
             "gflop": round(flops[name] / 1e9, 2),
             "gflops_per_s": round(flops[name] / stages[name] / 1e9, 2),
             "fraction_of_matmul": round(flops[name] / stages[name] / machine, 3),
@@ -215,15 +216,15 @@ def count_flops(work) -> int:
     return counter.get_total_flops()
 
 
-def ar_flops_per_code(pipe: ARLONPipeline) -> float:
-    """FLOPs per code of the AR's fast path once its window slides (every frame refills the cache),
-    counted over two such token frames."""
-    frames = ARSampler(pipe.ar, pipe.text_encoder, seed=0).frames(
-        Timeline.of(PROMPT), pipe.ar.config.max_frames + 2
-    )
-    for _ in range(pipe.ar.config.max_frames):
-        next(frames)
-    return count_flops(lambda: [next(frames), next(frames)]) / (2 * pipe.ar.tokens_per_frame)
+def ar_flops(pipe: ARLONPipeline, token_frames: int) -> float:
+    """FLOPs of the AR's fast path drawing `token_frames` token frames: the first `max_frames + 1`
+    counted one by one (the cache fills, then the window slides for the first time), each later
+    one as the last of those (from there on every frame refills the cache alike)."""
+    sampler = ARSampler(pipe.ar, pipe.text_encoder, seed=0)
+    frames = sampler.frames(Timeline.of(PROMPT), token_frames)
+    first = min(token_frames, pipe.ar.config.max_frames + 1)
+    counted = [count_flops(lambda: next(frames)) for _ in range(first)]
+    return sum(counted) + counted[-1] * (token_frames - first)
 
 
 def stage_flops(pipe: ARLONPipeline, frames: int, sampling: DiTSampling) -> dict[str, float]:
@@ -243,7 +244,7 @@ def stage_flops(pipe: ARLONPipeline, frames: int, sampling: DiTSampling) -> dict
         # a window is decoded with SEAM_CONTEXT token frames of its neighbours on either side
         window = torch.zeros(1, a.code_window + 2 * SEAM_CONTEXT, a.frame_height, a.frame_width)
         vq = count_flops(lambda: pipe.vq.decode_codes(window.long())) * token_frames / a.code_window
-        flops["ar"] = ar_flops_per_code(pipe) * token_frames * pipe.ar.tokens_per_frame + vq
+        flops["ar"] = ar_flops(pipe, token_frames) + vq
     if sampling.mode != "ar-only":
         batch = 1 if sampling.guidance_scale == 1 else 2
         shape = (batch, c.in_channels, pipe.config.segment_frames, height, width)
@@ -270,7 +271,7 @@ def ar_speed(model: str | Path | None, token_frames: int = 12, repeats: int = 3)
             codes[path] = torch.stack(list(sampler.frames(timeline, token_frames)))
             seconds[path].append(time.perf_counter() - start)
     per_code = {k: 1000 * min(v) / codes[k].numel() for k, v in seconds.items()}
-    flops = ar_flops_per_code(pipe)
+    flops = ar_flops(pipe, token_frames) / codes["fast"].numel()
     machine = matmul_flops()
     return {
         "codes": codes["fast"].numel(),

@@ -5,10 +5,10 @@ At batch 2 (a video and its null prompt) a code's step reads the AR's 20 MB of w
 little arithmetic with them: its time goes to memory traffic and to the dispatch of each small
 operation (docs/RESULTS.md, "AR: sampling speed"). `ARDecoder` drops the operations that do no
 arithmetic the model needs: the rotary tables are built once for every position (the model builds
-them at each call), the sign of rotate-half is folded into them and q and k turn together,
-attention's 1/sqrt(head_dim) rides on the query weights (exact: 64-wide heads scale by 1/8), and
-no argument is checked. Every matmul, norm and attention keeps the model's shapes and kernels, so
-the results are bitwise the model's: `ARSampler(fast=False)` is the reference path, and both draw
+them at each call), the sign of rotate-half is folded into them and q and k turn together, and
+attention's 1/sqrt(head_dim) rides on the query weights where that is exact (64-wide heads: 1/8).
+Every matmul, norm and attention keeps the model's shapes and kernels, so the results are bitwise
+the model's: `ARSampler(fast=False)` is the reference path, and both draw
 the same codes (tested, and checked by `arlon bench` on every run).
 
     decoder = ARDecoder(ar)
@@ -17,41 +17,49 @@ the same codes (tested, and checked by `arlon bench` on every run).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
+from arlon.errors import ArlonError
 from arlon.models.ar_transformer import ARTransformer, KVCache
 from arlon.models.layers import rope_tables
 
 
-def _scaled_queries(qkv: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """The fused projection `(3C, C)` with its query rows times attention's 1 / sqrt(head_dim):
-    exact when head_dim is a power of 4 (64: times 1/8), as scaling the scores after would be."""
+def _scaled_queries(qkv: torch.Tensor, head_dim: int) -> torch.Tensor | None:
+    """The fused projection `(3C, C)` with its query rows times attention's 1 / sqrt(head_dim), when
+    that is exact (a power of two: head_dim a power of 4, e.g. 64 -> 1/8); None otherwise."""
+    if math.log2(head_dim) % 2:
+        return None
     scale = torch.ones(qkv.shape[0], 1, dtype=qkv.dtype, device=qkv.device)
     scale[: qkv.shape[0] // 3] = head_dim**-0.5
     return qkv * scale
 
 
 class ARDecoder:
-    """Inference-only forward of an `ARTransformer`, on its weights (transposed views; only the
-    query-scaled projection is a copy)."""
+    """Inference-only forward of an `ARTransformer`, on its weights (transposed views; the
+    query-scaled projections, when exact, are a copy: a quarter of the weights)."""
 
     def __init__(self, model: ARTransformer):
         cfg = model.config
         self.model = model
         self.heads, self.head_dim = cfg.num_heads, model.head_dim
         with torch.no_grad():
+            scaled = [_scaled_queries(b.attn.qkv.weight, self.head_dim) for b in model.blocks]
+            # attention's own scale where the query weights could not carry it exactly
+            self.scale = None if scaled[0] is None else 1.0
             self.layers = [
                 (
                     block.attn_norm,
-                    _scaled_queries(block.attn.qkv.weight, self.head_dim).t(),  # (C, 3C)
+                    (block.attn.qkv.weight if qkv is None else qkv).t(),  # (C, 3C)
                     block.attn.proj.weight.t(),
                     block.mlp_norm,
                     block.mlp.gate.weight.t(),
                     block.mlp.up.weight.t(),
                     block.mlp.down.weight.t(),
                 )
-                for block in model.blocks
+                for block, qkv in zip(model.blocks, scaled, strict=True)
             ]
             positions = torch.arange(model.context_length, device=model.bos.device)
             cos, sin = rope_tables(positions, self.head_dim, cfg.rope_theta)
@@ -63,7 +71,9 @@ class ARDecoder:
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
         """Embeddings `(B, N, C)` at positions `start..start+N-1`, appended to `cache` (whose
-        `length` is `start`) -> the logits of the last position `(B, K)`."""
+        `length` must be `start`) -> the logits of the last position `(B, K)`."""
+        if cache.length != start:
+            raise ArlonError(f"the KV cache holds {cache.length} positions, not {start}")
         b, n, c = x.shape
         h, d, half = self.heads, self.head_dim, self.half
         end = start + n
@@ -78,9 +88,9 @@ class ARDecoder:
             keys, values = cache.keys[layer], cache.values[layer]  # (B, H, capacity, D)
             keys[:, :, start:end] = qk[:, :, 1].transpose(1, 2)
             values[:, :, start:end] = qkv[:, :, 2].transpose(1, 2)
-            q = qk[:, :, 0].transpose(1, 2)  # (B, H, N, D), scaled by 1 / sqrt(D) already
+            q = qk[:, :, 0].transpose(1, 2)  # (B, H, N, D), scaled by 1 / sqrt(D) when exact
             k, v = keys[:, :, :end], values[:, :, :end]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
             x = x + out.transpose(1, 2).reshape(b, n, c) @ proj_w
             hidden = norm2(x)
             x = x + (F.silu(hidden @ gate_w) * (hidden @ up_w)) @ down_w

@@ -16,10 +16,10 @@ about 10 times one video, not 25. Classifier-free guidance runs the prompts and 
 one batch and mixes their logits, `null + scale * (prompt - null)`; the pipeline and the CLI
 default to `GUIDANCE_SCALE`, the best scale measured on shapes-tiny (docs/RESULTS.md). Timelines
 here count token frames, not video frames (`arlon.pipeline.coarse.token_timeline` converts).
-Each step runs through `ARDecoder`, the model's arithmetic in fewer operations; `fast=False` runs
-the model's own forward (the reference the fast path is checked against: bitwise the same logits),
-`use_cache=False` recomputes the whole context for every token (slow, there to check the cache).
-All three give the same codes for the same seed.
+With the cache, each step runs through `ARDecoder`, the model's arithmetic in fewer operations;
+`fast=False` runs the model's own forward (the reference the fast path is checked against: bitwise
+the same logits), `use_cache=False` recomputes the whole context for every token (slow, there to
+check the cache). All three give the same codes for the same seed.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def sample_logits(
     distribution with one uniform number in [0, 1) per row: `uniform` `(B,)`, or from `generator`."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() if temperature == 1 else logits.float() / temperature
+    logits = logits.float() / temperature
     if 0 < top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -torch.inf)
@@ -217,7 +217,7 @@ class ARSampler:
         switches = [dict(timeline) for timeline in timelines]
         starts = {t for s in switches for t in s if t > 0}
         prefix = self._first_prefix([timeline[0][1] for timeline in timelines])
-        cells = model.cell_embedder.weight  # (h * w, C)
+        cells = model.cell_embedder.weight  # (h * w, C): the fast path's code embedding
         held = 0  # token frames in the cache, history included
         for t in range(num_frames):
             switching = [i for i, s in enumerate(switches) if t in s and t > 0]
@@ -229,8 +229,11 @@ class ARSampler:
             if self.use_cache and (t == 0 or switching or held == cfg.max_frames):
                 logits = self._refill(prefix, list(history), first)
                 held = len(history)
-            # one uniform number per code and video, drawn a frame at a time (the same numbers)
-            uniform = torch.stack([torch.rand(per_frame, generator=g) for g in self.generators])
+            # one uniform number per code and video, drawn a frame at a time (on the CPU, the same
+            # numbers as one at a time)
+            uniform = torch.stack(
+                [torch.rand(per_frame, generator=g, device=g.device) for g in self.generators]
+            )
             phase = model.phase_embedder.weight[t % cfg.code_window]
             held += 1
             # the last code's keys and values are wasted when the next frame refills the cache
