@@ -235,3 +235,20 @@ def test_changes_keep_what_they_do_not_mention_and_whole_scenes_replace_it():
     ]
     assert gray.background == "gray" and gray.objects == slow.objects
     assert [o.motion for o in whole.objects] == ["up", "down"] and whole.background is None
+
+
+@pytest.mark.parametrize(
+    "entrance, motion",
+    [
+        ("a green triangle comes in from the left", "right"),
+        ("a green triangle enters from the upper right", "down-left"),
+        ("a green triangle comes in from the top and moves left", "left"),  # said: it wins
+        ("a green triangle comes in from the bottom edge", "up"),
+        ("a green triangle comes in", "still"),
+    ],
+)
+def test_an_object_that_comes_in_from_a_side_heads_away_from_it(entrance, motion):
+    from arlon.world.captions import resolve
+
+    _, after = resolve(["a red ball moves right on a black background", entrance])
+    assert [(o.colour, o.motion) for o in after.objects] == [("red", "right"), ("green", motion)]

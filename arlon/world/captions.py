@@ -5,7 +5,8 @@ the text encoder has to carry meaning, not a template. `parse_caption` understan
 the held-out words, and direction keywords, so user prompts and paraphrases map back onto the world.
 
 A story's later prompts may state only a change ("the circle turns blue", "the square stops", "a
-green triangle comes in and moves left", "the background turns gray"): `describe_change` writes one,
+green triangle comes in and moves left", "a green triangle comes in from the left": it heads right,
+"the background turns gray"): `describe_change` writes one,
 `apply_change` reads one against the scene before it, and `resolve` reads a timeline's prompts into
 the scene of each, keeping whatever a change does not mention as it was.
 """
@@ -255,7 +256,8 @@ def apply_change(spec: SceneSpec, text: str) -> SceneSpec | None:
             raise ArlonError(f"unknown background in {text!r}")
         return SceneSpec(spec.objects, background)
     if ENTER.search(s):
-        return _enter(spec, parse_caption(ENTER.sub(" ", s)), text)
+        rest, origin = _origin(ENTER.sub(" ", s))
+        return _enter(spec, parse_caption(rest), text, origin)
     if not s.startswith("the ") or _whole_scene(s):
         return None
     i, rest = _referent(spec, s[4:], text)
@@ -285,13 +287,30 @@ def _whole_scene(s: str) -> bool:
     return any(p.search(s) for p in _BG_PATTERNS) or len(_CLAUSE_SPLIT.split(s)) > 1
 
 
-def _enter(spec: SceneSpec, entering: SceneSpec, text: str) -> SceneSpec:
+# "comes in from the left": the side it comes from, and where it heads unless it is said
+_FROM = re.compile(r"\bfrom\s+(?:the\s+)?(?P<side>(?:upper|lower|top|bottom|left|right|[\s-])+)")
+_OPPOSITE = {
+    name: next(other for other, (u, w) in vocab.DIRECTIONS.items() if (u, w) == (-x, -y))
+    for name, (x, y) in vocab.DIRECTIONS.items()
+}
+
+
+def _origin(s: str) -> tuple[str, str | None]:
+    """The words of an entrance without its "from the <side>", and the motion away from that side."""
+    m = _FROM.search(s)
+    if m is None:
+        return s, None
+    side = _parse_motion(f" {m.group('side')} ")
+    return s[: m.start()] + " " + s[m.end() :], _OPPOSITE.get(side)
+
+
+def _enter(spec: SceneSpec, entering: SceneSpec, text: str, origin: str | None) -> SceneSpec:
     if len(entering.objects) != 1:
         raise ArlonError(f"{text!r}: one object comes in at a time")
     (new,) = entering.objects
     if new.colour in {o.colour for o in spec.objects}:
         raise ArlonError(f"{text!r}: the scene already has a {new.colour} object")
-    new = replace(new, motion=new.motion or "still")
+    new = replace(new, motion=new.motion or origin or "still")
     return SceneSpec((*spec.objects, new), spec.background)
 
 
