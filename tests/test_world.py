@@ -118,6 +118,29 @@ def test_parse_caption(text, expected):
     assert [(o.colour, o.shape, o.motion) for o in spec.objects] == expected
 
 
+@pytest.mark.parametrize(
+    "text, objects, background",
+    [
+        (
+            "a red circle moves right while a blue square moves up",
+            [("red", "right"), ("blue", "up")],
+            None,
+        ),
+        ("a red circle moves across the frame from left to right", [("red", "right")], None),
+        ("a blue square travels from the bottom to the top", [("blue", "up")], None),
+        ("there is a red circle moving right on a dark background", [("red", "right")], "black"),
+        ("on a blue background, a white dot stays still", [("white", "still")], "navy"),
+        ("a red circle sinks on a dark blue background", [("red", "down")], "navy"),
+    ],
+)
+def test_everyday_wordings_parse(text, objects, background):
+    """Wordings a person reaches for: "while" between two objects, "from left to right", a dark
+    or a blue background."""
+    spec = parse_caption(text)
+    assert [(o.colour, o.motion) for o in spec.objects] == objects
+    assert spec.background == background
+
+
 def test_parse_caption_background_and_held_out_words():
     spec = parse_caption("On a midnight-blue background, a huge lemon tile rapidly ascends")
     assert spec.background == "navy"

@@ -102,14 +102,17 @@ def _article(noun: str) -> str:
     return "an" if noun[0] in "aeiou" else "a"
 
 
-def _phrase_table(words: dict[str, vocab.Words]) -> list[tuple[str, str]]:
+def _phrase_table(
+    words: dict[str, vocab.Words], keywords: dict[str, str] | None = None
+) -> list[tuple[str, str]]:
     """(phrase, meaning) pairs, longest phrase first so that 'dark blue' wins over 'blue'."""
     pairs = [(w.lower(), name) for name, ws in words.items() for w in ws.all]
+    pairs += list((keywords or {}).items())
     return sorted(pairs, key=lambda p: -len(p[0]))
 
 
 _COLOURS = _phrase_table(vocab.COLOUR_WORDS)
-_BACKGROUNDS = _phrase_table(vocab.BACKGROUND_WORDS)
+_BACKGROUNDS = _phrase_table(vocab.BACKGROUND_WORDS, vocab.BACKGROUND_KEYWORDS)
 _SHAPES = _phrase_table(vocab.SHAPE_WORDS)
 _SIZES = _phrase_table(vocab.SIZE_WORDS)
 _SPEEDS = _phrase_table(vocab.SPEED_WORDS)
@@ -121,9 +124,11 @@ _BG_PATTERNS = (
     re.compile(r"\b(?:the\s+)?(?:background|backdrop)\s+is\s+(?P<bg>[\w\s-]+)$"),
     re.compile(r"\b(?:the\s+)?(?:background|backdrop)\s+(?:turns|becomes)\s+(?P<bg>[\w\s-]+)$"),
 )
-# A new object starts at a comma, a semicolon, or an "and" followed by an article; the "and" in
-# "moves up and to the right" is not followed by an article, so it stays inside its clause.
-_CLAUSE_SPLIT = re.compile(r"\s*(?:;|,\s*and\s+(?=(?:a|an|the)\b)|,|\band\s+(?=(?:a|an|the)\b))\s*")
+# A new object starts at a comma, a semicolon, or an "and" or "while" followed by an article; the
+# "and" in "moves up and to the right" is not followed by an article, so it stays in its clause.
+_CLAUSE_SPLIT = re.compile(
+    r"\s*(?:;|,\s*(?:and|while)\s+(?=(?:a|an|the)\b)|,|\b(?:and|while)\s+(?=(?:a|an|the)\b))\s*"
+)
 
 
 def parse_caption(text: str) -> SceneSpec:
@@ -169,7 +174,12 @@ def _parse_object(clause: str) -> ObjectSpec | None:
     )
 
 
+# "from left to right": the way it goes is where it goes to, not where it starts
+_FROM_TO = re.compile(r"\bfrom\s+(?:the\s+)?[\w\s-]+?\s+(?=to\b)")
+
+
 def _parse_motion(text: str) -> str | None:
+    text = _FROM_TO.sub(" ", text)
     words = re.findall(r"[\w-]+", text.replace("-", " "))
     if any(k in text for k in vocab.BOUNCE_KEYWORDS):
         return "bounce"

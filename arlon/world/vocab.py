@@ -169,6 +169,10 @@ VERTICAL_KEYWORDS = {
     "drops": "down",
     "south": "down",
 }
+# Words the parser also reads as a background: how people name the world's backgrounds; no caption
+# uses them, so the CLI still lists them as words the model never saw.
+BACKGROUND_KEYWORDS = {"dark": "black", "blue": "navy"}
+
 STILL_KEYWORDS = ("still", "motionless", "stationary", "rests", "not move", "static", "in place")
 BOUNCE_KEYWORDS = ("bounce", "ricochet", "rebound")
 
