@@ -83,9 +83,10 @@ def run_bench(settings: BenchSettings, out: Path | None = None) -> dict:
     report["generation"] = generation_lengths(
         settings.model, lengths, settings.sampling, settings.threads
     )
-    report["ar"] = ar_speed(settings.model)
+    pipe = ARLONPipeline.from_pretrained(settings.model or ROOT)
+    report["ar"] = ar_speed(pipe)
     print(json.dumps({"ar": report["ar"]}), flush=True)
-    report["dit"] = dit_efficiency(ARLONPipeline.from_pretrained(settings.model or ROOT).dit)
+    report["dit"] = dit_efficiency(pipe.dit)
     print(json.dumps({"dit": report["dit"]}), flush=True)
     if settings.train:
         report["training"] = []
@@ -247,20 +248,18 @@ def stage_flops(pipe: ARLONPipeline, frames: int, sampling: DiTSampling) -> dict
         flops["ar"] = ar_flops(pipe, token_frames) + vq
     if sampling.mode != "ar-only":
         batch = 1 if sampling.guidance_scale == 1 else 2
-        shape = (batch, c.in_channels, pipe.config.segment_frames, height, width)
-        x, t = torch.zeros(shape), torch.full((batch,), 500.0)
-        states, mask = torch.zeros(batch, 30, c.text_dim), torch.ones(batch, 30, dtype=torch.bool)
-        condition = x if sampling.mode == "arlon" and pipe.dit.condition_path is not None else None
-        forward = count_flops(lambda: pipe.dit(x, t, states, mask, condition=condition))
+        args, kwargs = dit_inputs(pipe.dit, batch, s, height, width)
+        if sampling.mode == "baseline":
+            kwargs = {}
+        forward = count_flops(lambda: pipe.dit(*args, **kwargs))
         flops["dit"] = forward * sampling.num_inference_steps * segments
     return flops
 
 
-def ar_speed(model: str | Path | None, token_frames: int = 12, repeats: int = 3) -> dict:
+def ar_speed(pipe: ARLONPipeline, token_frames: int = 12, repeats: int = 3) -> dict:
     """Ms per code of the AR's fast path and of its reference path (the model's own forward with the
     KV cache) in this process, interleaved, the best of `repeats` each; and whether they drew the
     same codes (`token_frames` token frames, the window sliding from the fifth on)."""
-    pipe = ARLONPipeline.from_pretrained(model or ROOT)
     timeline = Timeline.of(PROMPT)
     seconds: dict[str, list[float]] = {"fast": [], "reference": []}
     codes = {}
@@ -285,21 +284,26 @@ def ar_speed(model: str | Path | None, token_frames: int = 12, repeats: int = 3)
     }
 
 
-@torch.inference_mode()
-def dit_step(model, batch: int, frames: int, height: int, width: int, repeats: int) -> dict:
-    """FLOPs and seconds of one forward of the DiT on a latent `(batch, C, frames, height, width)`."""
+def dit_inputs(model, batch: int, frames: int, height: int, width: int) -> tuple[tuple, dict]:
+    """Random inputs of one DiT forward on a latent `(batch, C, frames, height, width)`: the
+    latent, a timestep, 30 text states and their mask, and a condition when the model takes one."""
     c = model.config
     x = torch.randn(batch, c.in_channels, frames, height, width)
     states, mask = torch.randn(batch, 30, c.text_dim), torch.ones(batch, 30, dtype=torch.bool)
     kwargs = dict(condition=torch.randn_like(x)) if model.condition_path is not None else {}
-    t = torch.full((batch,), 500.0)
-    with FlopCounterMode(display=False) as counter:
-        model(x, t, states, mask, **kwargs)
-    model(x, t, states, mask, **kwargs)
+    return (x, torch.full((batch,), 500.0), states, mask), kwargs
+
+
+@torch.inference_mode()
+def dit_step(model, batch: int, frames: int, height: int, width: int, repeats: int) -> dict:
+    """FLOPs and seconds of one forward of the DiT on a latent `(batch, C, frames, height, width)`."""
+    args, kwargs = dit_inputs(model, batch, frames, height, width)
+    flops = count_flops(lambda: model(*args, **kwargs))
+    model(*args, **kwargs)
     start = time.perf_counter()
     for _ in range(repeats):
-        model(x, t, states, mask, **kwargs)
-    return {"flops": counter.get_total_flops(), "seconds": (time.perf_counter() - start) / repeats}
+        model(*args, **kwargs)
+    return {"flops": flops, "seconds": (time.perf_counter() - start) / repeats}
 
 
 def dit_efficiency(model, batch: int = 2, frames: int = 9, size: int = 8, repeats: int = 20):

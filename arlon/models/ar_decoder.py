@@ -27,11 +27,8 @@ from arlon.models.ar_transformer import ARTransformer, KVCache
 from arlon.models.layers import rope_tables
 
 
-def _scaled_queries(qkv: torch.Tensor, head_dim: int) -> torch.Tensor | None:
-    """The fused projection `(3C, C)` with its query rows times attention's 1 / sqrt(head_dim), when
-    that is exact (a power of two: head_dim a power of 4, e.g. 64 -> 1/8); None otherwise."""
-    if math.log2(head_dim) % 2:
-        return None
+def _scaled_queries(qkv: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """The fused projection `(3C, C)` with its query rows times attention's 1 / sqrt(head_dim)."""
     scale = torch.ones(qkv.shape[0], 1, dtype=qkv.dtype, device=qkv.device)
     scale[: qkv.shape[0] // 3] = head_dim**-0.5
     return qkv * scale
@@ -45,21 +42,26 @@ class ARDecoder:
         cfg = model.config
         self.model = model
         self.heads, self.head_dim = cfg.num_heads, model.head_dim
+        # 1 / sqrt(head_dim) rides on the query weights only where it is a power of two (exact);
+        # elsewhere attention applies its own scale
+        exact = math.log2(self.head_dim) % 2 == 0
+        self.scale = 1.0 if exact else None
         with torch.no_grad():
-            scaled = [_scaled_queries(b.attn.qkv.weight, self.head_dim) for b in model.blocks]
-            # attention's own scale where the query weights could not carry it exactly
-            self.scale = None if scaled[0] is None else 1.0
             self.layers = [
                 (
                     block.attn_norm,
-                    (block.attn.qkv.weight if qkv is None else qkv).t(),  # (C, 3C)
+                    (
+                        _scaled_queries(block.attn.qkv.weight, self.head_dim)
+                        if exact
+                        else block.attn.qkv.weight
+                    ).t(),
                     block.attn.proj.weight.t(),
                     block.mlp_norm,
                     block.mlp.gate.weight.t(),
                     block.mlp.up.weight.t(),
                     block.mlp.down.weight.t(),
                 )
-                for block, qkv in zip(model.blocks, scaled, strict=True)
+                for block in model.blocks
             ]
             positions = torch.arange(model.context_length, device=model.bos.device)
             cos, sin = rope_tables(positions, self.head_dim, cfg.rope_theta)

@@ -5,10 +5,10 @@ the text encoder has to carry meaning, not a template. `parse_caption` understan
 the held-out words, and direction keywords, so user prompts and paraphrases map back onto the world.
 
 A story's later prompts may state only a change ("the circle turns blue", "the square stops", "a
-green triangle comes in and moves left", "a green triangle comes in from the left": it heads right,
-"the background turns gray"): `describe_change` writes one,
-`apply_change` reads one against the scene before it, and `resolve` reads a timeline's prompts into
-the scene of each, keeping whatever a change does not mention as it was.
+green triangle comes in and moves left", "a green triangle comes in from the left", which heads
+right, "the background turns gray"): `describe_change` writes one, `apply_change` reads one against
+the scene before it, and `resolve` reads a timeline's prompts into the scene of each, keeping
+whatever a change does not mention as it was.
 """
 
 from __future__ import annotations
