@@ -20,7 +20,7 @@ from arlon.models.latent_vqvae import latent_vqvae
 from arlon.models.video_vae import video_vae
 from arlon.training.presets import train_config
 from arlon.training.stages import ARStage
-from arlon.world.captions import parse_caption
+from arlon.world.captions import resolve
 from arlon.world.scene import world_event
 
 
@@ -188,8 +188,10 @@ def test_ar_stage_draws_windows_where_an_object_enters_more_often(models, tmp_pa
     stage = ARStage()
     cfg = train_config("ar", "smoke", data={"cache": str(cache)}, model={"max_frames": 4})
     plain = stage.dataset(cfg)
-    changes = [plain.change(i) for i in range(len(plain))]
-    events = [c and world_event(*map(parse_caption, c)) for c in changes]
+    events = [
+        plain.change(i) and world_event(*resolve(list(plain.story(i)))[-2:])
+        for i in range(len(plain))
+    ]
     entering = events.count("enter")
     assert 0 < entering < sum(e is not None for e in events)
     cfg.data.update(switch_repeats=2, enter_repeats=5)

@@ -2,13 +2,25 @@
 
 import math
 import tracemalloc
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from arlon.errors import ArlonError
 from arlon.world import vocab
-from arlon.world.captions import describe, parse_caption
+from arlon.world.captions import (
+    EVAL_ONLY_TEMPLATES,
+    TEMPLATES,
+    WORDINGS,
+    _pick,
+    describe,
+    describe_change,
+    parse_caption,
+    resolve,
+    says,
+    unknown_words,
+)
 from arlon.world.detect import Detector
 from arlon.world.metrics import compare_to_truth
 from arlon.world.render import degrade, render_frame, render_states
@@ -52,7 +64,7 @@ def test_size_not_multiple_of_8_and_bad_frames_are_errors():
 
 
 def test_long_episode_has_events_and_every_caption_parses_to_its_spec():
-    episode = random_episode(11, 10_000)
+    episode = random_episode(11, 10_000, deltas=0.0)
     assert len(episode.timeline) > 50
     starts = [s for s, _ in episode.timeline]
     assert starts[0] == 0 and all(b > a for a, b in zip(starts, starts[1:], strict=False))
@@ -139,6 +151,141 @@ def test_everyday_wordings_parse(text, objects, background):
     spec = parse_caption(text)
     assert [(o.colour, o.motion) for o in spec.objects] == objects
     assert spec.background == background
+
+
+def _facts(spec: SceneSpec, wording: str) -> tuple:
+    """What a caption in `wording` must say of `spec`: training captions may leave out a size or a
+    speed, the suites' wordings say every fact."""
+    full = wording != "training"
+    return spec.background, [
+        (o.colour, o.shape, o.motion, o.size if full else None, o.speed if full else None)
+        for o in spec.objects
+    ]
+
+
+def test_the_parser_reads_back_ten_thousand_captions_of_every_wording():
+    rng = np.random.default_rng(0)
+    for i in range(10_000):
+        wording = WORDINGS[i % len(WORDINGS)]
+        spec = random_spec(rng)
+        caption = describe(spec, rng, wording)
+        parsed = parse_caption(caption)
+        if wording == "training":  # what it says must be right; what it leaves out is None
+            parsed = SceneSpec(
+                tuple(replace(o, size=None, speed=None) for o in parsed.objects), parsed.background
+            )
+            for o, truth in zip(parse_caption(caption).objects, spec.objects, strict=True):
+                assert o.size in (None, truth.size) and o.speed in (None, truth.speed), caption
+        assert _facts(parsed, "canonical") == _facts(spec, wording), caption
+
+
+def test_a_story_of_change_prompts_resolves_to_its_scenes():
+    """Training episodes state half their later captions as changes ("the dot turns teal"); read
+    against the scene before, each means the episode's scene."""
+    episode = random_episode(12, 10_000, deltas=0.5)
+    prompts = [caption for _, caption in episode.timeline]
+    changes = sum(prompt.startswith(("the ", "a ", "an ")) for prompt in prompts[1:])
+    assert 0.3 < changes / (len(prompts) - 1) < 0.7
+    for resolved, truth in zip(resolve(prompts), episode.specs, strict=True):
+        assert resolved.background == truth.background
+        assert [(o.colour, o.shape, o.motion) for o in resolved.objects] == [
+            (o.colour, o.shape, o.motion) for o in truth.objects
+        ]
+
+
+def test_the_language_has_the_words_people_use_and_keeps_eval_only_words_out_of_training():
+    minimum = {
+        "COLOUR_WORDS": 6,
+        "SHAPE_WORDS": 5,
+        "SIZE_WORDS": 3,
+        "MOTION_WORDS": 8,
+        "BACKGROUND_WORDS": 4,
+    }
+    for table, least in minimum.items():
+        assert all(len(w.train) >= least and w.eval_only for w in getattr(vocab, table).values())
+    assert len(TEMPLATES) >= 12
+    # Every evaluation-only word and sentence shape has a word that no training caption uses ...
+    tables = [getattr(vocab, t) for t in minimum] + [vocab.SPEED_WORDS, vocab.COUNT_WORDS]
+    eval_only = [w for table in tables for words in table.values() for w in words.eval_only]
+    blank = dict.fromkeys(("objects", "ing", "that", "be", "count", "bg"), "")
+    eval_only += [*vocab.COUNT_NOUNS.eval_only, *(t.format(**blank) for t in EVAL_ONLY_TEMPLATES)]
+    assert all(unknown_words(phrase) for phrase in eval_only)
+    # ... and the training captions, whole scenes and changes, use no other word.
+    rng = np.random.default_rng(1)
+    for i in range(300):
+        episode = random_episode((3, i), 1200, deltas=0.5)
+        assert not [
+            unknown_words(caption) for _, caption in episode.timeline if unknown_words(caption)
+        ]
+        before, after = episode.specs[:2]
+        assert not unknown_words(describe_change(before, after, rng))
+
+
+def test_everyday_words_are_never_the_canonical_ones():
+    rng = np.random.default_rng(2)
+    for table in (
+        vocab.COLOUR_WORDS,
+        vocab.SHAPE_WORDS,
+        vocab.MOTION_WORDS,
+        vocab.BACKGROUND_WORDS,
+    ):
+        for words in table.values():
+            picked = {_pick(words, rng, "everyday") for _ in range(100)}
+            assert len(picked) >= 2 and not [w for w in picked if says(w, words.canonical)]
+
+
+@pytest.mark.parametrize(
+    "text, objects, background",
+    [
+        (
+            "two squares: a red one moves left and a blue one moves up",
+            [("red", "square", "left"), ("blue", "square", "up")],
+            None,
+        ),
+        (
+            "three shapes on a dark background: a red ball, a teal box and a gold cone",
+            [("red", "circle", None), ("cyan", "square", None), ("yellow", "triangle", None)],
+            "black",
+        ),
+        (
+            "a pair of balls against a grey backdrop: a white one that heads northeast and a "
+            "light blue one that is not moving",
+            [("white", "circle", "up-right"), ("cyan", "circle", "still")],
+            "gray",
+        ),
+        (
+            "The background is navy blue. We see a lilac orb moving toward the top",
+            [("purple", "circle", "up")],
+            "navy",
+        ),
+        (
+            "a black backdrop with a ruby cube heading west and a lime wedge bouncing all over",
+            [("red", "square", "left"), ("green", "triangle", "bounce")],
+            "black",
+        ),
+        (
+            "there is a sky-blue sphere staying put in front of a coffee background",
+            [("cyan", "circle", "still")],
+            "brown",
+        ),
+    ],
+)
+def test_counts_compass_words_and_sentence_shapes_parse(text, objects, background):
+    spec = parse_caption(text)
+    assert [(o.colour, o.shape, o.motion) for o in spec.objects] == objects
+    assert spec.background == background
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("two red squares move right", "every object of this world has its own colour"),
+        ("three shapes: a red circle and a blue square", "counts 3 objects but describes 2"),
+    ],
+)
+def test_a_count_the_world_cannot_show_is_a_clear_error(text, message):
+    with pytest.raises(ArlonError, match=message):
+        parse_caption(text)
 
 
 def test_parse_caption_background_and_held_out_words():

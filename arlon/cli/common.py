@@ -60,6 +60,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def share(text: str) -> float:
+    value = _number(text, float)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got {text}")
+    return value
+
+
 def seed(text: str) -> int:
     try:
         return check_seed(_number(text, int))

@@ -14,6 +14,7 @@ from arlon.cli.common import (
     positive_float,
     positive_int,
     seed,
+    share,
 )
 from arlon.errors import ArlonError
 from arlon.timeline import Timeline
@@ -150,6 +151,13 @@ def _add_dataset(sub) -> None:
     p.add_argument("--episodes", type=count, default=20, help="long episodes (default 20)")
     p.add_argument("--frames", type=positive_int, default=2400, help="frames per episode (2400)")
     p.add_argument("--seed", type=seed, default=0, help="base seed (default 0)")
+    p.add_argument(
+        "--delta-captions",
+        type=share,
+        default=0.5,
+        help="the share of an episode's later captions that state only the change ('the circle "
+        "turns blue'), as people write a story; the others describe the whole scene (default 0.5)",
+    )
     _add_size_args(p)
     p.set_defaults(run=run_dataset)
 
@@ -159,5 +167,6 @@ def run_dataset(args: argparse.Namespace) -> None:
     from arlon.data.world_dataset import DatasetSettings, write_dataset
 
     fields = ("out", "clips", "clip_frames", "episodes", "frames", "seed", "height", "width", "fps")
+    fields += ("delta_captions",)
     manifest = write_dataset(DatasetSettings(**{k: getattr(args, k) for k in fields}))
     print(f"wrote {args.clips + args.episodes} videos and {manifest}")

@@ -386,6 +386,13 @@ class CodeWindows(Dataset):
             return None
         return self.captions[video][last - 1], self.captions[video][last]
 
+    def story(self, i: int) -> tuple[str, ...]:
+        """The captions of window `i`'s video up to the one in force at its last frame: what a
+        caption that states only a change ("the circle turns blue") is read against."""
+        video, start = self.items[i]
+        last = int(self.segments[video][start + self.frames - 1])
+        return tuple(self.captions[video][: last + 1])
+
     def __getitem__(self, i: int) -> dict:
         video, start = self.items[i]
         segments = self.segments[video][start : start + self.frames]

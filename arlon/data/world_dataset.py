@@ -46,9 +46,12 @@ class DatasetSettings:
     height: int = 64
     width: int = 64
     fps: float = 8.0
+    delta_captions: float = 0.5  # an episode's later captions that state only the change
 
     def __post_init__(self):
         check_size(self.height, self.width)
+        if not 0 <= self.delta_captions <= 1:
+            raise ArlonError(f"delta_captions is a share in [0, 1], got {self.delta_captions}")
         if min(self.clips, self.episodes) < 0 or min(self.clip_frames, self.frames) < 1:
             raise ArlonError("clips and episodes must be >= 0, frames per video positive")
         if not self.fps > 0:
@@ -63,7 +66,9 @@ def write_dataset(settings: DatasetSettings, progress: bool = True) -> Path:
     rows = []
     for kind, i, frames, events in tqdm(jobs, desc="dataset", unit="video", disable=not progress):
         seed = (s.seed, 0 if kind == "clips" else 1, i)
-        episode = random_episode(seed, frames, s.height, s.width, s.fps, events=events)
+        episode = random_episode(
+            seed, frames, s.height, s.width, s.fps, events=events, deltas=s.delta_captions
+        )
         video = s.out / kind / f"{kind[:-1]}_{i:06d}.mp4"
         truth = video.with_suffix(".json")
         if not (video.exists() and truth.exists()):

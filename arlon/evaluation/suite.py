@@ -140,19 +140,14 @@ def _read_vbench_json(path: Path) -> Suite:
 def build_packaged_suites() -> dict[str, str]:
     """The text of each packaged suite, rebuilt from its seeds (the files in `SUITES` are this)."""
 
-    def prompts(seed, count: int, heldout_words: bool = False, still: bool = False) -> list[str]:
+    def prompts(seed, count: int, wording: str = "training", still: bool = False) -> list[str]:
         out = []
         for i in range(count):
-            episode = random_episode((seed, i), 2, events=False)
-            spec = episode.specs[0]
+            spec = random_episode((seed, i), 2, events=False).specs[0]
             if still:  # the same scene, every object at rest: what temporal flickering is for
                 objects = tuple(replace(o, motion="still", speed=None) for o in spec.objects)
                 spec = replace(spec, objects=objects)
-            if heldout_words or still:
-                rng = np.random.default_rng([seed, i, 1])
-                out.append(describe(spec, rng, heldout=heldout_words))
-            else:
-                out.append(episode.timeline[0][1])
+            out.append(describe(spec, np.random.default_rng([seed, i, 1]), wording))
         return out
 
     def timelines(seed, count: int, frames: int, changes: bool = False) -> list[str]:
@@ -174,15 +169,23 @@ def build_packaged_suites() -> dict[str, str]:
 
     return {
         "short": text(
-            "50 prompts of the world's vocabulary (held-out episodes)",
+            "50 prompts in the world's canonical words (held-out scenes)",
             120,
-            prompts(HELDOUT_SEED, 50),
+            prompts(HELDOUT_SEED, 50, "canonical"),
+            "\n",
+        ),
+        "everyday": text(
+            "the 50 scenes of `short` in everyday words and sentence shapes of the training "
+            "vocabulary, never the canonical ones",
+            120,
+            prompts(HELDOUT_SEED, 50, "everyday"),
             "\n",
         ),
         "paraphrase": text(
-            "30 prompts worded only with held-out words (never in a training caption)",
+            "the 50 scenes of `short` in evaluation-only words and sentence shapes (never in a "
+            "training caption)",
             120,
-            prompts(HELDOUT_SEED + 2, 30, heldout_words=True),
+            prompts(HELDOUT_SEED, 50, "eval-only"),
             "\n",
         ),
         "static": text(

@@ -31,7 +31,7 @@ from arlon.models.stdit import INJECTION_PRESETS, STDiT, stdit
 from arlon.models.text_encoder import TextEncoder
 from arlon.models.video_vae import VideoVAE, video_vae
 from arlon.training.config import TrainConfig
-from arlon.world.captions import parse_caption
+from arlon.world.captions import resolve
 from arlon.world.scene import world_event
 
 
@@ -218,14 +218,15 @@ class ARStage(_CacheStage):
                 raise ArlonError(f"data.{name} must be an integer >= 1, got {value!r}")
         if switch == enter == 1:
             return windows
-        events = {}  # (old caption, new caption) -> world event; a change is in several windows
+        events = {}  # a video's captions to a change -> its world event (in several windows)
         repeats = defaultdict(list)  # times drawn -> windows
         for i in range(len(windows)):
-            if (change := windows.change(i)) is None:
+            if windows.change(i) is None:
                 continue
-            if enter != switch and change not in events:
-                events[change] = world_event(*map(parse_caption, change))
-            repeats[enter if events.get(change) == "enter" else switch].append(i)
+            story = windows.story(i)
+            if enter != switch and story not in events:
+                events[story] = world_event(*resolve(list(story))[-2:])
+            repeats[enter if events.get(story) == "enter" else switch].append(i)
         extra = [
             Subset(windows, picks) for times, picks in repeats.items() for _ in range(times - 1)
         ]

@@ -22,7 +22,7 @@ from arlon.errors import ArlonError
 from arlon.timeline import Timeline
 from arlon.utils import atomic_path
 from arlon.world import vocab
-from arlon.world.captions import describe, resolve
+from arlon.world.captions import describe, describe_change, resolve
 from arlon.world.scene import FrameState, ObjectSpec, SceneSpec, WorldObject
 
 EVENTS = ("turn", "recolour", "enter", "leave", "background")
@@ -98,8 +98,11 @@ def random_episode(
     fps: float = 8.0,
     segment_frames: tuple[int, int] = (48, 160),
     events: bool = True,
+    deltas: float = 0.0,
 ) -> Episode:
-    """A random episode; with `events`, a new caption segment every `segment_frames` (min, max)."""
+    """A random episode; with `events`, a new caption segment every `segment_frames` (min, max).
+    A later caption states only the change ("the circle turns blue") with probability `deltas`,
+    else the whole scene."""
     check_size(height, width)
     _check_frames(num_frames)
     rng = _rng(seed, 0)
@@ -113,7 +116,11 @@ def random_episode(
     specs = [spec]
     for _ in starts[1:]:
         specs.append(random_event(specs[-1], rng))
-    timeline = [(s, describe(sp, rng)) for s, sp in zip(starts, specs, strict=True)]
+    captions = [describe(specs[0], rng)]
+    for before, after in zip(specs, specs[1:], strict=False):
+        delta = rng.random() < deltas
+        captions.append(describe_change(before, after, rng) if delta else describe(after, rng))
+    timeline = list(zip(starts, captions, strict=True))
     initial = place(specs[0], _rng(seed, 2), height, width)
     return Episode(seed, num_frames, height, width, fps, timeline, specs, initial)
 
