@@ -131,7 +131,9 @@ def test_short_everyday_and_paraphrase_word_the_same_scenes_apart():
     suites = [read_suite(name).videos for name in ("short", "everyday", "paraphrase")]
     assert len({len(videos) for videos in suites}) == 1
     shapes = [w.canonical for w in vocab.SHAPE_WORDS.values()]
-    for i, ([(_, short)], [(_, everyday)], [(_, paraphrase)]) in enumerate(zip(*suites)):
+    for i, ([(_, short)], [(_, everyday)], [(_, paraphrase)]) in enumerate(
+        zip(*suites, strict=True)
+    ):
         spec = random_episode((HELDOUT_SEED, i), 2, events=False).specs[0]
         for prompt in (short, everyday, paraphrase):
             assert parse_caption(prompt) == spec, prompt

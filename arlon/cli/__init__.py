@@ -5,6 +5,7 @@
     arlon world render --seed 0 --frames 600 --out episode.mp4      # + episode.json (ground truth)
     arlon world score episode.mp4 --truth episode.json               # world metrics as JSON
     arlon train ar --data cache/shapes --out runs/ar                 # --resume continues a run
+    arlon recipe shapes-tiny --out runs/recipe                       # the whole model, one command
     arlon eval --suite short --out runs/suite/short                  # generate and score a suite
     arlon bench --lengths 600 --no-train                             # speed and memory
 
@@ -21,7 +22,7 @@ import sys
 import threading
 
 from arlon import __version__
-from arlon.cli import bench, evaluate, generate, train, world
+from arlon.cli import bench, evaluate, generate, recipe, train, world
 from arlon.cli.common import Parser
 from arlon.errors import ArlonError, Stopped
 
@@ -59,6 +60,6 @@ def parser() -> Parser:
     )
     root.add_argument("--version", action="version", version=f"arlon {__version__}")
     commands = root.add_subparsers(title="commands", required=True, metavar="COMMAND")
-    for group in (generate, world, train, evaluate, bench):
+    for group in (generate, world, train, recipe, evaluate, bench):
         group.add_parsers(commands)
     return root

@@ -30,8 +30,8 @@ def _add_train(commands) -> None:
     p.add_argument(
         "--preset",
         help="vae: smoke, shapes-tiny (default); vqvae: smoke, shapes-tiny-fine (default), "
-        "shapes-tiny-coarse; ar: smoke, shapes-tiny (default); dit, arlon: smoke, shapes-tiny "
-        "(default), opensora-1.2",
+        "shapes-tiny-coarse; ar: smoke, shapes-tiny (default), shapes-tiny-coarse; dit, arlon: "
+        "smoke, shapes-tiny (default), opensora-1.2",
     )
     p.add_argument("--out", required=True, type=Path, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT exactly")

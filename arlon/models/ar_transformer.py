@@ -136,6 +136,8 @@ class ARTransformer(ModelMixin, ConfigMixin):
     frames.
     """
 
+    _no_split_modules = ["DecoderBlock"]  # FSDP wrapping units (read by accelerate)
+
     @register_to_config
     def __init__(
         self,
@@ -314,6 +316,21 @@ AR_PRESETS: dict[str, dict] = {
         text_dim=384,
         max_text_tokens=48,  # all-MiniLM-L6-v2 tokens of world captions: median 24, max 43
         max_frames=4,  # 16 video frames: 3 of history are enough to carry motion
+        hidden_size=256,
+        num_layers=6,
+        num_heads=4,
+    ),
+    # ARLON's division of labour: the coarse VQ-VAE's 1024 codes on a 4x4 grid (4 per video frame),
+    # 8 token frames of history (32 video frames: what a story's change prompt, "the circle turns
+    # blue", keeps the rest of the scene from) in 144 positions, against the fine AR's 256.
+    "shapes-tiny-coarse": dict(
+        codebook_size=1024,
+        frame_height=4,
+        frame_width=4,
+        code_window=9,
+        text_dim=384,
+        max_text_tokens=64,  # the text encoder's whole length: everyday captions reach 57 tokens
+        max_frames=9,
         hidden_size=256,
         num_layers=6,
         num_heads=4,

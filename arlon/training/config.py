@@ -150,7 +150,7 @@ class TrainConfig:
             if not sep:
                 raise ArlonError(f"--set expects key=value, got {item!r}")
             target, *rest = key.split(".")
-            parsed = _parse(value)
+            parsed = parse_value(value)
             if rest:
                 if not isinstance(data.get(target), dict):
                     raise ArlonError(f"{target} is not a group of settings")
@@ -170,7 +170,7 @@ _TYPES = {
 }
 
 
-def _parse(value: str):
+def parse_value(value: str):
     """A command-line value: YAML, with numbers such as 1e-4 (a string to YAML 1.1) read as floats,
     and YAML 1.1's yes/no/on/off kept as words (`mixed_precision=no`): only true/false are booleans."""
     parsed = yaml.safe_load(value)

@@ -83,6 +83,16 @@ TRAIN_PRESETS: dict[str, dict[str, dict]] = {
             log_every=20,
             eval_every=500,
         ),
+        "shapes-tiny-coarse": dict(
+            max_steps=10_000,
+            batch_size=16,
+            lr=1e-3,
+            warmup_steps=200,
+            weight_decay=0.01,
+            checkpoint_every=250,
+            log_every=50,
+            eval_every=500,
+        ),
     },
 }
 

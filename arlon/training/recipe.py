@@ -1,0 +1,313 @@
+"""One command that trains a whole pipeline from an empty folder: `arlon recipe shapes-tiny`.
+
+    arlon recipe shapes-tiny --out runs/recipe --dry-run    # its stages, budgets and state
+    arlon recipe shapes-tiny --out runs/recipe               # run them; --resume continues
+    arlon recipe shapes-tiny --out runs/recipe --resume --stages dit,arlon   # a second process
+
+A recipe is a YAML file (`arlon/training/recipes/NAME.yaml`, or any path): its stages in order, each
+with its kind, its settings and its budget, so every budget lives in that one file. Kinds:
+`dataset` (shapes-world clips and episodes), `train` (any `arlon train` stage; `data`, `baseline`
+and `init_from` name earlier stages), `cache` (a data set through a VAE), `codes` (the AR's tokens
+and the DiT's condition from one VQ-VAE into that cache) and `assemble` (the pipeline folder).
+
+Stage NAME writes `OUT/NAME` and, once finished, `OUT/NAME/done.json` with its minutes: `--resume`
+skips finished stages and continues an unfinished training stage from its last checkpoint, exactly.
+Stages that do not depend on each other (the AR and the DiTs) can run in two processes at once with
+`--stages`. Under `accelerate launch` the training stages run on every process, the others on the
+main process while the rest wait.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from arlon.errors import ArlonError
+from arlon.training.config import parse_value
+
+RECIPES = Path(__file__).parent / "recipes"
+KINDS = ("dataset", "train", "cache", "codes", "assemble")
+# The settings of each kind that name an earlier stage (whose output it reads).
+INPUTS = {
+    "dataset": (),
+    "train": ("data", "baseline", "init_from"),
+    "cache": ("vae", "manifest"),
+    "codes": ("cache", "vq"),
+    "assemble": ("ar", "vq", "dit", "vae"),
+}
+
+
+@dataclass
+class Stage:
+    name: str
+    kind: str
+    settings: dict = field(default_factory=dict)
+
+    def inputs(self) -> list[str]:
+        return [self.settings[k] for k in INPUTS[self.kind] if self.settings.get(k)]
+
+    def budget(self) -> str:
+        s = self.settings
+        if self.kind == "train":
+            return f"{s['stage']} {s['preset']}, " + (
+                f"{s['max_steps']} steps" if "max_steps" in s else "the preset's steps"
+            )
+        if self.kind == "dataset":
+            return f"{s.get('clips', 0)} clips, {s.get('episodes', 0)} episodes"
+        return ""
+
+
+@dataclass
+class Recipe:
+    name: str
+    stages: list[Stage]
+
+    def stage(self, name: str) -> Stage:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise ArlonError(f"the recipe has no stage {name!r}; its stages: {self.names()}")
+
+    def names(self) -> str:
+        return ", ".join(s.name for s in self.stages)
+
+
+def packaged_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def read_recipe(source: str | Path, sets: list[str] = ()) -> Recipe:
+    """A packaged recipe by name, or a recipe file; `sets` override settings: `STAGE.KEY=VALUE`."""
+    path = Path(source)
+    if not path.is_file():
+        if str(source) not in packaged_recipes():
+            known = ", ".join(packaged_recipes())
+            raise ArlonError(f"no recipe {str(source)!r}: give a recipe file or one of {known}")
+        path = RECIPES / f"{source}.yaml"
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ArlonError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("stages"), dict):
+        raise ArlonError(f"{path}: a recipe is a mapping with 'stages', each a mapping of settings")
+    stages = []
+    for name, settings in spec["stages"].items():
+        if not isinstance(settings, dict) or settings.get("kind") not in KINDS:
+            raise ArlonError(f"{path}: stage {name!r} needs a kind, one of {', '.join(KINDS)}")
+        settings = dict(settings)
+        stages.append(Stage(str(name), settings.pop("kind"), settings))
+    recipe = Recipe(path.stem, stages)
+    for assignment in sets:
+        _override(recipe, assignment)
+    _check(recipe, path)
+    return recipe
+
+
+def _override(recipe: Recipe, assignment: str) -> None:
+    key, sep, value = assignment.partition("=")
+    name, dot, setting = key.partition(".")
+    if not (sep and dot and setting):
+        raise ArlonError(f"--set takes STAGE.KEY=VALUE, e.g. ar.max_steps=100; got {assignment!r}")
+    stage = recipe.stage(name)
+    parsed = parse_value(value) if value else None
+    if stage.kind == "train" and setting not in ("stage", "preset", "max_steps", *INPUTS["train"]):
+        stage.settings.setdefault("set", {})[setting] = parsed  # a TrainConfig setting
+    else:
+        stage.settings[setting] = parsed
+
+
+def _check(recipe: Recipe, path: Path) -> None:
+    """Every stage reads only stages before it, and names what its kind needs."""
+    seen: set[str] = set()
+    for stage in recipe.stages:
+        for name in stage.inputs():
+            if name not in seen:
+                raise ArlonError(
+                    f"{path}: stage {stage.name!r} reads {name!r}, which is not a stage before it"
+                )
+        if stage.kind == "train" and not {"stage", "preset"} <= stage.settings.keys():
+            raise ArlonError(f"{path}: training stage {stage.name!r} needs 'stage' and 'preset'")
+        seen.add(stage.name)
+
+
+# ------------------------------------------------------------------------------------------------
+# Running
+# ------------------------------------------------------------------------------------------------
+
+
+def done(out: Path, stage: Stage) -> dict | None:
+    """The record of a finished stage (its minutes and when), or None."""
+    marker = out / stage.name / "done.json"
+    return json.loads(marker.read_text()) if marker.exists() else None
+
+
+def plan(recipe: Recipe, out: Path) -> list[dict]:
+    """Each stage: its kind, budget, output and state (done, in progress, to do)."""
+    rows = []
+    for stage in recipe.stages:
+        record = done(out, stage)
+        if record is not None:
+            state = f"done in {record['minutes']:.1f} min"
+        elif (out / stage.name).exists():
+            state = "in progress"
+        else:
+            state = "to do"
+        rows.append(
+            {
+                "stage": stage.name,
+                "kind": stage.kind,
+                "budget": stage.budget(),
+                "reads": ", ".join(stage.inputs()),
+                "output": str(_output(out, stage)),
+                "state": state,
+            }
+        )
+    return rows
+
+
+def run_recipe(
+    recipe: Recipe,
+    out: Path,
+    resume: bool = False,
+    only: list[str] | None = None,
+    embedded_vae: bool = False,
+) -> Path:
+    """Run the recipe's stages (or `only` those) into `out`; the assembled pipeline folder."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    stages = [recipe.stage(name) for name in only] if only else recipe.stages
+    started = [s.name for s in recipe.stages if (out / s.name).exists()]
+    if started and not resume:
+        raise ArlonError(
+            f"{out} already holds this recipe's stages ({', '.join(started)}): pass --resume to "
+            "continue, or choose another --out"
+        )
+    for stage in stages:
+        if done(out, stage) is not None:
+            continue
+        for name in stage.inputs():
+            if done(out, recipe.stage(name)) is None:
+                raise ArlonError(f"stage {stage.name!r} reads {name!r}, which is not finished")
+        if state.is_main_process:
+            print(f"recipe: stage {stage.name} ({stage.kind}) ...", flush=True)
+        start = time.perf_counter()
+        if stage.kind == "train":
+            _train(recipe, stage, out, embedded_vae)
+        else:
+            if state.is_main_process:
+                _RUNNERS[stage.kind](stage, out)
+            state.wait_for_everyone()
+        if state.is_main_process:
+            minutes = (time.perf_counter() - start) / 60
+            record = {"minutes": round(minutes, 2), "finished": _now(), "kind": stage.kind}
+            (out / stage.name / "done.json").write_text(json.dumps(record, indent=1) + "\n")
+            print(f"recipe: stage {stage.name} done in {minutes:.1f} min", flush=True)
+        state.wait_for_everyone()
+    return out / recipe.stages[-1].name
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _output(out: Path, stage: Stage) -> Path:
+    folder = out / stage.name
+    return {
+        "dataset": folder / "manifest.csv",
+        "train": folder / "model",
+        "cache": folder,
+        "codes": out / stage.settings.get("cache", "") if stage.settings.get("cache") else folder,
+        "assemble": folder,
+    }[stage.kind]
+
+
+def _train(recipe: Recipe, stage: Stage, out: Path, embedded_vae: bool) -> None:
+    from arlon.training.checkpoint import latest_checkpoint
+    from arlon.training.presets import RunRequest, run_config
+    from arlon.training.stages import stage as training_stage
+    from arlon.training.trainer import train
+
+    s = stage.settings
+    folder = out / stage.name
+    if s["stage"] == "vae" and embedded_vae:
+        from arlon.weights import embedded
+
+        shutil.copytree(embedded("vae"), folder / "model", dirs_exist_ok=True)
+        return
+
+    def path_of(key: str) -> Path | None:
+        name = s.get(key)
+        return None if name is None else _output(out, recipe.stage(name))
+
+    sets = [f"{k}={json.dumps(v)}" for k, v in s.get("set", {}).items()]
+    request = RunRequest(
+        stage=s["stage"],
+        out=folder,
+        resume=latest_checkpoint(folder) is not None,
+        preset=s["preset"],
+        sets=tuple(sets),
+        data=path_of("data"),
+        baseline=path_of("baseline"),
+        init_from=path_of("init_from"),
+        max_steps=s.get("max_steps"),
+    )
+    cfg = run_config(request)
+    train(training_stage(cfg.stage), cfg, folder, resume=request.resume)
+
+
+def _dataset(stage: Stage, out: Path) -> None:
+    from arlon.data.world_dataset import DatasetSettings, write_dataset
+
+    write_dataset(DatasetSettings(out=out / stage.name, **stage.settings))
+
+
+def _cache(stage: Stage, out: Path) -> None:
+    from arlon.data.latent_cache import build_cache
+    from arlon.models.loading import load_model
+
+    s = stage.settings
+    vae = load_model(out / s["vae"] / "model", "vae")
+    manifest = out / s["manifest"] / "manifest.csv"
+    build_cache(vae, manifest, out / stage.name, window=s.get("window", 9))
+
+
+def _codes(stage: Stage, out: Path) -> None:
+    """The AR's tokens and the DiT's training condition, both from one VQ-VAE (the paper's)."""
+    from arlon.data.latent_cache import add_codes
+    from arlon.models.loading import load_model
+
+    vq = load_model(out / stage.settings["vq"] / "model", "vq")
+    add_codes(out / stage.settings["cache"], vq, vq)
+    (out / stage.name).mkdir(exist_ok=True)
+
+
+def _assemble(stage: Stage, out: Path) -> None:
+    import torch
+
+    from arlon.models.loading import model_class
+    from arlon.pipeline.folders import assemble
+
+    s = stage.settings
+    folder = out / stage.name
+    parts = folder / "parts"  # each component as the pipeline stores it (fp16 where asked)
+    components = {}
+    for role in ("ar", "vq", "dit", "vae"):
+        source = out / s[role] / "model"
+        if role in s.get("float16", ()):
+            cls = model_class(source, role)
+            cls.from_pretrained(source, torch_dtype=torch.float16).save_pretrained(parts / role)
+            source = parts / role
+        components[role] = source
+    settings = {k: s[k] for k in ("segment_frames", "reference_frames", "fps") if k in s}
+    assemble(folder, components, settings=settings)
+    shutil.rmtree(parts, ignore_errors=True)
+
+
+_RUNNERS = {"dataset": _dataset, "cache": _cache, "codes": _codes, "assemble": _assemble}

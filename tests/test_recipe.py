@@ -1,0 +1,106 @@
+"""`arlon recipe`: one command trains a whole pipeline from an empty folder, every budget in one file,
+and continues an interrupted run without redoing a finished stage."""
+
+import json
+
+import pytest
+
+from arlon import cli
+from arlon.errors import ArlonError
+from arlon.training.recipe import plan, read_recipe
+
+
+def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(tmp_path, capsys):
+    out = tmp_path / "recipe"
+    assert cli.main(["recipe", "smoke", "--out", str(out)]) == 0
+    stages = [s.name for s in read_recipe("smoke").stages]
+    finished = {name: json.loads((out / name / "done.json").read_text()) for name in stages}
+    video = tmp_path / "story.mp4"
+    assert (
+        cli.main(
+            [
+                "generate",
+                "a red ball moves right",
+                "--model",
+                str(out / "pipeline"),
+                "--frames",
+                "9",
+                "-o",
+                str(video),
+            ]
+        )
+        == 0
+    )
+    assert video.stat().st_size > 0
+
+    # Without --resume a finished run is never overwritten.
+    assert cli.main(["recipe", "smoke", "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+    # Interrupted after the DiT: --resume redoes only ARLON's DiT (from its checkpoint) and the
+    # assembly, and keeps every finished stage as it was.
+    for name in ("arlon", "pipeline"):
+        (out / name / "done.json").unlink()
+    assert cli.main(["recipe", "smoke", "--out", str(out), "--resume"]) == 0
+    for name in stages:
+        again = json.loads((out / name / "done.json").read_text())
+        assert (again == finished[name]) == (name not in ("arlon", "pipeline")), name
+    states = [row["state"] for row in plan(read_recipe("smoke"), out)]
+    assert all(state.startswith("done in") for state in states)
+
+
+def test_dry_run_lists_every_stage_with_its_budget(tmp_path, capsys):
+    argv = ["recipe", "shapes-tiny", "--out", str(tmp_path / "r"), "--dry-run", "--json"]
+    assert cli.main([*argv, "--set", "ar.max_steps=123", "ar.lr=5e-4"]) == 0
+    rows = json.loads(capsys.readouterr().out)["stages"]
+    assert [r["stage"] for r in rows] == [
+        "data",
+        "vae",
+        "cache",
+        "vq",
+        "codes",
+        "ar",
+        "dit",
+        "arlon",
+        "pipeline",
+    ]
+    ar = next(r for r in rows if r["stage"] == "ar")
+    assert ar["budget"] == "ar shapes-tiny-coarse, 123 steps" and ar["state"] == "to do"
+    assert not (tmp_path / "r").exists()  # a dry run writes nothing
+    recipe = read_recipe("shapes-tiny", ["ar.lr=5e-4"])
+    assert recipe.stage("ar").settings["set"]["lr"] == 5e-4
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("stages:\n  a: {kind: bake}\n", "needs a kind"),
+        (
+            "stages:\n  a: {kind: codes, cache: b, vq: b}\n  b: {kind: dataset}\n",
+            "not a stage before",
+        ),
+        ("stages:\n  a: {kind: train, stage: ar}\n", "needs 'stage' and 'preset'"),
+        ("stages: [1, 2]\n", "a recipe is a mapping"),
+        ("stages: {a: [\n", "not valid YAML"),
+    ],
+)
+def test_a_malformed_recipe_is_a_clear_error(tmp_path, text, message):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(ArlonError, match=message):
+        read_recipe(path)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nope"], "no recipe 'nope'"),
+        (["smoke", "--stages", "bake"], "no stage 'bake'"),
+        (["smoke", "--stages", "dit"], "reads 'cache', which is not finished"),
+        (["smoke", "--set", "max_steps=3"], "STAGE.KEY=VALUE"),
+    ],
+)
+def test_recipe_mistakes_are_one_line(tmp_path, capsys, args, message):
+    assert cli.main(["recipe", *args, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
