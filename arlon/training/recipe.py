@@ -19,6 +19,7 @@ main process while the rest wait.
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import time
@@ -207,10 +208,31 @@ def run_recipe(
         if state.is_main_process:
             minutes = (time.perf_counter() - start) / 60
             record = {"minutes": round(minutes, 2), "finished": _now(), "kind": stage.kind}
+            record |= _curve(out / stage.name / "eval.csv")
             (out / stage.name / "done.json").write_text(json.dumps(record, indent=1) + "\n")
             print(f"recipe: stage {stage.name} done in {minutes:.1f} min", flush=True)
         state.wait_for_everyone()
     return out / recipe.stages[-1].name
+
+
+def _curve(log: Path) -> dict:
+    """A training stage's held-out numbers at the end, and their change over its last fifth of
+    steps (a flow loss that still falls there asks for a longer budget)."""
+    if not log.exists():
+        return {}
+    with log.open() as f:
+        rows = [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
+    if not rows:
+        return {}
+    last = rows[-1]
+    fifth = min(rows, key=lambda row: abs(row["step"] - 0.8 * last["step"]))
+    change = {
+        k: round((last[k] - fifth[k]) / abs(fifth[k]), 4)
+        for k in last
+        if k != "step" and fifth.get(k) and fifth is not last
+    }
+    final = {k: v for k, v in last.items() if k != "step"}
+    return {"heldout": final, "heldout_change_last_fifth": change}
 
 
 def _now() -> str:
