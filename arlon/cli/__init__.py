@@ -8,6 +8,7 @@
     arlon recipe shapes-tiny --out runs/recipe                       # the whole model, one command
     arlon eval --suite short --out runs/suite/short                  # generate and score a suite
     arlon bench --lengths 600 --no-train                             # speed and memory
+    arlon convert opensora --stdit S --vae V --text-encoder T --out P  # Open-Sora v1.2's weights
 
 A handler checks its arguments and input files first, then imports the library (torch and
 diffusers take seconds to import) and calls it. A user's mistake prints one line (`arlon: error:
@@ -22,7 +23,7 @@ import sys
 import threading
 
 from arlon import __version__
-from arlon.cli import bench, evaluate, generate, recipe, train, world
+from arlon.cli import bench, convert, evaluate, generate, recipe, train, world
 from arlon.cli.common import Parser
 from arlon.errors import ArlonError, Stopped
 
@@ -60,6 +61,6 @@ def parser() -> Parser:
     )
     root.add_argument("--version", action="version", version=f"arlon {__version__}")
     commands = root.add_subparsers(title="commands", required=True, metavar="COMMAND")
-    for group in (generate, world, train, recipe, evaluate, bench):
+    for group in (generate, world, train, recipe, evaluate, bench, convert):
         group.add_parsers(commands)
     return root

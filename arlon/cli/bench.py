@@ -1,4 +1,5 @@
-"""`arlon bench`: speed and memory of generation per stage and length, the DiT against FLOP/s."""
+"""`arlon bench`: speed and memory of generation per stage and length, the DiT against FLOP/s;
+`arlon bench --preset opensora-1.2 --dry-run`: a paper-scale preset's costs, counted on no weights."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from pathlib import Path
 
 from arlon.cli.common import positive_int
 from arlon.cli.generate import MODES
+from arlon.errors import ArlonError
+
+DRY_RUN_PRESETS = ("opensora-1.2",)  # arlon.evaluation.paper_scale.PRESETS, without importing torch
 
 
 def add_parsers(commands) -> None:
@@ -39,10 +43,32 @@ def add_parsers(commands) -> None:
         default=Path("runs/bench"),
         help="folder for bench.json and bench.md (default runs/bench)",
     )
+    p.add_argument(
+        "--preset",
+        choices=DRY_RUN_PRESETS,
+        help="with --dry-run: a paper-scale preset, its models built on the meta device",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="count instead of measuring: parameters, FLOPs per training and sampling step, "
+        "activation memory per sample, GPUs for --batch (writes dry-run.json and dry-run.md)",
+    )
+    p.add_argument(
+        "--batch",
+        type=positive_int,
+        default=64,
+        help="with --dry-run: the global training batch the GPU count is for (default 64)",
+    )
     p.set_defaults(run=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> None:
+    if args.dry_run != (args.preset is not None):
+        raise ArlonError("--dry-run and --preset go together: a preset is counted, not measured")
+    if args.dry_run:
+        _dry_run(args)
+        return
     from arlon.evaluation.bench import BenchSettings, markdown
     from arlon.evaluation.bench import run_bench as run
     from arlon.pipeline import DiTSampling
@@ -57,3 +83,15 @@ def run_bench(args: argparse.Namespace) -> None:
         train=not args.no_train,
     )
     print(markdown(run(settings, args.out)))
+
+
+def _dry_run(args: argparse.Namespace) -> None:
+    from arlon.evaluation.paper_scale import DryRun, dry_run, dry_run_markdown
+    from arlon.utils import atomic_path, write_json
+
+    report = dry_run(DryRun(args.preset, global_batch=args.batch))
+    table = dry_run_markdown(report)
+    write_json(args.out / "dry-run.json", report)
+    with atomic_path(args.out / "dry-run.md") as tmp:
+        tmp.write_text(table)
+    print(table, end="")

@@ -30,8 +30,9 @@ def _add_train(commands) -> None:
     p.add_argument(
         "--preset",
         help="vae: smoke, shapes-tiny (default); vqvae: smoke, shapes-tiny-fine (default), "
-        "shapes-tiny-coarse; ar: smoke, shapes-tiny (default), shapes-tiny-coarse; dit, arlon: "
-        "smoke, shapes-tiny (default), opensora-1.2",
+        "shapes-tiny-coarse, opensora-1.2-fine, opensora-1.2-coarse; ar: smoke, shapes-tiny "
+        "(default), shapes-tiny-coarse, opensora-1.2; dit, arlon: smoke, shapes-tiny (default), "
+        "opensora-1.2",
     )
     p.add_argument("--out", required=True, type=Path, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT exactly")
@@ -49,7 +50,8 @@ def _add_train(commands) -> None:
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="override settings, e.g. lr=1e-4 data.num_frames=9",
+        help="override settings, e.g. lr=1e-4 data.num_frames=9 "
+        "data.text_encoder=PIPELINE/text_encoder (the captions' encoder; default MiniLM)",
     )
     p.add_argument("--max-steps", type=positive_int, help="stop after this many optimiser steps")
     p.add_argument("--max-minutes", type=positive_float, help="stop after this many minutes")

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from arlon.data.video_io import VideoWriter
@@ -211,8 +212,13 @@ def matmul_flops(size: int = 1024, repeats: int = 20) -> float:
 
 
 def count_flops(work) -> int:
-    """FLOPs of the matmuls, convolutions and attention `work()` runs."""
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    """FLOPs of the matmuls, convolutions and attention `work()` runs (attention through the math
+    kernel while counting: the counter does not see the fused CPU one)."""
+    with (
+        torch.inference_mode(),
+        sdpa_kernel(SDPBackend.MATH),
+        FlopCounterMode(display=False) as counter,
+    ):
         work()
     return counter.get_total_flops()
 

@@ -225,6 +225,8 @@ class LatentVQVAE(ModelMixin, ConfigMixin):
     block (`num_attention_heads` = 0: none).
     """
 
+    _no_split_modules = ["ResBlock3d", "AttnBlock3d"]  # FSDP wrapping units (read by accelerate)
+
     @register_to_config
     def __init__(
         self,

@@ -17,6 +17,7 @@ import torch
 from arlon.errors import ArlonError
 from arlon.models.ar_transformer import ARTransformer
 from arlon.models.latent_vqvae import LatentVQVAE
+from arlon.models.opensora_vae import OpenSoraVAE
 from arlon.models.pretrained_vae import LAYOUTS, PretrainedVideoVAE
 from arlon.models.stdit import STDiT
 from arlon.models.video_vae import VideoVAE
@@ -27,7 +28,11 @@ ROLES: dict[str, tuple[str, dict[str, type]]] = {
     "ar": ("AR transformer", {"ARTransformer": ARTransformer}),
     "vq": ("latent VQ-VAE", {"LatentVQVAE": LatentVQVAE}),
     "dit": ("DiT", {"STDiT": STDiT}),
-    "vae": ("video VAE", {"VideoVAE": VideoVAE} | dict.fromkeys(LAYOUTS, PretrainedVideoVAE)),
+    "vae": (
+        "video VAE",
+        {"VideoVAE": VideoVAE, "OpenSoraVAE": OpenSoraVAE}
+        | dict.fromkeys(LAYOUTS, PretrainedVideoVAE),
+    ),
 }
 
 

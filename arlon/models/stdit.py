@@ -41,18 +41,30 @@ UNCERTAINTY = ("none", "blog", "gaussian")
 # ------------------------------------------------------------------------------------------------
 
 
-def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
-    """Fixed 2D sin-cos positions `(height * width, dim)` (DiT, MAE): half the channels for rows,
-    half for columns."""
+def sincos_2d(height: int, width: int, dim: int, grid: int = 0) -> torch.Tensor:
+    """Fixed 2D sin-cos positions `(height * width, dim)` (DiT, MAE): half the channels for each
+    axis, [sin, cos] each.
 
-    def one_axis(n: int, d: int) -> torch.Tensor:
+    `grid` 0: one position per patch, rows first. `grid` > 0: Open-Sora v1.2's positions, columns
+    first, stretched so that `grid` x `grid` patches span the same positions at any resolution
+    (its `PositionEmbedding2D` with `scale = sqrt(h w) / grid` and `base_size = round(sqrt(h w))`;
+    Open-Sora takes the scale from the frame's pixels, which this equals when the frame is a whole
+    number of patches)."""
+
+    def one_axis(positions: torch.Tensor, d: int) -> torch.Tensor:
         freqs = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d // 2))
-        angles = torch.arange(n, dtype=torch.float64)[:, None] * freqs[None]  # (n, d / 2)
+        angles = positions[:, None] * freqs[None]  # (n, d / 2)
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
-    rows = one_axis(height, dim // 2)[:, None].expand(height, width, dim // 2)
-    cols = one_axis(width, dim // 2)[None].expand(height, width, dim // 2)
-    return torch.cat([rows, cols], dim=-1).flatten(0, 1).float()
+    ys = torch.arange(height, dtype=torch.float64)
+    xs = torch.arange(width, dtype=torch.float64)
+    if grid:
+        scale, base = math.sqrt(height * width) / grid, round(math.sqrt(height * width))
+        ys, xs = ys / scale * base / height, xs / scale * base / width
+    rows = one_axis(ys, dim // 2)[:, None].expand(height, width, dim // 2)
+    cols = one_axis(xs, dim // 2)[None].expand(height, width, dim // 2)
+    axes = [cols, rows] if grid else [rows, cols]
+    return torch.cat(axes, dim=-1).flatten(0, 1).float()
 
 
 class TimestepEmbedder(nn.Module):
@@ -316,7 +328,14 @@ class STDiT(ModelMixin, ConfigMixin):
     injected after the temporal attention of the first (`injection_position="first"`) or last
     `injection_blocks` pairs. `uncertainty` ("none", "blog", "gaussian") perturbs the condition with
     probability `uncertainty_prob` while training, never at inference.
+
+    Two settings exist for Open-Sora v1.2's weights (`arlon.models.opensora`): `position_grid`
+    (its resolution-independent positions, see `sincos_2d`) and `fps_conditioning` > 0 (its frame
+    rate embedding `fps_embedder`, added to the timestep's, at this frame rate; Open-Sora samples
+    at 24).
     """
+
+    _no_split_modules = ["STDiTBlock"]  # FSDP wrapping unit (read by accelerate)
 
     @register_to_config
     def __init__(
@@ -335,6 +354,8 @@ class STDiT(ModelMixin, ConfigMixin):
         uncertainty: str = "blog",
         uncertainty_prob: float = 0.5,
         uncertainty_strength: float = 1.0,
+        position_grid: int = 0,
+        fps_conditioning: float = 0.0,
     ):
         super().__init__()
         if hidden_size % num_heads or (hidden_size // num_heads) % 2 or hidden_size % 4:
@@ -357,6 +378,7 @@ class STDiT(ModelMixin, ConfigMixin):
             in_channels, hidden_size, self.patch_size, stride=self.patch_size
         )
         self.t_embedder = TimestepEmbedder(hidden_size)
+        self.fps_embedder = TimestepEmbedder(hidden_size) if fps_conditioning else None
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
         self.y_embedder = CaptionEmbedder(text_dim, hidden_size, max_text_tokens)
         self.blocks = nn.ModuleList(
@@ -383,8 +405,10 @@ class STDiT(ModelMixin, ConfigMixin):
         for block in self.blocks:
             if block.temporal:
                 nn.init.zeros_(block.attn.proj.weight)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for embedder in (self.t_embedder, self.fps_embedder):
+            if embedder is not None:
+                nn.init.normal_(embedder.mlp[0].weight, std=0.02)
+                nn.init.normal_(embedder.mlp[2].weight, std=0.02)
         nn.init.zeros_(self.final_layer.linear.weight)
 
     def injected_blocks(self) -> list[STDiTBlock]:
@@ -448,7 +472,8 @@ class STDiT(ModelMixin, ConfigMixin):
             raise ArlonError(f"frame_mask must be (B, T) = {(b, t)}, got {tuple(frame_mask.shape)}")
         dtype = self.x_embedder.weight.dtype
         tokens = self.x_embedder(x.to(dtype)).flatten(3).permute(0, 2, 3, 1)  # (B, T', S, C)
-        pos = sincos_2d(hh, ww, tokens.shape[-1]).to(tokens.device, dtype)
+        pos = sincos_2d(hh, ww, tokens.shape[-1], self.config.position_grid)
+        pos = pos.to(tokens.device, dtype)
         tokens = (tokens + pos).flatten(1, 2)  # (B, T'*S, C)
 
         per_frame = (timestep.view(b, 1).expand(b, t) if timestep.ndim < 2 else timestep).float()
@@ -456,6 +481,9 @@ class STDiT(ModelMixin, ConfigMixin):
             per_frame = per_frame.masked_fill(frame_mask, 0.0)
         per_frame = per_frame[:, ::pt]  # (B, T')
         t_emb = self.t_embedder(per_frame)  # (B, T', C)
+        if self.fps_embedder is not None:
+            fps = torch.full((b, 1), float(self.config.fps_conditioning), device=x.device)
+            t_emb = t_emb + self.fps_embedder(fps)  # (B, 1, C): the same for every frame
         t0 = self.t_block(t_emb)  # (B, T', 6C)
         text, mask = self.y_embedder(text_states, text_mask, b, drop_caption)
 
@@ -493,7 +521,8 @@ STDIT_PRESETS: dict[str, dict] = {
     "shapes-tiny": dict(
         in_channels=8, hidden_size=128, depth=6, num_heads=4, text_dim=384, max_text_tokens=48
     ),
-    # Open-Sora v1.2's STDiT3-XL/2: 28 spatial + 28 temporal blocks, T5-XXL states (4096-d, 300).
+    # Open-Sora v1.2's STDiT3-XL/2: 28 spatial + 28 temporal blocks, T5-XXL states (4096-d, 300),
+    # its positions (a 512x512 frame is 32x32 patches) and its frame rate embedding (24 fps).
     "opensora-1.2": dict(
         in_channels=4,
         hidden_size=1152,
@@ -501,6 +530,8 @@ STDIT_PRESETS: dict[str, dict] = {
         num_heads=16,
         text_dim=4096,
         max_text_tokens=300,
+        position_grid=32,
+        fps_conditioning=24.0,
     ),
 }
 # ARLON's injection per preset: the paper injects into the first 14 of 28 blocks.

@@ -221,6 +221,8 @@ class Decoder(nn.Module):
 class VideoVAE(ModelMixin, ConfigMixin, VideoAutoencoder):
     """Causal video VAE; `encode`/`decode` work in the normalised latent space."""
 
+    _no_split_modules = ["ResBlock2d", "TemporalBlock"]  # FSDP wrapping units (read by accelerate)
+
     temporal_ratio = 4
     spatial_ratio = 8
 

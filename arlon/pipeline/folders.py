@@ -44,7 +44,15 @@ def read_index(folder: str | Path) -> dict:
     index = read_json(folder / "model_index.json", "pipeline")
     missing = [name for name in COMPONENTS if name not in index]
     if missing:
-        raise ArlonError(f"{folder}/model_index.json lacks the component(s) {', '.join(missing)}")
+        hint = ""
+        if index.get("converted_from"):  # `arlon convert` writes what the released weights give
+            hint = (
+                f" (converted from {index['converted_from']}: train the AR and the latent VQ-VAE, "
+                "then complete it with 'arlon assemble')"
+            )
+        raise ArlonError(
+            f"{folder}/model_index.json lacks the component(s) {', '.join(missing)}{hint}"
+        )
     for name in COMPONENTS:
         if index[name] not in ALLOWED[name]:
             raise ArlonError(

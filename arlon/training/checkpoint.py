@@ -17,6 +17,13 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from arlon.errors import ArlonError
 
@@ -87,6 +94,30 @@ def reading(folder: Path, name: str):
         if len(text) > 300:
             text = text[:297] + "..."
         raise ArlonError(f"cannot resume from {folder}: {name}: {text}") from None
+
+
+def gather_sharded(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> dict[str, dict]:
+    """The whole state of an FSDP2-sharded model (and of its optimiser, keyed by parameter name),
+    as plain CPU tensors on the main process. Every process must call this: it gathers the
+    shards."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = {"model": get_model_state_dict(model, options=options)}
+    if optimizer is not None:
+        state["optimizer"] = get_optimizer_state_dict(model, optimizer, options=options)
+    return state
+
+
+def load_sharded(model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """Shard a checkpoint's whole model and optimiser state (`gather_sharded`'s) back onto an
+    FSDP2 model; every process reads the files and keeps its shards."""
+    options = StateDictOptions(full_state_dict=True)
+    with reading(folder, "model.safetensors") as path:
+        set_model_state_dict(model, load_file(str(path)), options=options)
+    with reading(folder, "optimizer.pt") as path:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        set_optimizer_state_dict(model, optimizer, state, options=options)
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:

@@ -22,6 +22,19 @@ _VQ_SHAPES_TINY = dict(
     eval_every=500,
 )
 
+# Paper scale, for GPUs (the paper gives none of these): bf16, AdamW with a long warm-up. The
+# latent VQ-VAEs and the AR train on a cache of Open-Sora v1.2 latents in windows of 20 latent
+# frames (`arlon cache --vae PIPELINE/vae --window 20`: 5 token frames at 4x temporal compression),
+# the AR's text states from T5 (`--set data.text_encoder=PIPELINE/text_encoder`).
+_OPENSORA = dict(
+    lr=1e-4,
+    warmup_steps=1000,
+    mixed_precision="bf16",
+    checkpoint_every=1000,
+    log_every=50,
+    eval_every=5000,
+)
+
 # Per preset: the training settings (model presets live beside each model).
 TRAIN_PRESETS: dict[str, dict[str, dict]] = {
     "vae": {
@@ -63,6 +76,18 @@ TRAIN_PRESETS: dict[str, dict[str, dict]] = {
             "mixed_precision": "bf16",
         },
         "shapes-tiny-coarse": {**_VQ_SHAPES_TINY, "max_steps": 3000},
+        "opensora-1.2-fine": {
+            **_OPENSORA,
+            "max_steps": 100_000,
+            "batch_size": 16,
+            "ema_decay": 0.0,
+        },
+        "opensora-1.2-coarse": {
+            **_OPENSORA,
+            "max_steps": 100_000,
+            "batch_size": 16,
+            "ema_decay": 0.0,
+        },
     },
     "ar": {
         "smoke": dict(
@@ -93,6 +118,7 @@ TRAIN_PRESETS: dict[str, dict[str, dict]] = {
             log_every=50,
             eval_every=500,
         ),
+        "opensora-1.2": {**_OPENSORA, "max_steps": 200_000, "batch_size": 8, "weight_decay": 0.01},
     },
 }
 

@@ -117,10 +117,12 @@ class _CacheStage:
         self._loaded: dict[bool, object] = {}
         self._text_encoder = None
 
-    def text_encoder(self):
-        """The frozen text encoder (for the stages whose data have captions), loaded once."""
+    def text_encoder(self, cfg: TrainConfig):
+        """The frozen text encoder (for the stages whose data have captions), loaded once:
+        `data.text_encoder` (a text encoder folder, e.g. a converted Open-Sora pipeline's
+        `text_encoder/`), else the packaged MiniLM."""
         if self._text_encoder is None:
-            self._text_encoder = TextEncoder.from_pretrained()
+            self._text_encoder = TextEncoder.from_pretrained(cfg.data.get("text_encoder"))
         return self._text_encoder
 
     def _make_windows(self, cfg: TrainConfig, cache, entries):
@@ -246,12 +248,12 @@ class ARStage(_CacheStage):
             frame_height=h,
             frame_width=w,
             code_window=windows.code_window,
-            text_dim=self.text_encoder().dim,
+            text_dim=self.text_encoder(cfg).dim,
         )
         return ar_transformer(cfg.preset, **{**sizes, **cfg.model})
 
-    def _logits(self, model, batch, dropout: float):
-        text = self.text_encoder().encode(list(batch["caption"]))
+    def _logits(self, model, batch, cfg: TrainConfig, dropout: float):
+        text = self.text_encoder(cfg).encode(list(batch["caption"]))
         device = batch["codes"].device
         mask = text.mask.to(device)
         if dropout > 0:
@@ -269,7 +271,7 @@ class ARStage(_CacheStage):
 
     def loss(self, model, batch, cfg: TrainConfig):
         data = {**self.DEFAULTS, **cfg.data}
-        logits = self._logits(model, batch, data["caption_dropout"]).float()  # (B, N, K)
+        logits = self._logits(model, batch, cfg, data["caption_dropout"]).float()  # (B, N, K)
         codes, weights = self._targets(batch)
         ce = F.cross_entropy(logits.transpose(1, 2), codes, reduction="none")  # (B, N)
         loss = (ce * weights).sum() / weights.sum()
@@ -284,7 +286,7 @@ class ARStage(_CacheStage):
         nll, right, total = 0.0, 0, 0
         for first in range(0, len(picks), 32):
             batch = default_collate([windows[i] for i in picks[first : first + 32]])
-            logits = self._logits(model, batch, dropout=0.0).float()
+            logits = self._logits(model, batch, cfg, dropout=0.0).float()
             codes, weights = self._targets(batch)
             ce = F.cross_entropy(logits.transpose(1, 2), codes, reduction="none")
             nll += (ce * weights).sum().item()
@@ -321,15 +323,16 @@ class DiTStage(_CacheStage):
     def build_model(self, cfg: TrainConfig):
 
         channels = self._windows(cfg, held_out=False)[0]["latents"].shape[0]
-        sizes = dict(in_channels=channels, text_dim=self.text_encoder().dim)
+        sizes = dict(in_channels=channels, text_dim=self.text_encoder(cfg).dim)
         return stdit(cfg.preset, **{**sizes, **cfg.model})
 
-    def _loss(self, model, batch, data: dict, dropout: float):
+    def _loss(self, model, batch, cfg: TrainConfig, dropout: float):
 
+        data = {**self.DEFAULTS, **cfg.data}
         x0 = batch["latents"]
         b, t = x0.shape[0], x0.shape[2]
         device = x0.device
-        text = self.text_encoder().encode(list(batch["caption"]))
+        text = self.text_encoder(cfg).encode(list(batch["caption"]))
         with_reference = torch.rand(b, device=device) < data["reference_prob"]
         count = torch.randint(1, data["max_reference"] + 1, (b,), device=device) * with_reference
         frame_mask = torch.arange(t, device=device)[None] < count[:, None]  # (B, T)
@@ -348,14 +351,12 @@ class DiTStage(_CacheStage):
         )
 
     def loss(self, model, batch, cfg: TrainConfig):
-        data = {**self.DEFAULTS, **cfg.data}
-        loss = self._loss(model, batch, data, data["caption_dropout"])
+        loss = self._loss(model, batch, cfg, {**self.DEFAULTS, **cfg.data}["caption_dropout"])
         return loss, {}
 
     @torch.no_grad()
     def evaluate(self, model, cfg: TrainConfig) -> dict:
         """Flow loss on held-out windows, with fixed noise and timesteps (seeded)."""
-        data = {**self.DEFAULTS, **cfg.data}
         windows = self._windows(cfg, held_out=True)
         picks = torch.linspace(0, len(windows) - 1, min(len(windows), 128)).long().tolist()
         state = torch.random.get_rng_state()
@@ -363,7 +364,7 @@ class DiTStage(_CacheStage):
         total = 0.0
         for first in range(0, len(picks), 32):
             batch = default_collate([windows[i] for i in picks[first : first + 32]])
-            total += self._loss(model, batch, data, 0.0).item() * len(batch["caption"])
+            total += self._loss(model, batch, cfg, 0.0).item() * len(batch["caption"])
         torch.random.set_rng_state(state)
         return {"flow_loss_heldout": total / len(picks)}
 

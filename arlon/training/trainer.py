@@ -2,6 +2,7 @@
 
     arlon train vae --preset shapes-tiny --out runs/vae                 # one process, CPU or GPU
     accelerate launch --multi_gpu --num_processes 2 -m arlon.cli train vae ...  # DDP, gloo on CPU
+    accelerate launch --config_file arlon/training/fsdp.yaml -m arlon.cli train arlon ...  # FSDP2
 
 A stage says what to train (`Stage`: model, data set, loss, evaluation, export); this loop does the
 rest: AdamW with warm-up and cosine decay, gradient accumulation and clipping, EMA weights, bf16
@@ -19,6 +20,11 @@ resume exactly. A checkpoint is a folder of plain files, so resuming never unpic
 A checkpoint is written to `step_N.tmp` and renamed into place; `latest` is switched only after
 that, so an interrupted run never leaves a broken checkpoint behind. Ctrl-C checkpoints the last
 whole step. (Without --multi_gpu, `accelerate launch` on a machine without GPUs starts one process.)
+
+Under FSDP2 (`arlon/training/fsdp.yaml`: full shard, bf16, activation checkpointing of each
+model's `_no_split_modules`) checkpoints hold the same whole tensors, gathered from the shards
+(the optimiser's state keyed by parameter name), and evaluation and export see a whole copy: the
+EMA weights, which stay whole on every process, or the model's gathered onto the main one.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
+from torch.distributed.tensor import DTensor
 from torch.utils.data import Dataset, default_collate
 from tqdm import tqdm
 
@@ -46,8 +53,10 @@ from arlon.errors import ArlonError
 from arlon.training.checkpoint import (
     CHECKPOINT_FORMAT,
     checkpoint_to_resume,
+    gather_sharded,
     load_optimizer,
     load_rng,
+    load_sharded,
     publish,
     reading,
     rng_state,
@@ -93,12 +102,15 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        """One step towards `model`'s weights (FSDP2 shards are gathered first); frozen weights
+        stay what they were copied as, which is what they are."""
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         for ema, p in zip(self.model.parameters(), model.parameters(), strict=True):
-            ema.lerp_(p.detach().float(), 1 - decay)
+            if p.requires_grad:
+                ema.lerp_(_whole(p.detach()).float(), 1 - decay)
         for ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
-            ema.copy_(b)
+            ema.copy_(_whole(b))
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "updates": self.updates}
@@ -188,6 +200,7 @@ class _Run:
     def __init__(self, stage: Stage, cfg: TrainConfig, out: Path, resume: bool):
         self.stage, self.cfg, self.out = stage, cfg, out
         self.accelerator = _accelerator(cfg)
+        self.sharded = self.accelerator.is_fsdp2
         self.main = self.accelerator.is_main_process
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         checkpoint = checkpoint_to_resume(out, resume)
@@ -203,12 +216,20 @@ class _Run:
         if cfg.ema_decay > 0:
             self.ema = EMA(model, cfg.ema_decay)
             self.ema.model.to(self.accelerator.device)  # prepare() moves only the model
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        # Under FSDP without EMA, the main process keeps a whole copy to gather the shards into.
+        self.whole = None
+        if self.sharded and self.ema is None and self.main:
+            self.whole = copy.deepcopy(model).to(self.accelerator.device).eval()
         optimizer = torch.optim.AdamW(
-            self.params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+            [p for p in model.parameters() if p.requires_grad],
+            lr=cfg.lr,
+            betas=cfg.betas,
+            weight_decay=cfg.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        # FSDP replaces the parameters with their shards: clip those.
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.progress = Progress()
         if checkpoint is not None:
             self.load_checkpoint(checkpoint)
@@ -220,10 +241,18 @@ class _Run:
         self.phase, self.step_rng = "idle", None
         self.started = time.monotonic()
 
-    @property
-    def weights(self) -> torch.nn.Module:
-        """The model to evaluate and export: the EMA weights when there are some."""
-        return self.ema.model if self.ema is not None else self.accelerator.unwrap_model(self.model)
+    def weights(self) -> torch.nn.Module | None:
+        """The model to evaluate and export: the EMA weights when there are some, else the model;
+        under FSDP its shards gathered into a whole copy on the main process (every process must
+        call this; the others get None)."""
+        if self.ema is not None:
+            return self.ema.model
+        if not self.sharded:
+            return self.accelerator.unwrap_model(self.model)
+        state = gather_sharded(self.model)["model"]
+        if self.whole is not None:
+            self.whole.load_state_dict(state)
+        return self.whole
 
     def loop(self) -> None:
         """Steps until a budget is spent; the last state is always checkpointed, Ctrl-C included."""
@@ -307,8 +336,9 @@ class _Run:
         return loss, logs, grad_norm
 
     def evaluate(self) -> None:
+        weights = self.weights()
         if self.main:
-            results = self.stage.evaluate(self.weights, self.cfg)
+            results = self.stage.evaluate(weights, self.cfg)
             if results:
                 self.eval_log.write({"step": self.progress.step, **results})
                 self.accelerator.print(
@@ -347,8 +377,9 @@ class _Run:
                 shutil.rmtree(stale)
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
+        gathered = gather_sharded(self.model, self.optimizer.optimizer) if self.sharded else None
         if self.main:
-            self.write_shared_state(tmp)
+            self.write_shared_state(tmp, gathered)
         save_rng(tmp / f"rng_{self.rank}.safetensors", rng)
         accelerator.wait_for_everyone()
         if self.main:
@@ -356,15 +387,21 @@ class _Run:
         accelerator.wait_for_everyone()
         self.last_saved = self.progress.step
 
-    def write_shared_state(self, folder: Path) -> None:
-        """The files all processes share (their copies are the same under DDP)."""
-        save_model(self.accelerator.unwrap_model(self.model), str(folder / "model.safetensors"))
+    def write_shared_state(self, folder: Path, gathered: dict | None) -> None:
+        """The files all processes share (their copies are the same under DDP; `gathered` from
+        the shards under FSDP)."""
+        if gathered is None:
+            save_model(self.accelerator.unwrap_model(self.model), str(folder / "model.safetensors"))
+            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+        else:
+            save_file(gathered["model"], str(folder / "model.safetensors"))
+            torch.save(gathered["optimizer"], folder / "optimizer.pt")
         if self.ema is not None:
             save_model(self.ema.model, str(folder / "ema.safetensors"))
-        torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
         state = {
             "format": CHECKPOINT_FORMAT,
             "processes": self.world,
+            "sharded": self.sharded,
             "progress": self.progress.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "ema_updates": self.ema.updates if self.ema is not None else None,
@@ -381,14 +418,17 @@ class _Run:
             )
         with reading(folder, "state.json") as path:
             state = self.load_counters(json.loads(path.read_text()))
-        with reading(folder, "model.safetensors") as path:
-            load_model(self.accelerator.unwrap_model(self.model), path)
+        if self.sharded:
+            load_sharded(self.model, self.optimizer.optimizer, folder)
+        else:
+            with reading(folder, "model.safetensors") as path:
+                load_model(self.accelerator.unwrap_model(self.model), path)
+            with reading(folder, "optimizer.pt") as path:
+                load_optimizer(self.optimizer, path)
         if self.ema is not None:
             with reading(folder, "ema.safetensors") as path:
                 load_model(self.ema.model, path)
                 self.ema.updates = int(state["ema_updates"])
-        with reading(folder, "optimizer.pt") as path:
-            load_optimizer(self.optimizer, path)
         with reading(folder, f"rng_{self.rank}.safetensors") as path:
             set_rng_state(load_rng(path), self.accelerator.device)
         self.accelerator.print(f"resumed from {folder.name} (step {self.progress.step})")
@@ -402,6 +442,9 @@ class _Run:
                 f"written by {state['processes']} process(es), not {self.world}: "
                 "resume with as many as the run started with"
             )
+        if state.get("sharded", False) != self.sharded:
+            written = "with FSDP" if state.get("sharded") else "without FSDP"
+            raise ValueError(f"written {written}: resume under the accelerate config it began with")
         self.progress.load_state_dict(state["progress"])
         scheduler = state["scheduler"]
         if set(scheduler) != set(self.scheduler.state_dict()):
@@ -414,11 +457,12 @@ class _Run:
     def export(self) -> Path:
         """Write the final model (the EMA weights when there are some) to `out/model`, atomically."""
         folder = self.out / "model"
+        weights = self.weights()
         if self.main:
             tmp = self.out / "model.tmp"
             if tmp.exists():
                 shutil.rmtree(tmp)
-            self.stage.export(self.weights, self.cfg, tmp)
+            self.stage.export(weights, self.cfg, tmp)
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(tmp, folder)
@@ -432,16 +476,26 @@ class _Run:
 
 
 def _accelerator(cfg: TrainConfig) -> Accelerator:
-    """The run's accelerator; sharded set-ups are refused, as checkpoints hold whole tensors."""
+    """The run's accelerator: one process, DDP or FSDP2 (whose shards checkpoints gather)."""
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         cpu=not torch.cuda.is_available(),
     )
     kind = accelerator.distributed_type
-    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
-        raise ArlonError(f"the trainer runs on one process or DDP; {kind.value} is not supported")
+    if kind in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM) or (
+        kind == DistributedType.FSDP and not accelerator.is_fsdp2
+    ):
+        raise ArlonError(
+            f"the trainer runs on one process, DDP or FSDP2 (fsdp_version: 2); "
+            f"{kind.value} {'version 1 ' if kind == DistributedType.FSDP else ''}is not supported"
+        )
     return accelerator
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """An FSDP2 shard (a DTensor) gathered whole; any other tensor as it is."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def _load_weights(model: torch.nn.Module, folder: Path) -> None:
