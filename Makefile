@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_OUT ?= demo/arlon.mp4
 DEMO_PROMPT ?= a red circle moves right and a blue square moves up on a black background
 
-.PHONY: install install-dev demo test lint format clean
+.PHONY: install install-dev chromium demo test lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,serve]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -27,7 +27,12 @@ demo: install
 	mkdir -p $(dir $(DEMO_OUT))
 	$(BIN)/arlon generate "$(DEMO_PROMPT)" --frames 600 --steps 5 -o $(DEMO_OUT)
 
-test: install-dev
+# The web page's tests drive Debian's chromium through playwright (whose own download needs a network).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || apt-get install -y -qq chromium \
+		|| { apt-get update -qq && apt-get install -y -qq chromium; }
+
+test: install-dev chromium
 	$(BIN)/python -m pytest -q
 
 lint: install-dev

@@ -8,10 +8,15 @@
 A `Timeline` is validated once, where it is made: it starts at frame 0, its starts strictly
 increase, and no prompt is empty. It is an immutable tuple of `(start, prompt)` pairs, so code that
 receives one trusts it; `Timeline.of` passes a Timeline through and validates anything else.
+
+A `LiveTimeline` is one that a user changes while its video is being made (live direction, the
+web page's): a prompt directed from another thread takes effect where the generation next looks,
+and is recorded there, so the finished video's timeline regenerates it exactly.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -99,6 +104,10 @@ class Timeline(tuple[tuple[int, str], ...]):
     def prompts(self) -> list[str]:
         return [prompt for _, prompt in self]
 
+    def switch_at(self, frame: int) -> str | None:
+        """The prompt that starts at `frame`, or None when none does."""
+        return next((prompt for start, prompt in self if start == frame), None)
+
     def prompt_at(self, frame: int) -> str:
         """The prompt that holds at video frame `frame`."""
         current = self[0][1]
@@ -111,3 +120,41 @@ class Timeline(tuple[tuple[int, str], ...]):
     def write(self, path: str | Path) -> None:
         """Write the file `read` reads back."""
         Path(path).write_text("".join(f"{start}\t{prompt}\n" for start, prompt in self))
+
+
+class LiveTimeline:
+    """A timeline that changes while its video is made: `direct(prompt)`, from any thread, queues a
+    prompt; the generation calls `take(frame)` each time it starts drawing from a new frame (the AR:
+    each token frame), which records the queued prompt from `frame` on, until the next planned
+    start. `timeline` is the timeline so far; once the video is made, it regenerates that video.
+
+        live = LiveTimeline("a red circle moves right")
+        frames = pipe.stream(timeline=live, num_frames=600)   # consumed in one thread
+        live.direct("the circle turns blue")                  # from another, while it runs
+        live.timeline                                         # ((0, ...), (137, "the circle turns blue"))
+    """
+
+    def __init__(self, timeline: Timeline | str | Iterable[tuple[int, str]]):
+        self._timeline = Timeline.of(timeline)
+        self._queued: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def timeline(self) -> Timeline:
+        return self._timeline
+
+    def direct(self, prompt: str) -> None:
+        """Queue `prompt` for the next frame the generation starts (a later one replaces it)."""
+        prompt = prompt.strip() if isinstance(prompt, str) else ""
+        if not prompt:
+            raise ArlonError("the prompt is empty")
+        with self._lock:
+            self._queued = prompt
+
+    def take(self, frame: int) -> None:
+        """The generation starts drawing from `frame`: a queued prompt holds from there on."""
+        with self._lock:
+            prompt, self._queued = self._queued, None
+            if prompt is not None:
+                kept = [(start, p) for start, p in self._timeline if start != frame]
+                self._timeline = Timeline(sorted([*kept, (frame, prompt)]))

@@ -1,5 +1,37 @@
-"""Tests use one torch thread: tiny models run no slower, and results do not depend on the machine."""
+"""Tests use one torch thread: tiny models run no slower, and results do not depend on the machine.
+
+`smoke_pipeline()` is the minuscule ARLON pipeline the pipeline's, the CLI's and the web page's
+tests generate with: 32x32 frames, 4x4 latents, 2x2 token frames; segments of 3 latent frames, 1
+kept as reference (17 frames = 5 latent frames = 2 segments).
+"""
 
 import torch
 
 torch.set_num_threads(1)
+
+
+def smoke_pipeline():
+    """A random smoke ARLONPipeline, the same every time, with every path of its DiT live."""
+    from arlon.diffusion.rectified_flow import scheduler
+    from arlon.models.ar_transformer import ar_transformer
+    from arlon.models.latent_vqvae import latent_vqvae
+    from arlon.models.stdit import stdit
+    from arlon.models.text_encoder import TextEncoder
+    from arlon.models.video_vae import video_vae
+    from arlon.pipeline import ARLONPipeline
+
+    torch.manual_seed(0)
+    dit = stdit("smoke", arlon=True)
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return ARLONPipeline(
+        TextEncoder.from_pretrained(),
+        ar_transformer("smoke"),
+        latent_vqvae("smoke", latent_channels=4),
+        dit,
+        scheduler(),
+        video_vae("smoke"),
+        segment_frames=3,
+        reference_frames=1,
+    ).set_eval()

@@ -6,17 +6,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import smoke_pipeline
 
 from arlon import cli
 from arlon.data.video_io import video_info
-from arlon.diffusion.rectified_flow import scheduler
 from arlon.errors import ArlonError
 from arlon.models.ar_sampler import GUIDANCE_SCALE, ARSampler, ARSampling
-from arlon.models.ar_transformer import ar_transformer
-from arlon.models.latent_vqvae import latent_vqvae
-from arlon.models.stdit import stdit
-from arlon.models.text_encoder import TextEncoder
-from arlon.models.video_vae import video_vae
 from arlon.pipeline import ARLONPipeline, DiTSampling
 
 PROMPT = "a red circle moves right on a black background"
@@ -27,21 +22,7 @@ FRAMES = 17
 
 @pytest.fixture(scope="module")
 def pipe():
-    torch.manual_seed(0)
-    dit = stdit("smoke", arlon=True)
-    with torch.no_grad():  # an ARLON DiT whose every path is live
-        for p in dit.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return ARLONPipeline(
-        TextEncoder.from_pretrained(),
-        ar_transformer("smoke"),
-        latent_vqvae("smoke", latent_channels=4),
-        dit,
-        scheduler(),
-        video_vae("smoke"),
-        segment_frames=3,
-        reference_frames=1,
-    ).set_eval()
+    return smoke_pipeline()
 
 
 @pytest.fixture(scope="module")
@@ -426,3 +407,42 @@ def test_ar_only_mode_is_the_coarse_video_of_the_same_codes(pipe):
     assert pipe.last_times.segments == 0 and pipe.last_times.dit == 0
     with pytest.raises(ArlonError, match="does not continue"):
         next(pipe.stream(PROMPT, **settings, init_video=alone))
+
+
+@pytest.mark.parametrize("mode", ["arlon", "baseline"])
+def test_a_prompt_directed_mid_stream_takes_effect_at_the_next_token_frame(
+    pipe, folder, tmp_path, capsys, mode
+):
+    """Live direction: a prompt given while the frames stream holds from the next token frame the
+    AR draws (baseline: the next DiT segment), and the timeline recorded with it regenerates the
+    same video frame for frame, in Python and with `arlon generate --timeline`."""
+    from arlon.pipeline.coarse import token_start
+    from arlon.pipeline.output import VideoOutput, write_video
+    from arlon.timeline import LiveTimeline, Timeline
+
+    second = "a blue square moves up on a gray background"
+    frames = 41  # smoke: 5 segments, 11 token frames
+    settings = dict(num_frames=frames, sampling=DiTSampling(1, mode=mode), seed=4, progress=False)
+    live = LiveTimeline(PROMPT)
+    stream = pipe.stream(timeline=live, **settings)
+    made = [next(stream)]
+    times = pipe.last_times
+    drawn, rendered = times.token_frames, times.segments
+    live.direct(second)
+    made += list(stream)
+    if mode == "arlon":  # the AR's next token frame, which it draws ahead of the frames out
+        start = token_start(drawn, pipe.temporal_ratio, pipe.vq.ratio[0])
+    else:  # the next segment's first new frame
+        start = pipe.seams(frames)[rendered - 1] + 1
+    assert live.timeline == Timeline([(0, PROMPT), (start, second)]) and 1 <= start < frames
+    again = list(pipe.stream(timeline=live.timeline, **settings))
+    assert np.array_equal(np.stack(made), np.stack(again))
+    plain = list(pipe.stream(PROMPT, **settings))
+    assert not np.array_equal(np.stack(made), np.stack(plain))
+
+    live.timeline.write(tmp_path / "timeline.txt")
+    write_video(made, VideoOutput(tmp_path / "made.mp4"), fps=pipe.config.fps)
+    argv = ["--timeline", tmp_path / "timeline.txt", "--model", folder, "--mode", mode]
+    argv += ["--frames", frames, "--steps", 1, "--seed", 4, "-o", tmp_path / "cli.mp4"]
+    assert generate(capsys, *argv)[0] == 0
+    assert (tmp_path / "made.mp4").read_bytes() == (tmp_path / "cli.mp4").read_bytes()

@@ -9,6 +9,7 @@
     arlon eval --suite short --out runs/suite/short                  # generate and score a suite
     arlon bench --lengths 600 --no-train                             # speed and memory
     arlon convert opensora --stdit S --vae V --text-encoder T --out P  # Open-Sora v1.2's weights
+    arlon serve --port 7860                                          # the web page
 
 A handler checks its arguments and input files first, then imports the library (torch and
 diffusers take seconds to import) and calls it. A user's mistake prints one line (`arlon: error:
@@ -23,7 +24,7 @@ import sys
 import threading
 
 from arlon import __version__
-from arlon.cli import bench, convert, evaluate, generate, recipe, train, world
+from arlon.cli import bench, convert, evaluate, generate, recipe, serve, train, world
 from arlon.cli.common import Parser
 from arlon.errors import ArlonError, Stopped
 
@@ -61,6 +62,6 @@ def parser() -> Parser:
     )
     root.add_argument("--version", action="version", version=f"arlon {__version__}")
     commands = root.add_subparsers(title="commands", required=True, metavar="COMMAND")
-    for group in (generate, world, train, recipe, evaluate, bench, convert):
+    for group in (generate, world, train, recipe, evaluate, bench, convert, serve):
         group.add_parsers(commands)
     return root

@@ -161,12 +161,30 @@ def timeline_of(prompts: list[str], every: int | None, file: Path | None) -> Tim
 
 def warn_unknown_words(timeline: Timeline) -> None:
     """Say which words of each prompt no training caption used: the model knows nothing of them."""
+    for message in unknown_word_warnings(timeline):
+        warn(message)
+
+
+def unknown_word_warnings(timeline: Timeline) -> list[str]:
+    """A warning for each prompt with words no training caption used (the web page shows them)."""
+    messages = []
     for start, prompt in timeline:
         unknown = unknown_words(prompt)
         if unknown:
             shown = ", ".join(unknown[:12]) + (", ..." if len(unknown) > 12 else "")
             where = "" if len(timeline) == 1 else f" (frame {start})"
-            warn(f"the model never saw these words in training{where}: {shown}")
+            messages.append(f"the model never saw these words in training{where}: {shown}")
+    return messages
+
+
+def cut_prompt_warnings(timeline: Timeline, text_encoder) -> list[str]:
+    """A warning for each prompt longer than the text encoder reads."""
+    limit = text_encoder.max_length
+    return [
+        f"the prompt at frame {start} is cut to its first {limit} tokens"
+        for start, prompt in timeline
+        if text_encoder.tokens(prompt) > limit
+    ]
 
 
 def warn(message: str) -> None:

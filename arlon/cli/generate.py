@@ -10,6 +10,7 @@ from arlon.cli.common import (
     VIDEO_SUFFIXES,
     add_ar_args,
     ar_settings,
+    cut_prompt_warnings,
     input_file,
     non_negative_float,
     output_file,
@@ -94,10 +95,8 @@ def run_generate(args: argparse.Namespace) -> None:
 
     sampling = DiTSampling(args.steps, args.guidance, args.mode)
     pipe = ARLONPipeline.from_pretrained(args.model or ROOT)
-    limit = pipe.text_encoder.max_length
-    for start, prompt in timeline:
-        if pipe.text_encoder.tokens(prompt) > limit:
-            warn(f"the prompt at frame {start} is cut to its first {limit} tokens")
+    for message in cut_prompt_warnings(timeline, pipe.text_encoder):
+        warn(message)
     frames = pipe.stream(
         timeline=timeline,
         num_frames=args.frames,

@@ -15,7 +15,10 @@ has its own generator, so it gets the codes it would get alone; on this CPU a ba
 about 10 times one video, not 25. Classifier-free guidance runs the prompts and the null prompt as
 one batch and mixes their logits, `null + scale * (prompt - null)`; the pipeline and the CLI
 default to `GUIDANCE_SCALE`, the best scale measured on shapes-tiny (docs/RESULTS.md). Timelines
-here count token frames, not video frames (`arlon.pipeline.coarse.token_timeline` converts).
+here count token frames, not video frames (`arlon.pipeline.coarse.token_timeline` converts); the
+sampler asks each for the prompt that starts at every token frame as it comes to it (`switch_at`),
+so a timeline that changes while the codes stream (`arlon.pipeline.coarse.LiveTokens`) directs
+them live.
 With the cache, each step runs through `ARDecoder`, the model's arithmetic in fewer operations;
 `fast=False` runs the model's own forward (the reference the fast path is checked against: bitwise
 the same logits), `use_cache=False` recomputes the whole context for every token (slow, there to
@@ -27,6 +30,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -60,6 +64,14 @@ class ARSampling:
             raise ArlonError(f"the AR top-p must lie in (0, 1], got {self.top_p}")
         if not self.guidance_scale >= 0:
             raise ArlonError(f"the AR guidance scale must be >= 0, got {self.guidance_scale}")
+
+
+@runtime_checkable
+class Prompts(Protocol):
+    """What the sampler reads of a timeline, in token frames: the prompt that starts at frame t
+    (at 0, the first prompt), None where the prompt does not change. `Timeline` is one."""
+
+    def switch_at(self, frame: int) -> str | None: ...
 
 
 def sample_logits(
@@ -179,7 +191,10 @@ class ARSampler:
     # -- generation -------------------------------------------------------------------------------
 
     def frames(
-        self, timeline: Timeline, num_frames: int, history: list[torch.Tensor] | None = None
+        self,
+        timeline: Timeline | Prompts,
+        num_frames: int,
+        history: list[torch.Tensor] | None = None,
     ) -> Iterator[torch.Tensor]:
         """Token frames `(h, w)` long, one at a time, for `timeline` `[(start_token_frame, prompt)]`.
 
@@ -194,7 +209,7 @@ class ARSampler:
     @torch.inference_mode()
     def batch_frames(
         self,
-        timelines: list[Timeline],
+        timelines: list[Timeline | Prompts],
         num_frames: int,
         histories: list[list[torch.Tensor]] | None = None,
     ) -> Iterator[torch.Tensor]:
@@ -203,7 +218,7 @@ class ARSampler:
         (up to float rounding, which batching changes)."""
         if len(timelines) != self.videos:
             raise ArlonError(f"{len(timelines)} timelines for {self.videos} seeds")
-        timelines = [Timeline.of(timeline) for timeline in timelines]
+        timelines = [t if isinstance(t, Prompts) else Timeline.of(t) for t in timelines]
         if num_frames < 1:
             raise ArlonError(f"num_frames must be >= 1, got {num_frames}")
         model, cfg = self.model, self.model.config
@@ -214,15 +229,15 @@ class ARSampler:
                 raise ArlonError("one history per video, all of the same length")
             for frames in zip(*histories, strict=True):
                 history.append(torch.stack([f.flatten().long() for f in frames]))
-        switches = [dict(timeline) for timeline in timelines]
-        starts = {t for s in switches for t in s if t > 0}
-        prefix = self._first_prefix([timeline[0][1] for timeline in timelines])
+        prefix = self._first_prefix([timeline.switch_at(0) for timeline in timelines])
         cells = model.cell_embedder.weight  # (h * w, C): the fast path's code embedding
         held = 0  # token frames in the cache, history included
         for t in range(num_frames):
-            switching = [i for i, s in enumerate(switches) if t in s and t > 0]
+            # asked frame by frame, not beforehand: a live timeline changes while the codes stream
+            switches = [timeline.switch_at(t) if t > 0 else None for timeline in timelines]
+            switching = [i for i, prompt in enumerate(switches) if prompt is not None]
             if switching:
-                prefix[switching] = self._prefix([switches[i][t] for i in switching])
+                prefix[switching] = self._prefix([switches[i] for i in switching])
             # The context: prefix, history frames (the first of them is token frame `first`), and
             # the codes of frame t so far. When the cache holds max_frames frames, refill it.
             first = t - len(history)
@@ -237,7 +252,8 @@ class ARSampler:
             phase = model.phase_embedder.weight[t % cfg.code_window]
             held += 1
             # the last code's keys and values are wasted when the next frame refills the cache
-            refills = t + 1 == num_frames or held == cfg.max_frames or t + 1 in starts
+            # (a prompt switch refills it too, but is not known before the next frame)
+            refills = t + 1 == num_frames or held == cfg.max_frames
             frame: list[torch.Tensor] = []  # (videos, 1) each
             for j in range(per_frame):
                 if not self.use_cache:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from arlon.errors import ArlonError
 from arlon.frames import to_frames
-from arlon.timeline import Timeline
+from arlon.timeline import LiveTimeline, Timeline
 
 # Token frames of the neighbouring windows each window is decoded with. On the seventh AR run's
 # 600-frame timelines, 2 gains 0.0-0.7 points of identity over 0 on three draws of it (0.3 on
@@ -47,6 +47,24 @@ def token_timeline(timeline: Timeline, temporal_ratio: int, r_t: int) -> Timelin
     for start, prompt in Timeline.of(timeline):
         by_start[latent_frame(start, temporal_ratio) // r_t] = prompt
     return Timeline(sorted(by_start.items()))
+
+
+def token_start(token: int, temporal_ratio: int, r_t: int) -> int:
+    """The first video frame of token frame `token` (the inverse of `token_timeline`'s mapping)."""
+    return 0 if token == 0 else temporal_ratio * (token * r_t - 1) + 1
+
+
+class LiveTokens:
+    """A live timeline (video frames) as the AR sampler reads it (token frames): before token frame
+    t is drawn, a prompt directed since the last one is recorded at t's first video frame, so
+    `token_timeline` of the timeline recorded in the end switches at t too."""
+
+    def __init__(self, live: LiveTimeline, temporal_ratio: int, r_t: int):
+        self.live, self.temporal_ratio, self.r_t = live, temporal_ratio, r_t
+
+    def switch_at(self, frame: int) -> str | None:
+        self.live.take(token_start(frame, self.temporal_ratio, self.r_t))
+        return token_timeline(self.live.timeline, self.temporal_ratio, self.r_t).switch_at(frame)
 
 
 @torch.inference_mode()

@@ -18,6 +18,11 @@ The stages, each holding a bounded window:
 4. the VAE decodes the new latent frames causally and streams frames out.
 
 Mode "ar-only" leaves out step 3: F itself goes to the VAE, which shows what the DiT adds.
+
+Live direction: given a `LiveTimeline`, a prompt directed while the video streams takes effect at
+the next token frame the AR draws (its cache refilled under the new prompt from the frames it keeps,
+as at any switch; in mode "baseline", at the next DiT segment) and is recorded there, so
+`live.timeline` regenerates the same video.
 """
 
 from __future__ import annotations
@@ -40,9 +45,9 @@ from arlon.errors import ArlonError
 from arlon.frames import to_frames
 from arlon.models.ar_sampler import ARSampler, ARSampling
 from arlon.models.text_encoder import TextEncoder
-from arlon.pipeline.coarse import coarse_latents, latent_frame, sample_codes, token_timeline
+from arlon.pipeline.coarse import LiveTokens, coarse_latents, latent_frame, sample_codes
 from arlon.pipeline.folders import MODELS, assemble, load_components
-from arlon.timeline import Timeline
+from arlon.timeline import LiveTimeline, Timeline
 from arlon.utils import check_seed
 
 MODES = ("arlon", "baseline", "ar-only")
@@ -77,19 +82,22 @@ class ARLONPipelineOutput(BaseOutput):
 
 @dataclass
 class StageTimes:
-    """Seconds spent per stage during a generation (AR includes the fine VQ-VAE's decoding)."""
+    """Seconds spent per stage during a generation (AR includes the fine VQ-VAE's decoding), and
+    the work done so far: token frames drawn, DiT segments rendered, video frames decoded."""
 
     ar: float = 0.0
     dit: float = 0.0
     vae: float = 0.0
     frames: int = 0
     segments: int = 0
+    token_frames: int = 0
 
     def as_dict(self) -> dict:
         total = self.ar + self.dit + self.vae
         return {
             "frames": self.frames,
             "segments": self.segments,
+            "token_frames": self.token_frames,
             "seconds": {"ar": self.ar, "dit": self.dit, "vae": self.vae, "total": total},
         }
 
@@ -98,7 +106,7 @@ class StageTimes:
 class _Job:
     """One generation's inputs, checked, as the stages read them."""
 
-    timeline: Timeline
+    live: LiveTimeline  # a fixed timeline is a live one that nobody directs
     num_frames: int
     height: int
     width: int
@@ -231,7 +239,7 @@ class ARLONPipeline(DiffusionPipeline):
         self,
         prompt: str | None = None,
         *,
-        timeline: Timeline | list[tuple[int, str]] | None = None,
+        timeline: Timeline | LiveTimeline | list[tuple[int, str]] | None = None,
         num_frames: int = 600,
         height: int | None = None,
         width: int | None = None,
@@ -241,16 +249,20 @@ class ARLONPipeline(DiffusionPipeline):
         init_video: np.ndarray | str | Path | None = None,
         progress: bool = True,
         codes: Iterable[torch.Tensor] | None = None,
+        times: StageTimes | None = None,
     ) -> Iterator[np.ndarray]:
         """Frames `(H, W, 3)` uint8, one at a time, as the stages produce them.
 
-        `init_video` (frames `(T, H, W, 3)` uint8 or a video file) is continued: its last latent
-        frames are the first segment's reference and its codes the AR's history; the frames
-        returned are the `num_frames` that follow it. `codes`: the AR's token frames `(h, w)` for
-        this video, sampled beforehand (`sample_codes` draws many videos' at once); `ar_sampling`
-        is then unused."""
+        `timeline`: a `LiveTimeline` takes prompts directed while the frames stream (see the module
+        docstring). `init_video` (frames `(T, H, W, 3)` uint8 or a video file) is continued: its
+        last latent frames are the first segment's reference and its codes the AR's history; the
+        frames returned are the `num_frames` that follow it. `codes`: the AR's token frames
+        `(h, w)` for this video (`sample_codes` draws many videos' at once, `draw_codes` one
+        video's as they are pulled); `ar_sampling` is then unused. `times`: the `StageTimes` to
+        fill as the stages work (another thread may watch it), else a new one; either way it is
+        `last_times`."""
         job = self._job(prompt, timeline, num_frames, height, width, sampling, seed, init_video)
-        times = self.last_times = StageTimes()
+        times = self.last_times = times if times is not None else StageTimes()
         coarse = None
         if sampling.mode != "baseline":
             coarse = self._coarse_latents(job, ar_sampling, codes, times)
@@ -267,7 +279,8 @@ class ARLONPipeline(DiffusionPipeline):
     def _job(self, prompt, timeline, num_frames, height, width, sampling, seed, init_video) -> _Job:
         if (prompt is None) == (timeline is None):
             raise ArlonError("give either a prompt or a timeline")
-        timeline = Timeline.of(prompt if timeline is None else timeline)
+        if not isinstance(timeline, LiveTimeline):
+            timeline = LiveTimeline(prompt if timeline is None else timeline)
         if init_video is not None and sampling.mode == "ar-only":
             raise ArlonError("mode ar-only does not continue a video: use arlon or baseline")
         init = None if init_video is None else self._encode_init(init_video)
@@ -349,6 +362,24 @@ class ARLONPipeline(DiffusionPipeline):
             leave=False,
         )
 
+    def draw_codes(
+        self,
+        timeline: Timeline | LiveTimeline | list[tuple[int, str]],
+        num_frames: int,
+        ar_sampling: ARSampling = ARSampling(),
+        seed: int = 0,
+        history: list[torch.Tensor] | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """The AR's token frames `(h, w)` for a video of `num_frames` frames, each drawn when it is
+        pulled: what `stream` draws for the same arguments (give them as its `codes` to keep them).
+        A `LiveTimeline`'s directed prompt takes effect at the next token frame. `history`: the
+        token frames of a video being continued."""
+        live = timeline if isinstance(timeline, LiveTimeline) else LiveTimeline(timeline)
+        _, new_latents = self.plan(num_frames, continued=history is not None)
+        sampler = ARSampler(self.ar, self.text_encoder, ar_sampling, check_seed(seed))
+        tokens = LiveTokens(live, self.temporal_ratio, self.vq.ratio[0])
+        return sampler.frames(tokens, self.token_frames(new_latents), history)
+
     def _coarse_latents(self, job: _Job, ar_sampling, codes, times) -> Iterator[torch.Tensor]:
         """The coarse latent F `(1, C, n, h, w)`, one VQ window at a time: the AR's token frames
         (drawn here unless `codes` are given) through the fine VQ-VAE; when continuing a video,
@@ -358,9 +389,8 @@ class ARLONPipeline(DiffusionPipeline):
             history = list(self.vq.encode(job.init)[0])  # (h, w) each
             yield self.vq.decode_codes(torch.stack(history)[None], num_frames=job.init.shape[2])
         if codes is None:
-            sampler = ARSampler(self.ar, self.text_encoder, ar_sampling, job.seed)
-            tokens = token_timeline(job.timeline, self.temporal_ratio, self.vq.ratio[0])
-            codes = sampler.frames(tokens, self.token_frames(job.new_latents), history)
+            codes = self.draw_codes(job.live, job.num_frames, ar_sampling, job.seed, history)
+        codes = _counted(codes, times)
         chunks = coarse_latents(codes, self.vq, self.ar.config.code_window, history=history)
         while True:
             started = time.perf_counter()
@@ -383,16 +413,19 @@ class ARLONPipeline(DiffusionPipeline):
         previous = job.init
         if previous is not None:
             yield previous  # decoded for the causal context; its frames are not returned
+        last = -1
         for k in range(job.segments):
             for _ in range(0 if conditions is None else s if k == 0 else s - r):
                 window.append(next(conditions))
             condition = None if conditions is None else torch.cat(list(window), dim=2)
+            if conditions is None:  # no AR: a directed prompt holds from this segment's frames on
+                job.live.take(last + 1)
             started = time.perf_counter()
             if job.init is None:  # the segment's last video frame: latent l ends at frame 4l
                 last = self.vae.video_frames(k * (s - r) + s) - 1
             else:  # continued: new latent j holds frames 4j .. 4j + 3
                 last = (k + 1) * (s - r) * self.temporal_ratio - 1
-            text = self.text_encoder.encode([job.timeline.prompt_at(last)])
+            text = self.text_encoder.encode([job.live.timeline.prompt_at(last)])
             noise = torch.randn(shape, generator=generator)
             reference = torch.zeros_like(noise)
             frame_mask = torch.zeros(1, s, dtype=torch.bool)
@@ -421,7 +454,7 @@ class ARLONPipeline(DiffusionPipeline):
         self,
         prompt: str | None = None,
         *,
-        timeline: Timeline | list[tuple[int, str]] | None = None,
+        timeline: Timeline | LiveTimeline | list[tuple[int, str]] | None = None,
         num_frames: int = 600,
         height: int | None = None,
         width: int | None = None,
@@ -464,6 +497,13 @@ class ARLONPipeline(DiffusionPipeline):
 
             return ARLONPipelineOutput(frames=[[Image.fromarray(f) for f in frames]])
         return ARLONPipelineOutput(frames=np.stack(frames)[None])
+
+
+def _counted(codes: Iterable[torch.Tensor], times: StageTimes) -> Iterator[torch.Tensor]:
+    """`codes` as they are pulled, counted in `times.token_frames`."""
+    for frame in codes:
+        times.token_frames += 1
+        yield frame
 
 
 class _Bars:
