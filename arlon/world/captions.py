@@ -1,8 +1,10 @@
 """Captions from scene specs with varied wording, and the parser that reads a caption back into a spec.
 
-`describe` draws every word and template at random (seeded), so the same scene has many wordings and
-the text encoder has to carry meaning, not a template. `parse_caption` understands the training words,
-the held-out words, and direction keywords, so user prompts and paraphrases map back onto the world.
+`describe` draws every word and sentence shape at random (seeded), so the same scene has many
+wordings and the text encoder has to carry meaning, not a template; its `wording` also writes the
+suites' canonical, everyday and evaluation-only prompts. `parse_caption` reads all of them, counts
+("two squares: a red one ... and a blue one ...") and direction keywords, so user prompts map back
+onto the world.
 
 A story's later prompts may state only a change ("the circle turns blue", "the square stops", "a
 green triangle comes in and moves left", "a green triangle comes in from the left", which heads
