@@ -85,6 +85,7 @@ def test_dry_run_lists_every_stage_with_its_budget(tmp_path, capsys):
             "not a stage before",
         ),
         ("stages:\n  a: {kind: train, stage: ar}\n", "needs 'stage' and 'preset'"),
+        ("stages:\n  a: {kind: dataset}\n  b: {kind: codes, cache: a}\n", "needs 'cache' and 'vq'"),
         ("stages: [1, 2]\n", "a recipe is a mapping"),
         ("stages: {a: [\n", "not valid YAML"),
     ],

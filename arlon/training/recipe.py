@@ -34,7 +34,7 @@ from arlon.training.config import parse_value
 
 RECIPES = Path(__file__).parent / "recipes"
 KINDS = ("dataset", "train", "cache", "codes", "assemble")
-# The settings of each kind that name an earlier stage (whose output it reads).
+# The settings of each kind that name an earlier stage (whose output it reads), and those it needs.
 INPUTS = {
     "dataset": (),
     "train": ("data", "baseline", "init_from"),
@@ -42,6 +42,7 @@ INPUTS = {
     "codes": ("cache", "vq"),
     "assemble": ("ar", "vq", "dit", "vae"),
 }
+REQUIRED = {**INPUTS, "dataset": (), "train": ("stage", "preset")}
 
 
 @dataclass
@@ -132,8 +133,10 @@ def _check(recipe: Recipe, path: Path) -> None:
                 raise ArlonError(
                     f"{path}: stage {stage.name!r} reads {name!r}, which is not a stage before it"
                 )
-        if stage.kind == "train" and not {"stage", "preset"} <= stage.settings.keys():
-            raise ArlonError(f"{path}: training stage {stage.name!r} needs 'stage' and 'preset'")
+        missing = [k for k in REQUIRED[stage.kind] if k not in stage.settings]
+        if missing:
+            needs = " and ".join(repr(k) for k in REQUIRED[stage.kind])
+            raise ArlonError(f"{path}: {stage.kind} stage {stage.name!r} needs {needs}")
         seen.add(stage.name)
 
 
@@ -240,14 +243,13 @@ def _now() -> str:
 
 
 def _output(out: Path, stage: Stage) -> Path:
-    folder = out / stage.name
-    return {
-        "dataset": folder / "manifest.csv",
-        "train": folder / "model",
-        "cache": folder,
-        "codes": out / stage.settings.get("cache", "") if stage.settings.get("cache") else folder,
-        "assemble": folder,
-    }[stage.kind]
+    if stage.kind == "dataset":
+        return out / stage.name / "manifest.csv"
+    if stage.kind == "train":
+        return out / stage.name / "model"
+    if stage.kind == "codes":  # the codes go into the cache
+        return out / stage.settings["cache"]
+    return out / stage.name
 
 
 def _train(recipe: Recipe, stage: Stage, out: Path, embedded_vae: bool) -> None:
