@@ -36,7 +36,10 @@ class Timeline(tuple[tuple[int, str], ...]):
                 raise ArlonError(f"a timeline's start frames are integers, got {start!r}")
             if not isinstance(prompt, str):
                 raise ArlonError(f"a timeline's prompts are strings, got {prompt!r}")
-        timeline = super().__new__(cls, ((start, prompt.strip()) for start, prompt in pairs))
+        # a prompt's words, one space apart: a line break or tab would break its timeline file
+        timeline = super().__new__(
+            cls, ((start, " ".join(prompt.split())) for start, prompt in pairs)
+        )
         timeline._check()
         return timeline
 
@@ -145,7 +148,7 @@ class LiveTimeline:
 
     def direct(self, prompt: str) -> None:
         """Queue `prompt` for the next frame the generation starts (a later one replaces it)."""
-        prompt = prompt.strip() if isinstance(prompt, str) else ""
+        prompt = " ".join(prompt.split()) if isinstance(prompt, str) else ""
         if not prompt:
             raise ArlonError("the prompt is empty")
         with self._lock:

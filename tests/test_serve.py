@@ -91,8 +91,11 @@ def test_the_page_makes_what_its_arlon_generate_command_makes(folder, tmp_path, 
     pipe = ARLONPipeline.from_pretrained(folder)
     timeline = Timeline([(0, RED), (12, BLUE)])
     settings = Settings(timeline, frames=25, steps=1, seed=3, mode=mode, ar_guidance=2)
-    result = Generation(pipe, settings, tmp_path / "page").run()
+    run = Generation(pipe, settings, tmp_path / "page")
+    result = run.run()
     assert result.timeline == timeline and result.frames == 25 and not result.stopped
+    with pytest.raises(ArlonError, match="too late"):  # never accepted, then dropped
+        run.direct(BLUE)
 
     argv = shlex.split(settings.command(result.timeline_file, model=folder))[1:]
     argv[argv.index("-o") + 1] = str(tmp_path / "cli.mp4")
@@ -123,8 +126,13 @@ def test_stop_keeps_the_frames_made_as_ctrl_c_does(folder, tmp_path):
     first = itertools.islice(stream, result.frames)
     write_video(first, VideoOutput(tmp_path / "first.mp4"), fps=pipe.config.fps)
     assert result.video.read_bytes() == (tmp_path / "first.mp4").read_bytes()
-    with pytest.raises(ArlonError, match="finished"):
+    with pytest.raises(ArlonError, match="too late"):
         run.direct(BLUE)
+    queued = Generation(pipe, settings, tmp_path / "queued")
+    queued.stop()  # while it waits in the queue: the visitor is free at once, nothing is made
+    assert queued.join(0)
+    queued.start()
+    assert queued.result().stopped and queued.result().video is None and queued.join(0)
 
 
 def test_serve_help_and_mistakes_are_one_line(tmp_path, capsys, monkeypatch):
@@ -306,7 +314,6 @@ def test_a_bad_timeline_is_refused_before_anything_runs(open_page):
     assert page.inner_text("#messages") == (
         "error: argument --frames: must be a positive integer, got 0"
     )
-    page.wait_for_timeout(500)  # had a generation been let through, it would show by now
     assert "waiting for a story" in page.inner_text("#progress")
     assert page.locator("#video video").count() == 0
 
@@ -343,7 +350,10 @@ def test_a_prompt_typed_while_the_video_is_made_takes_effect_from_a_later_frame(
     # meanwhile a second visitor waits in the queue, told where, and gives up
     _write_story(other, RED, [], frames=33)
     other.click("#generate")
-    other.wait_for_function("() => /queue/.test(document.querySelector('#progress').innerText)")
+    # Gradio's own count ("queue: 1/1"), not the page's "in the queue" of the form's check
+    other.wait_for_function(
+        "() => /queue: *\\d+ *\\/ *\\d+/.test(document.querySelector('#progress').innerText)"
+    )
     other.click("#stop")
 
     page.wait_for_selector("#video video", timeout=300_000)
@@ -352,6 +362,7 @@ def test_a_prompt_typed_while_the_video_is_made_takes_effect_from_a_later_frame(
     start, prompt = recorded[1].split("\t")
     start = int(start)
     assert prompt == BLUE and shown <= start < frames  # after the frames shown when typed
+    assert start + 32 <= frames, f"directed at frame {start}: too few frames after it to judge"
     assert "directed live" in page.inner_text(f'#made tr[data-start="{start}"]')
 
     video = _served_video(page, "#video", tmp_path / "video.mp4").transpose(1, 2, 3, 0)

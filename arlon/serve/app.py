@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import itertools
+import shutil
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,6 +38,7 @@ STAGES = (
 )
 PREVIEW_SCALE = 4  # the preview's pixels per video pixel
 POLL_SECONDS = 0.25  # how often the page is told the progress
+KEEP_RUNS = 8  # run folders kept on disk (the page serves its own copies of their files)
 
 CSS = """
 #preview img, #video video, #coarse video { image-rendering: pixelated; }
@@ -68,7 +70,8 @@ class Handlers:
     def __init__(self, pipe, workdir: str | Path, model: Path | None, max_frames: int):
         self.pipe, self.model, self.max_frames = pipe, model, max_frames
         self.fps = pipe.config.fps
-        self.folders = (Path(workdir) / f"run-{n:04d}" for n in itertools.count())
+        self.workdir = Path(workdir)
+        self._ids = itertools.count()  # next() on a count is atomic: two visitors never share
 
     def check(self, prompt, rows, frames, steps, seed, mode, ar_guidance, guidance, run):
         """The form -> messages, progress, the visitor's generation, whether it may start."""
@@ -83,7 +86,9 @@ class Handlers:
         warnings = unknown_word_warnings(settings.timeline)
         warnings += cut_prompt_warnings(settings.timeline, self.pipe.text_encoder)
         queued = _progress_html(None, idle="in the queue: it starts when the one before is done")
-        run = Generation(self.pipe, settings, next(self.folders))
+        run = Generation(self.pipe, settings, self.workdir / f"run-{next(self._ids):04d}")
+        for old in sorted(self.workdir.glob("run-*"))[:-KEEP_RUNS]:  # the page holds its copies
+            shutil.rmtree(old, ignore_errors=True)
         return _messages(warnings=warnings), queued, run, True
 
     @staticmethod

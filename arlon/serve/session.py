@@ -16,6 +16,7 @@ that keeps what was made.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import threading
 import time
@@ -187,20 +188,31 @@ class Generation:
 
     def start(self) -> None:
         self._started = time.perf_counter()
-        self._thread = threading.Thread(target=self.run, name="arlon-generation", daemon=True)
+        if self._stop.is_set():  # stopped while it waited in the queue: nothing to make
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.live.timeline.write(self.folder / TIMELINE)
+            self._outcome = Result(None, None, self.folder / TIMELINE, self.live.timeline, 0, True)
+            return
+        self._thread = threading.Thread(target=self._work, name="arlon-generation", daemon=True)
         self._thread.start()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait up to `timeout` seconds for the generation to end; whether it has."""
+        """Wait up to `timeout` seconds for the generation to end; whether it has (a generation
+        stopped before it started has: it never will)."""
         if self._thread is not None:
             self._thread.join(timeout)
+        elif self._stop.is_set():
+            return True
         return self._outcome is not None
 
     def direct(self, prompt: str) -> None:
         """A new prompt from the next token frame the AR draws (baseline: the next DiT segment)."""
-        if self._outcome is not None:
+        tokens, segments, _ = self._totals
+        drawn = self.times.segments >= segments if not tokens else self.times.token_frames >= tokens
+        if self._outcome is not None or self._stop.is_set() or drawn:
             raise ArlonError(
-                "this video is finished: a new prompt changes a video while it is made"
+                "too late: a new prompt changes a video while its tokens are drawn, and this "
+                "one's are all drawn"
             )
         self.live.direct(prompt)
 
@@ -223,6 +235,11 @@ class Generation:
         return self._outcome
 
     # -- the work ---------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        """The worker thread's target: the outcome, an error included, is kept for `result`."""
+        with contextlib.suppress(BaseException):  # `result()` raises it where it is read
+            self.run()
 
     def run(self) -> Result:
         """Make the video in this thread (`start` runs this in a worker thread)."""
