@@ -2,6 +2,7 @@
 and continues an interrupted run without redoing a finished stage."""
 
 import json
+import shutil
 
 import pytest
 
@@ -52,6 +53,12 @@ def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(tmp_path,
         assert again.get("kept", False) == (name not in redo), name
     states = [row["state"] for row in plan(read_recipe("smoke"), out)]
     assert all(state.startswith("done in") for state in states)
+
+    # A time budget pauses a stage; only its last step finishes it.
+    shutil.rmtree(out / "ar")
+    paused = ["recipe", "smoke", "--out", str(out), "--resume", "--stages", "ar"]
+    assert cli.main([*paused, "--set", "ar.max_steps=50", "ar.max_minutes=0.001"]) == 2
+    assert "stopped at step" in capsys.readouterr().err and not (out / "ar" / "done.json").exists()
 
 
 def test_dry_run_lists_every_stage_with_its_budget(tmp_path, capsys):

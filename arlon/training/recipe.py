@@ -284,6 +284,12 @@ def _train(recipe: Recipe, stage: Stage, out: Path, embedded_vae: bool) -> None:
     )
     cfg = run_config(request)
     train(training_stage(cfg.stage), cfg, folder, resume=request.resume)
+    state = json.loads((latest_checkpoint(folder) / "state.json").read_text())
+    if state["progress"]["step"] < cfg.max_steps:  # a time budget (max_minutes) paused it
+        raise ArlonError(
+            f"stage {stage.name} stopped at step {state['progress']['step']} of "
+            f"{cfg.max_steps} (its time budget): --resume continues it"
+        )
 
 
 def _dataset(stage: Stage, out: Path) -> None:
