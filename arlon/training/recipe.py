@@ -42,7 +42,7 @@ INPUTS = {
     "codes": ("cache", "vq"),
     "assemble": ("ar", "vq", "dit", "vae"),
 }
-REQUIRED = {**INPUTS, "dataset": (), "train": ("stage", "preset")}
+REQUIRED = {**INPUTS, "train": ("stage", "preset")}
 
 
 @dataclass
