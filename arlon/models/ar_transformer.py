@@ -294,6 +294,19 @@ class ARTransformer(ModelMixin, ConfigMixin):
 # Presets
 # ------------------------------------------------------------------------------------------------
 
+# The shapes-tiny fine VQ-VAE: 1024 codes on the 8x8 latent grid, windows of 9 token frames.
+_SHAPES_TINY = dict(
+    codebook_size=1024,
+    frame_height=8,
+    frame_width=8,
+    code_window=9,
+    text_dim=384,
+    max_text_tokens=48,  # all-MiniLM-L6-v2 tokens of world captions: median 24, max 43
+    max_frames=4,  # 16 video frames: 3 of history are enough to carry motion
+    hidden_size=256,
+    num_layers=6,
+    num_heads=4,
+)
 AR_PRESETS: dict[str, dict] = {
     "smoke": dict(
         codebook_size=64,
@@ -307,34 +320,18 @@ AR_PRESETS: dict[str, dict] = {
         num_layers=2,
         num_heads=2,
     ),
-    # The shapes-tiny fine VQ-VAE: 1024 codes on the 8x8 latent grid, windows of 9 token frames.
-    "shapes-tiny": dict(
-        codebook_size=1024,
-        frame_height=8,
-        frame_width=8,
-        code_window=9,
-        text_dim=384,
-        max_text_tokens=48,  # all-MiniLM-L6-v2 tokens of world captions: median 24, max 43
-        max_frames=4,  # 16 video frames: 3 of history are enough to carry motion
-        hidden_size=256,
-        num_layers=6,
-        num_heads=4,
-    ),
+    "shapes-tiny": _SHAPES_TINY,
     # ARLON's division of labour: the coarse VQ-VAE's 1024 codes on a 4x4 grid (4 per video frame),
     # 8 token frames of history (32 video frames: what a story's change prompt, "the circle turns
-    # blue", keeps the rest of the scene from) in 144 positions, against the fine AR's 256.
-    "shapes-tiny-coarse": dict(
-        codebook_size=1024,
-        frame_height=4,
-        frame_width=4,
-        code_window=9,
-        text_dim=384,
-        max_text_tokens=64,  # the text encoder's whole length: everyday captions reach 57 tokens
-        max_frames=9,
-        hidden_size=256,
-        num_layers=6,
-        num_heads=4,
-    ),
+    # blue", keeps the rest of the scene from) in 144 positions, against the fine AR's 256; the
+    # text encoder's whole 64 tokens (everyday captions reach 57).
+    "shapes-tiny-coarse": {
+        **_SHAPES_TINY,
+        "frame_height": 4,
+        "frame_width": 4,
+        "max_text_tokens": 64,
+        "max_frames": 9,
+    },
     # Paper scale (about 0.4B parameters): T5-XXL states, an 8192-code VQ-VAE at 4x8x8 on a
     # 512x512 video's 64x64 latent.
     "opensora-1.2": dict(

@@ -35,6 +35,15 @@ _OPENSORA = dict(
     eval_every=5000,
 )
 
+_AR_SHAPES_TINY = dict(
+    batch_size=16,
+    lr=1e-3,
+    warmup_steps=200,
+    weight_decay=0.01,
+    checkpoint_every=250,
+    eval_every=500,
+)
+
 # Per preset: the training settings (model presets live beside each model).
 TRAIN_PRESETS: dict[str, dict[str, dict]] = {
     "vae": {
@@ -97,27 +106,13 @@ TRAIN_PRESETS: dict[str, dict[str, dict]] = {
             checkpoint_every=10,
             log_every=5,
         ),
-        "shapes-tiny": dict(
-            max_steps=2000,
-            batch_size=16,
-            lr=1e-3,
-            warmup_steps=200,
-            weight_decay=0.01,
-            mixed_precision="bf16",
-            checkpoint_every=250,
-            log_every=20,
-            eval_every=500,
-        ),
-        "shapes-tiny-coarse": dict(
-            max_steps=10_000,
-            batch_size=16,
-            lr=1e-3,
-            warmup_steps=200,
-            weight_decay=0.01,
-            checkpoint_every=250,
-            log_every=50,
-            eval_every=500,
-        ),
+        "shapes-tiny": {
+            **_AR_SHAPES_TINY,
+            "max_steps": 2000,
+            "mixed_precision": "bf16",
+            "log_every": 20,
+        },
+        "shapes-tiny-coarse": {**_AR_SHAPES_TINY, "max_steps": 10_000, "log_every": 50},
         "opensora-1.2": {**_OPENSORA, "max_steps": 200_000, "batch_size": 8, "weight_decay": 0.01},
     },
 }
