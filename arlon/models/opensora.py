@@ -58,10 +58,15 @@ ROPE_THETA = 10000.0
 # ------------------------------------------------------------------------------------------------
 
 
-def read_config(folder: str | Path) -> dict:
-    """The folder's `config.json`, or {} without one."""
+def read_config(folder: str | Path, model_type: str | None = None) -> dict:
+    """The folder's `config.json`, or {} without one; with `model_type`, checked to be one (a
+    config without `model_type` passes)."""
     path = Path(folder) / "config.json"
-    return read_json(path, "checkpoint") if path.is_file() else {}
+    config = read_json(path, "checkpoint") if path.is_file() else {}
+    kind = config.get("model_type", model_type)
+    if model_type is not None and kind != model_type:
+        raise ArlonError(f"{folder} holds a {kind}, not Open-Sora's {model_type}")
+    return config
 
 
 def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:
@@ -203,10 +208,7 @@ def stdit_state(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch
 def stdit_from_opensora(folder: str | Path) -> STDiT:
     """The baseline STDiT (no injection) with the weights of an STDiT3 checkpoint folder, float32."""
     folder = Path(folder)
-    config = read_config(folder)
-    kind = config.get("model_type", "STDiT3")
-    if kind != "STDiT3":
-        raise ArlonError(f"{folder} holds a {kind}, not Open-Sora's STDiT3")
+    config = read_config(folder, "STDiT3")
     settings = stdit_config(config)
     state = stdit_state(read_weights(folder), config)
     with torch.device("meta"):
@@ -300,10 +302,7 @@ def vae_sizes(state: dict[str, torch.Tensor]) -> dict:
 def vae_from_opensora(folder: str | Path) -> OpenSoraVAE:
     """`OpenSoraVAE` with the weights of a `VideoAutoencoderPipeline` checkpoint folder, float32."""
     folder = Path(folder)
-    config = read_config(folder)
-    kind = config.get("model_type", "VideoAutoencoderPipeline")
-    if kind != "VideoAutoencoderPipeline":
-        raise ArlonError(f"{folder} holds a {kind}, not Open-Sora's VideoAutoencoderPipeline")
+    config = read_config(folder, "VideoAutoencoderPipeline")
     weights = read_weights(folder)
     state = vae_state(weights)
     model = OpenSoraVAE(**vae_sizes(state), **vae_settings(config, weights))
