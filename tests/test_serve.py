@@ -241,10 +241,23 @@ def _write_story(page, prompt: str, rows: list[tuple[str, str]], frames: int) ->
         if n > 0:
             page.click("#add-row")
         for column, text in enumerate(row):
-            page.locator(f'#timeline [data-testid="cell-{n}-{column}"]').dblclick()
-            page.keyboard.type(text)
-            page.keyboard.press("Enter")
+            _edit_cell(page, n, column, text)
     page.fill("#frames input", str(frames))
+
+
+def _edit_cell(page, row: int, column: int, text: str) -> None:
+    """Replace a timeline cell's text as a user does: double-click, type once the editor has the
+    focus (keys typed before it has are lost), Enter."""
+    from playwright.sync_api import expect
+
+    cell = page.locator(f'#timeline [data-testid="cell-{row}-{column}"]')
+    cell.dblclick()
+    editor = cell.locator('textarea[aria-label="Edit cell"]')
+    expect(editor).to_be_focused()
+    page.keyboard.press("Control+A")
+    page.keyboard.type(text)
+    expect(editor).to_have_value(text)
+    page.keyboard.press("Enter")
 
 
 def _stage(page, key: str) -> tuple[int, int]:
@@ -302,10 +315,7 @@ def test_a_bad_timeline_is_refused_before_anything_runs(open_page):
     message = "error: a timeline must start at frame 0, this one starts at 10"
     assert page.inner_text("#messages") == message
     page.fill("#prompt textarea", RED)
-    page.locator('#timeline [data-testid="cell-0-0"]').dblclick()
-    page.keyboard.press("Control+A")
-    page.keyboard.type("20")
-    page.keyboard.press("Enter")
+    _edit_cell(page, 0, 0, "20")
     page.fill("#frames input", "0")
     page.click("#generate")
     page.wait_for_function(
