@@ -63,7 +63,8 @@ def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(tmp_path,
 
 def test_dry_run_lists_every_stage_with_its_budget(tmp_path, capsys):
     argv = ["recipe", "shapes-tiny", "--out", str(tmp_path / "r"), "--dry-run", "--json"]
-    assert cli.main([*argv, "--set", "ar.max_steps=123", "ar.lr=5e-4"]) == 0
+    sets = ["--set", "ar.max_steps=123", "ar.lr=5e-4", "--set", "dit.max_steps=45"]
+    assert cli.main([*argv, *sets]) == 0  # a repeated --set adds to the first
     rows = json.loads(capsys.readouterr().out)["stages"]
     assert [r["stage"] for r in rows] == [
         "data",
@@ -78,6 +79,7 @@ def test_dry_run_lists_every_stage_with_its_budget(tmp_path, capsys):
     ]
     ar = next(r for r in rows if r["stage"] == "ar")
     assert ar["budget"] == "ar shapes-tiny-coarse, 123 steps" and ar["state"] == "to do"
+    assert next(r for r in rows if r["stage"] == "dit")["budget"] == "dit shapes-tiny, 45 steps"
     assert not (tmp_path / "r").exists()  # a dry run writes nothing
     recipe = read_recipe("shapes-tiny", ["ar.lr=5e-4"])
     assert recipe.stage("ar").settings["set"]["lr"] == 5e-4

@@ -37,6 +37,7 @@ def add_parsers(commands) -> None:
     p.add_argument(
         "--set",
         nargs="*",
+        action="extend",
         default=[],
         metavar="STAGE.KEY=VALUE",
         help="override a stage's setting, e.g. ar.max_steps=2000 ar.lr=5e-4",

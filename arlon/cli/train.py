@@ -48,6 +48,7 @@ def _add_train(commands) -> None:
     p.add_argument(
         "--set",
         nargs="*",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
         help="override settings, e.g. lr=1e-4 data.num_frames=9 "
