@@ -168,14 +168,13 @@ def test_prompt_switch_changes_the_prefix_and_keeps_the_history(model, text_enco
 
     def spy(self, x, cache=None, start=0):
         if x.shape[1] > 1:
-            refills.append(x.clone())
+            refills.append((start, x.clone()))
         return forward(self, x, cache, start)
 
     monkeypatch.setattr(ARTransformer, "forward_embeddings", spy)
     timeline = [(0, "a red circle"), (3, "a blue square")]
     # the reference path: the spy watches the model's forward, which the fast path does not call
-    frames = generate(model, text_encoder, timeline, 4, fast=False, guidance_scale=1.0)
-    before, after = refills[0], refills[1]  # at frame 0, and at the switch at frame 3
+    frames = generate(model, text_encoder, timeline, 10, fast=False, guidance_scale=1.0)
     with torch.no_grad():
         old, new = (
             model.embed_prefix(text.states, text.mask)
@@ -183,9 +182,15 @@ def test_prompt_switch_changes_the_prefix_and_keeps_the_history(model, text_enco
         )
         history = model.embed_codes(frames[:3].flatten()[None], 0, 0)
     p = model.prefix_length
-    assert torch.allclose(before, old)
-    assert torch.allclose(after[:, :p], new) and not torch.allclose(after[:, :p], old)
-    assert torch.allclose(after[:, p:], history)  # the three frames generated under the old prompt
+    # the prefix is computed once per prompt, at frame 0 and at the switch at frame 3; the refills
+    # of a full window (every frame after the switch) keep its keys and values
+    prefixes = [x for start, x in refills if start == 0]
+    assert len(prefixes) == 2 and all(x.shape[1] == p for x in prefixes)
+    assert torch.allclose(prefixes[0], old)
+    assert torch.allclose(prefixes[1], new) and not torch.allclose(prefixes[1], old)
+    windows = [x for start, x in refills if start == p]
+    assert len(windows) == 1 + 6 and all(x.shape[1] == 3 * 4 for x in windows)
+    assert torch.allclose(windows[0], history)  # the three frames generated under the old prompt
 
 
 def test_sample_logits():

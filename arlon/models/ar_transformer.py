@@ -57,6 +57,12 @@ class KVCache:
     def reset(self) -> None:
         self.length = 0
 
+    def truncate(self, length: int) -> None:
+        """Keep the first `length` positions (their keys and values depend on nothing after them)."""
+        if not 0 <= length <= self.length:
+            raise ArlonError(f"cannot keep {length} positions of a cache that holds {self.length}")
+        self.length = length
+
 
 # ------------------------------------------------------------------------------------------------
 # Blocks
