@@ -211,6 +211,25 @@ def test_save_load_round_trip(model, tmp_path):
         assert torch.equal(loaded(None, None, x), model(None, None, x))
 
 
+def test_dropout_acts_in_training_only(model, text_encoder):
+    """A model trained with dropout generates as the same weights without it, on both paths."""
+    dropped = ar_transformer("smoke", dropout=0.5)
+    dropped.load_state_dict(model.state_dict())
+    x = codes()
+    with torch.no_grad():
+        assert torch.equal(dropped.eval()(None, None, x), model(None, None, x))
+        dropped.train()
+        assert not torch.equal(dropped(None, None, x), dropped(None, None, x))
+    dropped.eval()
+    for fast in (True, False):
+        assert torch.equal(
+            generate(dropped, text_encoder, TIMELINE, 6, fast=fast),
+            generate(model, text_encoder, TIMELINE, 6, fast=fast),
+        )
+    with pytest.raises(ArlonError, match="dropout must lie in"):
+        ar_transformer("smoke", dropout=1.0)
+
+
 def test_presets_build():
     with torch.device("meta"):
         paper = ar_transformer("opensora-1.2")

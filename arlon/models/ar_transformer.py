@@ -117,16 +117,17 @@ class SwiGLU(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    def __init__(self, hidden_size: int, num_heads: int, eps: float):
+    def __init__(self, hidden_size: int, num_heads: int, eps: float, dropout: float = 0.0):
         super().__init__()
         self.attn_norm = nn.RMSNorm(hidden_size, eps=eps)
         self.attn = Attention(hidden_size, num_heads)
         self.mlp_norm = nn.RMSNorm(hidden_size, eps=eps)
         self.mlp = SwiGLU(hidden_size)
+        self.dropout = nn.Dropout(dropout)  # on each residual branch, in training only
 
     def forward(self, x, cos, sin, cache, layer):
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer)
-        return x + self.mlp(self.mlp_norm(x))
+        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, cache, layer))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -139,7 +140,7 @@ class ARTransformer(ModelMixin, ConfigMixin):
 
     `codebook_size` K and the token grid `frame_height` x `frame_width` come from the fine VQ-VAE;
     `text_dim` from the text encoder; `max_frames` is the context (and training window) in token
-    frames.
+    frames; `dropout` is on each block's residual branches, in training only.
     """
 
     _no_split_modules = ["DecoderBlock"]  # FSDP wrapping units (read by accelerate)
@@ -159,8 +160,11 @@ class ARTransformer(ModelMixin, ConfigMixin):
         num_heads: int = 4,
         rope_theta: float = 10000.0,
         norm_eps: float = 1e-6,
+        dropout: float = 0.0,
     ):
         super().__init__()
+        if not 0 <= dropout < 1:
+            raise ArlonError(f"dropout must lie in [0, 1), got {dropout}")
         if hidden_size % num_heads or (hidden_size // num_heads) % 2:
             raise ArlonError(
                 f"hidden_size {hidden_size} must split into {num_heads} heads of even width"
@@ -175,7 +179,7 @@ class ARTransformer(ModelMixin, ConfigMixin):
         self.cell_embedder = nn.Embedding(self.tokens_per_frame, hidden_size)
         self.phase_embedder = nn.Embedding(code_window, hidden_size)
         self.blocks = nn.ModuleList(
-            DecoderBlock(hidden_size, num_heads, norm_eps) for _ in range(num_layers)
+            DecoderBlock(hidden_size, num_heads, norm_eps, dropout) for _ in range(num_layers)
         )
         self.norm_out = nn.RMSNorm(hidden_size, eps=norm_eps)
         self.head = nn.Linear(hidden_size, codebook_size, bias=False)
@@ -337,6 +341,8 @@ AR_PRESETS: dict[str, dict] = {
         "frame_width": 4,
         "max_text_tokens": 64,
         "max_frames": 9,
+        # without it, the AR learned its training windows by heart within 2,000 steps
+        "dropout": 0.1,
     },
     # Paper scale (about 0.4B parameters): T5-XXL states, an 8192-code VQ-VAE at 4x8x8 on a
     # 512x512 video's 64x64 latent.
