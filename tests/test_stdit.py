@@ -1,6 +1,8 @@
 """The STDiT, ARLON's semantic injection, and rectified flow: exact baseline start, references kept,
 one Euler step by hand, guidance, uncertainty sampling, presets, and the two training stages."""
 
+import json
+
 import pytest
 import torch
 
@@ -185,6 +187,25 @@ def test_save_and_load_round_trip(baseline, tmp_path):
     loaded = STDiT.from_pretrained(tmp_path / "arlon").eval()
     x, t, cond = latent(), torch.tensor([200.0, 800.0]), latent(seed=4)
     assert torch.equal(loaded(x, t, condition=cond), arlon(x, t, condition=cond))
+
+
+def test_the_gelu_setting_travels_with_the_weights(tmp_path):
+    exact = randomise(stdit("smoke", gelu="none")).eval()
+    tanh = stdit("smoke").eval()
+    tanh.load_state_dict(exact.state_dict())
+    x, t = latent(), torch.tensor([300.0, 700.0])
+    assert not torch.equal(exact(x, t), tanh(x, t))  # the same weights, another GELU
+    assert torch.equal(STDiT.from_baseline(exact, injection_blocks=1).eval()(x, t), exact(x, t))
+    exact.save_pretrained(tmp_path / "exact")
+    assert torch.equal(STDiT.from_pretrained(tmp_path / "exact").eval()(x, t), exact(x, t))
+    # a folder saved before the setting existed keeps the approximation it was trained with
+    config = tmp_path / "exact" / "config.json"
+    config.write_text(
+        json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "gelu"})
+    )
+    assert torch.equal(STDiT.from_pretrained(tmp_path / "exact").eval()(x, t), tanh(x, t))
+    with pytest.raises(ArlonError, match="gelu is 'tanh'"):
+        stdit("smoke", gelu="erf")
 
 
 def test_opensora_preset_builds_on_meta_with_its_parameter_count():
