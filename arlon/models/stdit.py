@@ -336,7 +336,7 @@ class STDiT(ModelMixin, ConfigMixin):
     (its resolution-independent positions, see `sincos_2d`) and `fps_conditioning` > 0 (its frame
     rate embedding `fps_embedder`, added to the timestep's, at this frame rate; Open-Sora samples
     at 24). `gelu` is the MLPs' GELU: "tanh", its approximation (Open-Sora's, and the default), or
-    "none", the exact one (the shapes-tiny preset's: 5 times faster on a CPU).
+    "none", the exact one (the shapes-tiny preset's: 5 times as fast on a CPU).
     """
 
     _no_split_modules = ["STDiTBlock"]  # FSDP wrapping unit (read by accelerate)
@@ -525,7 +525,8 @@ STDIT_PRESETS: dict[str, dict] = {
     ),
     # 64x64 video, the shapes-tiny VAE's 8-channel 8x8 latent: 16 tokens per latent frame.
     # Sized for training on 2 CPU cores in fp32 (bf16 autocast is several times slower there).
-    # Exact GELU: on a CPU, torch's tanh approximation takes 5 times as long (13% of a forward).
+    # Exact GELU: on this CPU torch's tanh approximation takes 5 times as long; a forward of batch 2
+    # takes 34.9 ms instead of 37.1.
     "shapes-tiny": dict(
         in_channels=8,
         hidden_size=128,
