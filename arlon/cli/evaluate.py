@@ -22,15 +22,16 @@ from arlon.cli.generate import MODES, add_component_args, load_ar_parts
 from arlon.errors import ArlonError
 
 MODEL_HELP = "pipeline folder (default: the embedded model)"
+# the packaged suites, listed without importing the evaluation (and torch) for --help
+SUITES = sorted(p.stem for p in (Path(__file__).parents[1] / "evaluation" / "suites").glob("*.txt"))
 
 
 def add_parsers(commands) -> None:
     p = commands.add_parser(
         "eval",
         help="run an evaluation suite, or measure one trained component",
-        description="With --suite: generate every video of a suite (a packaged one: short, "
-        "paraphrase, static, long-600, stories, long-2400; or a file of prompts / timelines, "
-        "VBench's prompt lists included) in each mode (arlon; baseline, the DiT alone; ar-only, "
+        description="With --suite: generate every video of a suite (a packaged one: "
+        f"{', '.join(SUITES)}; or a file of prompts / timelines, VBench's prompt lists included) in each mode (arlon; baseline, the DiT alone; ar-only, "
         "the AR's codes decoded without the DiT) at each step count and text guidance, score it "
         "(world metrics with the strict per-object accuracy first, VBench-style dimensions, seam "
         "ratio, metrics over time) and write OUT/metrics.json, OUT/metrics.md and PNG plots. "
