@@ -47,7 +47,11 @@ def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(tmp_path,
             (out / name / "done.json").unlink()
         else:
             (out / name / "done.json").write_text(json.dumps({**finished[name], "kept": True}))
+    capsys.readouterr()
+    assert cli.main(["recipe", "smoke", "--out", str(out), "--resume", "--stages", "arlon"]) == 0
+    assert capsys.readouterr().out.endswith("smoke: still to do pipeline (--resume continues)\n")
     assert cli.main(["recipe", "smoke", "--out", str(out), "--resume"]) == 0
+    assert capsys.readouterr().out.endswith(f"recipe smoke: {out / 'pipeline'}\n")
     for name in stages:
         again = json.loads((out / name / "done.json").read_text())
         assert again.get("kept", False) == (name not in redo), name

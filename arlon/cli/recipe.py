@@ -47,7 +47,7 @@ def add_parsers(commands) -> None:
 
 
 def run_recipe(args: argparse.Namespace) -> None:
-    from arlon.training.recipe import plan, read_recipe
+    from arlon.training.recipe import done, plan, read_recipe
     from arlon.training.recipe import run_recipe as run
 
     recipe = read_recipe(args.recipe, args.set)
@@ -65,7 +65,11 @@ def run_recipe(args: argparse.Namespace) -> None:
         raise ArlonError(f"--out {args.out} is a file")
     args.out.mkdir(parents=True, exist_ok=True)
     folder = run(recipe, args.out, args.resume, args.stages, args.embedded_vae)
-    print(f"recipe {recipe.name}: {folder}")
+    to_do = [stage.name for stage in recipe.stages if done(args.out, stage) is None]
+    if to_do:  # --stages ran some of them
+        print(f"recipe {recipe.name}: still to do {', '.join(to_do)} (--resume continues)")
+    else:
+        print(f"recipe {recipe.name}: {folder}")
 
 
 def _table(rows: list[dict]) -> str:
