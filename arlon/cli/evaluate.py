@@ -31,7 +31,8 @@ def add_parsers(commands) -> None:
         "eval",
         help="run an evaluation suite, or measure one trained component",
         description="With --suite: generate every video of a suite (a packaged one: "
-        f"{', '.join(SUITES)}; or a file of prompts / timelines, VBench's prompt lists included) in each mode (arlon; baseline, the DiT alone; ar-only, "
+        f"{', '.join(SUITES)}; or a file of prompts / timelines, VBench's prompt lists included) "
+        "in each mode (arlon; baseline, the DiT alone; ar-only, "
         "the AR's codes decoded without the DiT) at each step count and text guidance, score it "
         "(world metrics with the strict per-object accuracy first, VBench-style dimensions, seam "
         "ratio, metrics over time) and write OUT/metrics.json, OUT/metrics.md and PNG plots. "

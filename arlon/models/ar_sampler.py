@@ -7,9 +7,9 @@
 The context holds the prompt's prefix and at most `max_frames - 1` earlier token frames: when the
 next frame would not fit, the oldest frames drop out and the KV cache is refilled from the kept
 ones (the prefix's keys and values stay: they depend on nothing after them), so memory is the same
-for 10 frames or 10,000. When the timeline switches prompt, the new
-prompt's states become the prefix and the recent frames are kept as history (refilled under the
-new prefix), which is what training on windows that cross a caption change taught the model.
+for 10 frames or 10,000. When the timeline switches prompt, the new prompt's states become the
+prefix and the recent frames are kept as history (refilled under the new prefix), which is what
+training on windows that cross a caption change taught the model.
 
 Many videos can be drawn at once (`seed=[...]` and `batch_frames`, a timeline per seed): each video
 has its own generator, so it gets the codes it would get alone; on this CPU a batch of 25 costs
