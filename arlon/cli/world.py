@@ -140,16 +140,18 @@ def run_score(args: argparse.Namespace) -> None:
 def _add_dataset(sub) -> None:
     p = sub.add_parser(
         "dataset",
-        help="write a data set of clips and long episodes with a CSV manifest",
-        description="Write short clips (one caption each) and long episodes (caption changes) as "
+        help="write a data set of clips and episodes with a CSV manifest",
+        description="Write short clips (one caption each) and episodes (caption changes) as "
         "mp4 + ground-truth json, and an Open-Sora-style manifest DIR/manifest.csv "
-        "(path,text,num_frames,height,width,fps,truth). Re-running skips finished videos.",
+        "(path,text,num_frames,height,width,fps,truth). Re-running skips finished videos. The "
+        "defaults are the data set the embedded model trained on (`arlon recipe shapes-tiny`): "
+        "many scenes rather than many frames of a few, which an AR learns by heart.",
     )
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--clips", type=count, default=1000, help="short clips (default 1000)")
+    p.add_argument("--clips", type=count, default=6000, help="short clips (default 6000)")
     p.add_argument("--clip-frames", type=positive_int, default=33, help="frames per clip (33)")
-    p.add_argument("--episodes", type=count, default=20, help="long episodes (default 20)")
-    p.add_argument("--frames", type=positive_int, default=2400, help="frames per episode (2400)")
+    p.add_argument("--episodes", type=count, default=400, help="episodes (default 400)")
+    p.add_argument("--frames", type=positive_int, default=300, help="frames per episode (300)")
     p.add_argument("--seed", type=seed, default=0, help="base seed (default 0)")
     p.add_argument(
         "--delta-captions",

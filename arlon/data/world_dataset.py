@@ -1,8 +1,8 @@
 """Shapes-world videos on disk: one episode as mp4 + ground truth, or a whole data set.
 
-    write_dataset(DatasetSettings(Path("data/shapes"), clips=1000, episodes=20))
+    write_dataset(DatasetSettings(Path("data/shapes"), clips=1000, episodes=100))
 
-A data set is short clips (one caption each) and long episodes (caption changes), each an mp4 and
+A data set is short clips (one caption each) and episodes (caption changes), each an mp4 and
 its ground-truth JSON, listed in an Open-Sora-style `manifest.csv`. Video i of a kind is drawn from
 the seed `(base, kind, i)`: it does not depend on how many videos of either kind were asked for, so a
 data set can grow, and a re-run skips the videos already written.
@@ -38,10 +38,10 @@ def write_episode(
 @dataclass(frozen=True)
 class DatasetSettings:
     out: Path
-    clips: int = 1000
+    clips: int = 6000
     clip_frames: int = 33
-    episodes: int = 20
-    frames: int = 2400  # per episode
+    episodes: int = 400
+    frames: int = 300  # per episode: 2-4 captions
     seed: int = 0  # the base seed
     height: int = 64
     width: int = 64
