@@ -264,3 +264,52 @@ def test_a_run_refused_for_want_of_data_leaves_no_run_folder(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", "ar", "--preset", "smoke", "--out", str(out)]) == 2
     assert "latent cache" in capsys.readouterr().err and not out.exists()
+
+
+class _Scripted(type(stage("vae"))):
+    """The smoke VAE stage whose held-out loss is scripted, one value per evaluation."""
+
+    HELDOUT = {"loss_heldout": "min"}
+
+    def __init__(self, values):
+        self.values = iter(values)
+
+    def evaluate(self, model, cfg):
+        return {"loss_heldout": next(self.values)}
+
+
+def test_keep_best_exports_the_weights_of_the_best_evaluation(tmp_path, capsys):
+    # a constant learning rate, so that the weights at step 4 do not depend on the budget
+    settings = dict(
+        eval_every=2, checkpoint_every=2, keep_checkpoints=3, warmup_steps=0, min_lr_ratio=1
+    )
+    at_4 = train(
+        stage("vae"), train_config("vae", "smoke", max_steps=4, **settings), tmp_path / "4"
+    )
+    cfg = train_config("vae", "smoke", max_steps=6, keep_best="loss_heldout", **settings)
+    out = tmp_path / "best"
+    train(_Scripted([3.0, 1.0, 2.0]), cfg, out)  # evaluations at steps 2, 4 and 6
+    assert json.loads((out / "best.json").read_text()) == {
+        "step": 4,
+        "metric": "loss_heldout",
+        "value": 1.0,
+    }
+    assert "the weights of step 4" in capsys.readouterr().out
+    kept, expected = _weights(out), load_file(str(at_4 / "diffusion_pytorch_model.safetensors"))
+    assert kept.keys() == expected.keys() and all(torch.equal(kept[k], expected[k]) for k in kept)
+
+    # Resumed from step 2, the run forgets the best of step 4 and finds it again.
+    shutil.rmtree(out / "checkpoints" / "step_0000006")
+    shutil.rmtree(out / "checkpoints" / "step_0000004")
+    (out / "checkpoints" / "latest").write_text("step_0000002\n")
+    train(_Scripted([1.5, 2.0]), cfg, out, resume=True)  # now step 4 scores 1.5
+    assert json.loads((out / "best.json").read_text())["value"] == 1.5
+    assert all(torch.equal(v, _weights(out)[k]) for k, v in kept.items())
+
+    with pytest.raises(ArlonError, match="reports psnr_heldout, not 'perplexity_heldout'"):
+        train(
+            stage("vae"),
+            train_config("vae", "smoke", keep_best="perplexity_heldout"),
+            tmp_path / "x",
+        )
+    assert not (tmp_path / "x").exists()

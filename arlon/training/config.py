@@ -36,6 +36,9 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate only at the end; -1: never (benchmarks)
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
+    # A held-out metric of the stage's evaluation (e.g. perplexity_heldout): the exported model is
+    # the weights of the evaluation where it was best, not the last step's (None: the last step's).
+    keep_best: str | None = None
     # Start from these weights (a model folder an earlier run exported) instead of a random init.
     init_from: str | None = None
     model: dict = field(default_factory=dict)  # overrides of the model preset

@@ -212,6 +212,9 @@ def run_recipe(
             minutes = (time.perf_counter() - start) / 60
             record = {"minutes": round(minutes, 2), "finished": _now(), "kind": stage.kind}
             record |= _curve(out / stage.name / "eval.csv")
+            best = out / stage.name / "best.json"
+            if best.exists():  # keep_best: the exported model is that evaluation's
+                record["best"] = json.loads(best.read_text())
             (out / stage.name / "done.json").write_text(json.dumps(record, indent=1) + "\n")
             print(f"recipe: stage {stage.name} done in {minutes:.1f} min", flush=True)
         state.wait_for_everyone()

@@ -44,6 +44,7 @@ class VAEStage:
     """
 
     DEFAULTS = {"num_frames": 9, "kl_weight": 1e-6, "edge_weight": 0.5, "foreground_weight": 1.0}
+    HELDOUT = {"psnr_heldout": "max"}
 
     def build_model(self, cfg: TrainConfig) -> VideoVAE:
         return video_vae(cfg.preset, **cfg.model)
@@ -155,6 +156,7 @@ class VQStage(_CacheStage):
     """
 
     DEFAULTS = {"decoder_only": False}
+    HELDOUT = {"mse_heldout": "min", "usage_heldout": "max", "perplexity_heldout": "max"}
 
     def _make_windows(self, cfg: TrainConfig, cache, entries):
 
@@ -200,6 +202,7 @@ class ARStage(_CacheStage):
     switch to take hold."""
 
     DEFAULTS = {"caption_dropout": 0.1, "stride": 1, "switch_repeats": 1, "enter_repeats": None}
+    HELDOUT = {"accuracy_heldout": "max", "perplexity_heldout": "min"}
     NEEDS = (
         "a latent cache with fine codes: pass --data DIR (built with 'arlon cache ... --fine-vq')"
     )
@@ -314,6 +317,7 @@ class DiTStage(_CacheStage):
     }
     NEEDS = "a latent cache: pass --data DIR (built with 'arlon cache --vae ...')"
     CONDITION = False  # the windows carry the coarse latent (ARLON)
+    HELDOUT = {"flow_loss_heldout": "min"}
 
     def _make_windows(self, cfg: TrainConfig, cache, entries):
 

@@ -77,6 +77,9 @@ class Stage(Protocol):
     def evaluate(self, model: torch.nn.Module, cfg: TrainConfig) -> dict: ...
     def export(self, model: torch.nn.Module, cfg: TrainConfig, folder: Path) -> None: ...
 
+    # each held-out metric `evaluate` reports, and whether "min" or "max" is best (for keep_best)
+    HELDOUT: dict[str, str]
+
 
 @dataclass
 class Progress:
@@ -204,6 +207,12 @@ class _Run:
         self.main = self.accelerator.is_main_process
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         checkpoint = checkpoint_to_resume(out, resume)
+        heldout = getattr(stage, "HELDOUT", {})
+        if cfg.keep_best is not None and cfg.keep_best not in heldout:
+            raise ArlonError(
+                f"keep_best: the {cfg.stage} stage's evaluation reports "
+                f"{', '.join(heldout) or 'nothing'}, not {cfg.keep_best!r}"
+            )
         set_seed(cfg.seed)
         model = stage.build_model(cfg)
         if cfg.init_from is not None and checkpoint is None:
@@ -236,6 +245,8 @@ class _Run:
         self.last_saved = self.progress.step
         self.train_log = _Log(out / "train.csv", self.progress.step, self.main)
         self.eval_log = _Log(out / "eval.csv", self.progress.step, self.main)
+        if self.main:
+            self.forget_best_after(self.progress.step)
         # Where a Ctrl-C finds the loop: "idle" between steps, "step" before the step changes any
         # state (its RNG at the start is in `step_rng`), "update" while it does.
         self.phase, self.step_rng = "idle", None
@@ -345,7 +356,40 @@ class _Run:
                     f"eval at step {self.progress.step}: "
                     + ", ".join(f"{k} {v:.4g}" for k, v in results.items())
                 )
+                self.keep_if_best(weights, results)
         self.accelerator.wait_for_everyone()
+
+    # -- keep_best: out/best (a model folder) and out/best.json (its step and value) ------------------
+
+    def best(self) -> dict | None:
+        path = self.out / "best.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def keep_if_best(self, weights: torch.nn.Module, results: dict) -> None:
+        """With `keep_best`, export these weights to `out/best` when its metric is the best yet."""
+        metric = self.cfg.keep_best
+        if metric is None:
+            return
+        value, best = results[metric], self.best()
+        better = min if self.stage.HELDOUT[metric] == "min" else max
+        if best is not None and better(value, best["value"]) == best["value"]:
+            return
+        tmp = self.out / "best.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.stage.export(weights, self.cfg, tmp)
+        shutil.rmtree(self.out / "best", ignore_errors=True)
+        os.replace(tmp, self.out / "best")
+        record = {"step": self.progress.step, "metric": metric, "value": value}
+        (self.out / "best.json.tmp").write_text(json.dumps(record) + "\n")
+        os.replace(self.out / "best.json.tmp", self.out / "best.json")
+
+    def forget_best_after(self, step: int) -> None:
+        """A resumed run evaluates again after its checkpoint: a best from later steps is dropped
+        (the same steps give the same weights again)."""
+        best = self.best()
+        if best is not None and best["step"] > step:
+            (self.out / "best.json").unlink()
+            shutil.rmtree(self.out / "best", ignore_errors=True)
 
     def save_on_interrupt(self) -> None:
         """Checkpoint the last whole step on Ctrl-C; mid-update the weights are neither the old nor
@@ -455,21 +499,31 @@ class _Run:
         return state
 
     def export(self) -> Path:
-        """Write the final model (the EMA weights when there are some) to `out/model`, atomically."""
+        """Write the final model (the EMA weights when there are some; with `keep_best`, those of
+        the best evaluation) to `out/model`, atomically."""
         folder = self.out / "model"
         weights = self.weights()
         if self.main:
             tmp = self.out / "model.tmp"
             if tmp.exists():
                 shutil.rmtree(tmp)
-            self.stage.export(weights, self.cfg, tmp)
+            best = self.best() if self.cfg.keep_best is not None else None
+            if best is not None:
+                shutil.copytree(self.out / "best", tmp)
+            else:
+                self.stage.export(weights, self.cfg, tmp)
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(tmp, folder)
             minutes = (time.monotonic() - self.started) / 60
+            kept = ""
+            if best is not None:
+                kept = (
+                    f", the weights of step {best['step']} ({best['metric']} {best['value']:.4g})"
+                )
             self.accelerator.print(
                 f"trained {self.cfg.stage} for {self.progress.step} steps in {minutes:.1f} min: "
-                f"{folder}"
+                f"{folder}{kept}"
             )
         self.accelerator.wait_for_everyone()
         return folder
