@@ -2,6 +2,7 @@
 and continues an interrupted run without redoing a finished stage."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -64,6 +65,11 @@ def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(tmp_path,
     paused = ["recipe", "smoke", "--out", str(out), "--resume", "--stages", "ar"]
     assert cli.main([*paused, "--set", "ar.max_steps=50", "ar.max_minutes=0.001"]) == 2
     assert "stopped at step" in capsys.readouterr().err and not (out / "ar" / "done.json").exists()
+    ar = next(row for row in plan(read_recipe("smoke"), out) if row["stage"] == "ar")
+    # its last checkpoint and evaluation
+    assert re.fullmatch(
+        r"in progress, step \d+ \(held out at \d+: .*perplexity_heldout .*\)", ar["state"]
+    )
 
 
 def test_dry_run_lists_every_stage_with_its_budget(tmp_path, capsys):

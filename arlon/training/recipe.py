@@ -159,7 +159,7 @@ def plan(recipe: Recipe, out: Path) -> list[dict]:
         if record is not None:
             state = f"done in {record['minutes']:.1f} min"
         elif (out / stage.name).exists():
-            state = "in progress"
+            state = "in progress" + _progress(out / stage.name)
         else:
             state = "to do"
         rows.append(
@@ -219,6 +219,30 @@ def run_recipe(
             print(f"recipe: stage {stage.name} done in {minutes:.1f} min", flush=True)
         state.wait_for_everyone()
     return out / recipe.stages[-1].name
+
+
+def _progress(folder: Path) -> str:
+    """A training stage's last checkpoint and held-out numbers: ", step 1250 (held out at 1000:
+    perplexity_heldout 24.3)", or nothing."""
+    from arlon.training.checkpoint import latest_checkpoint
+
+    try:
+        checkpoint = latest_checkpoint(folder)
+    except ArlonError:  # a damaged run: --resume says how
+        return ""
+    if checkpoint is None:
+        return ""
+    step = json.loads((checkpoint / "state.json").read_text())["progress"]["step"]
+    text = f", step {step}"
+    log = folder / "eval.csv"
+    if log.exists():
+        with log.open() as f:
+            rows = list(csv.DictReader(f))
+        if rows:
+            last = rows[-1]
+            numbers = ", ".join(f"{k} {float(v):.4g}" for k, v in last.items() if k != "step" and v)
+            text += f" (held out at {last['step']}: {numbers})"
+    return text
 
 
 def _curve(log: Path) -> dict:
