@@ -52,7 +52,8 @@ def _add_train(commands) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override settings, e.g. lr=1e-4 data.num_frames=9 "
-        "data.text_encoder=PIPELINE/text_encoder (the captions' encoder; default MiniLM)",
+        "data.text_encoder=PIPELINE/text_encoder (the captions' encoder; default MiniLM) "
+        "keep_best=perplexity_heldout (export the best held-out evaluation's weights)",
     )
     p.add_argument("--max-steps", type=positive_int, help="stop after this many optimiser steps")
     p.add_argument("--max-minutes", type=positive_float, help="stop after this many minutes")
