@@ -2,8 +2,11 @@
 and continues an interrupted run without redoing a finished stage."""
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -130,3 +133,25 @@ def test_recipe_mistakes_are_one_line(tmp_path, capsys, args, message):
     assert cli.main(["recipe", *args, "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_same_recipe_command_runs_under_accelerate_launch(tmp_path):
+    """Two processes (DDP on gloo, as `accelerate launch` runs them on GPUs): every training stage
+    trains on both, the other stages run once, and the pipeline generates."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes"]
+    launch += ["2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    out = tmp_path / "recipe"
+    command = [*launch, "-m", "arlon.cli", "recipe", "smoke", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("recipe: stage data done") == 1  # the main process reports
+    assert result.stdout.count(f"recipe smoke: {out / 'pipeline'}") == 1
+    for name in ("vae", "vq", "ar", "dit", "arlon"):
+        latest = (out / name / "checkpoints" / "latest").read_text().strip()
+        state = json.loads((out / name / "checkpoints" / latest / "state.json").read_text())
+        assert state["processes"] == 2, name
+    assert len(list((out / "data").glob("*/*.mp4"))) == 6 + 2  # written once: 6 clips, 2 episodes
+    video = tmp_path / "story.mp4"
+    generate = ["generate", "a red ball moves right", "--model", str(out / "pipeline")]
+    assert cli.main([*generate, "--frames", "9", "-o", str(video)]) == 0

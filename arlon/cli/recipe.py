@@ -65,6 +65,10 @@ def run_recipe(args: argparse.Namespace) -> None:
         raise ArlonError(f"--out {args.out} is a file")
     args.out.mkdir(parents=True, exist_ok=True)
     folder = run(recipe, args.out, args.resume, args.stages, args.embedded_vae)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`: one report
+        return
     to_do = [stage.name for stage in recipe.stages if done(args.out, stage) is None]
     if to_do:  # --stages ran some of them
         print(f"recipe {recipe.name}: still to do {', '.join(to_do)} (--resume continues)")

@@ -183,9 +183,11 @@ def run_recipe(
     embedded_vae: bool = False,
 ) -> Path:
     """Run the recipe's stages (or `only` those) into `out`; the assembled pipeline folder."""
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # as the trainer's Accelerator: without a GPU, a launch of N processes is N CPU processes
+    state = PartialState(cpu=not torch.cuda.is_available())
     stages = [recipe.stage(name) for name in only] if only else recipe.stages
     started = [s.name for s in recipe.stages if (out / s.name).exists()]
     if started and not resume:

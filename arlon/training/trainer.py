@@ -349,7 +349,14 @@ class _Run:
     def evaluate(self) -> None:
         weights = self.weights()
         if self.main:
-            results = self.stage.evaluate(weights, self.cfg)
+            # in eval mode: held-out data must not move the model (a VQ-VAE's codebook EMA, whose
+            # update would also wait for the other processes), nor dropout touch it
+            training = weights.training
+            weights.eval()
+            try:
+                results = self.stage.evaluate(weights, self.cfg)
+            finally:
+                weights.train(training)
             if results:
                 self.eval_log.write({"step": self.progress.step, **results})
                 self.accelerator.print(
