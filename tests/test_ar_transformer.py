@@ -69,9 +69,11 @@ def test_teacher_forcing_equals_incremental_decoding(model, text_encoder):
 
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
 @pytest.mark.parametrize("continued", [0, 2])
-def test_cached_generation_equals_uncached(model, text_encoder, guidance, continued):
+@pytest.mark.parametrize("stride", [1, 3])
+def test_cached_generation_equals_uncached(model, text_encoder, guidance, continued, stride):
     history = list(codes(1, continued, seed=5)[0]) if continued else None  # a video's last frames
     settings = dict(seed=3, top_k=20, top_p=0.9, guidance_scale=guidance, history=history)
+    settings["window_stride"] = stride
     # 11 frames with a context of 4: the window slides, and the prompt switches at frame 5
     cached = generate(model, text_encoder, TIMELINE, 11, **settings)
     uncached = generate(model, text_encoder, TIMELINE, 11, use_cache=False, **settings)
@@ -79,11 +81,11 @@ def test_cached_generation_equals_uncached(model, text_encoder, guidance, contin
     assert torch.equal(cached, uncached)
 
 
-@pytest.mark.parametrize("guidance", [1.0, 3.0])
-def test_the_fast_path_draws_the_reference_codes(model, text_encoder, guidance):
+@pytest.mark.parametrize("guidance,stride", [(1.0, 1), (3.0, 1), (3.0, 2)])
+def test_the_fast_path_draws_the_reference_codes(model, text_encoder, guidance, stride):
     """ARDecoder draws the codes of the model's own forward, through window slides, prompt
     switches, a continued video's history and a batch."""
-    settings = ARSampling(top_k=20, top_p=0.9, guidance_scale=guidance)
+    settings = ARSampling(top_k=20, top_p=0.9, guidance_scale=guidance, window_stride=stride)
     timelines = [TIMELINE, [(0, "a green triangle stays still"), (2, "a red circle moves left")]]
     history = [list(codes(1, 3, seed=5)[0]), list(codes(1, 3, seed=6)[0])]  # 3 frames (2, 2) each
     drawn = []
@@ -93,6 +95,29 @@ def test_the_fast_path_draws_the_reference_codes(model, text_encoder, guidance):
     assert drawn[0].shape == (12, 2, 2, 2) and torch.equal(drawn[0], drawn[1])
     alone = ARSampler(model, text_encoder, settings, seed=3, fast=False)
     assert torch.equal(drawn[0][:, 0], torch.stack(list(alone.frames(TIMELINE, 12, history[0]))))
+
+
+def test_a_wider_window_stride_refills_the_cache_less_often(model, text_encoder, monkeypatch):
+    """A full context (4 token frames on smoke) drops its `stride` oldest frames at once: at
+    stride 3 the cache is refilled every third frame from one kept frame, not every frame from
+    three. Until the first refill, the codes are the same."""
+    refills = []
+    original = ARSampler._refill
+
+    def counted(self, prefix, history, first):
+        refills.append(len(history))
+        return original(self, prefix, history, first)
+
+    monkeypatch.setattr(ARSampler, "_refill", counted)
+    drawn = {}
+    for stride in (1, 3):
+        refills.clear()
+        drawn[stride] = generate(model, text_encoder, TIMELINE[:1], 12, window_stride=stride)
+        assert refills == [0, *[4 - stride] * (8 if stride == 1 else 3)]  # t = 0, then when full
+    assert torch.equal(drawn[1][:4], drawn[3][:4])
+    for stride, message in [(4, "below its 4 token frames"), (0, "positive integer")]:
+        with pytest.raises(ArlonError, match=message):
+            generate(model, text_encoder, TIMELINE, 2, window_stride=stride)
 
 
 @pytest.mark.parametrize("head_dim", [16, 24])  # attention's scale on the queries, or not

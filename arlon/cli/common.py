@@ -216,12 +216,19 @@ def add_ar_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
         type=non_negative_float,
         help="AR classifier-free guidance (default 3; 1: none, faster)",
     )
+    parser.add_argument(
+        f"--{prefix}window-stride",
+        type=positive_int,
+        default=1,
+        help="token frames the AR's full context drops at once (default 1: it keeps the most "
+        "history; k: its cache is refilled k times less often, with k - 1 fewer frames at times)",
+    )
 
 
 def ar_settings(args: argparse.Namespace, prefix: str = "") -> dict:
     """The AR options of `add_ar_args` as `ARSampling`'s keyword arguments (None: its default)."""
-    names = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p"}
-    settings = {field: getattr(args, prefix + name) for name, field in names.items()}
+    names = ("temperature", "top_k", "top_p", "window_stride")
+    settings = {name: getattr(args, prefix + name) for name in names}
     if getattr(args, prefix + "guidance") is not None:
         settings["guidance_scale"] = getattr(args, prefix + "guidance")
     if not settings["top_p"] <= 1:

@@ -28,7 +28,6 @@ check the cache). All three give the same codes for the same seed.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -55,6 +54,7 @@ class ARSampling:
     top_k: int = 0
     top_p: float = 1.0
     guidance_scale: float = GUIDANCE_SCALE
+    window_stride: int = 1
 
     def __post_init__(self):
         if not self.temperature >= 0:
@@ -65,6 +65,9 @@ class ARSampling:
             raise ArlonError(f"the AR top-p must lie in (0, 1], got {self.top_p}")
         if not self.guidance_scale >= 0:
             raise ArlonError(f"the AR guidance scale must be >= 0, got {self.guidance_scale}")
+        stride = self.window_stride
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+            raise ArlonError(f"the AR's window stride must be a positive integer, got {stride!r}")
 
 
 @runtime_checkable
@@ -233,42 +236,50 @@ class ARSampler:
             raise ArlonError(f"num_frames must be >= 1, got {num_frames}")
         model, cfg = self.model, self.model.config
         per_frame = model.tokens_per_frame
-        history: deque[torch.Tensor] = deque(maxlen=cfg.max_frames - 1)  # (videos, h * w) each
+        stride = self.sampling.window_stride
+        if stride >= cfg.max_frames:
+            raise ArlonError(
+                f"the AR's window stride must be below its {cfg.max_frames} token frames, got {stride}"
+            )
+        # the earlier token frames in the context, (videos, h * w) each: at most max_frames - 1
+        context: list[torch.Tensor] = []
         if histories is not None:
             if len(histories) != self.videos or len({len(h) for h in histories}) != 1:
                 raise ArlonError("one history per video, all of the same length")
             for frames in zip(*histories, strict=True):
-                history.append(torch.stack([f.flatten().long() for f in frames]))
+                context.append(torch.stack([f.flatten().long() for f in frames]))
+            context = context[max(0, len(context) - (cfg.max_frames - 1)) :]
         prefix = self._first_prefix([timeline.switch_at(0) for timeline in timelines])
         cells = model.cell_embedder.weight  # (h * w, C): the fast path's code embedding
-        held = 0  # token frames in the cache, history included
         for t in range(num_frames):
             # asked frame by frame, not beforehand: a live timeline changes while the codes stream
             switches = [timeline.switch_at(t) if t > 0 else None for timeline in timelines]
             switching = [i for i, prompt in enumerate(switches) if prompt is not None]
             if switching:
                 prefix[switching] = self._prefix([switches[i] for i in switching])
-            # The context: prefix, history frames (the first of them is token frame `first`), and
-            # the codes of frame t so far. When the cache holds max_frames frames, refill it.
-            first = t - len(history)
-            if self.use_cache and (t == 0 or switching or held == cfg.max_frames):
+            # The context: prefix, earlier frames (the first of them is token frame `first`), and
+            # the codes of frame t so far. A full context drops its `stride` oldest frames, and
+            # the cache is refilled: every frame at stride 1, `stride` times less often above.
+            full = len(context) == cfg.max_frames
+            if full:
+                context = context[stride:]
+            first = t - len(context)
+            if self.use_cache and (t == 0 or switching or full):
                 new_prefix = prefix if t == 0 or switching else None
-                logits = self._refill(new_prefix, list(history), first)
-                held = len(history)
+                logits = self._refill(new_prefix, context, first)
             # one uniform number per code and video, drawn a frame at a time (on the CPU, the same
             # numbers as one at a time)
             uniform = torch.stack(
                 [torch.rand(per_frame, generator=g, device=g.device) for g in self.generators]
             )
             phase = model.phase_embedder.weight[t % cfg.code_window]
-            held += 1
             # the last code's keys and values are wasted when the next frame refills the cache
             # (a prompt switch refills it too, but is not known before the next frame)
-            refills = t + 1 == num_frames or held == cfg.max_frames
+            refills = t + 1 == num_frames or len(context) + 1 == cfg.max_frames
             frame: list[torch.Tensor] = []  # (videos, 1) each
             for j in range(per_frame):
                 if not self.use_cache:
-                    x = torch.cat([prefix, self._embed([*history, *frame], first)], dim=1)
+                    x = torch.cat([prefix, self._embed([*context, *frame], first)], dim=1)
                     logits = model.forward_embeddings(x)[:, -1]
                 code = self._next(logits, uniform[:, j])
                 frame.append(code[:, None])
@@ -280,5 +291,5 @@ class ARSampler:
                     x = (model.code_embedder(self._rows(code)) + cells[j] + phase)[:, None]
                 logits = self._forward(x)
             codes = torch.cat(frame, dim=1)  # (videos, h * w)
-            history.append(codes)
+            context.append(codes)
             yield codes.view(self.videos, cfg.frame_height, cfg.frame_width)
