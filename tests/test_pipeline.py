@@ -2,6 +2,7 @@
 both the AR and the DiT, the embedded default, and every bad input as a one-line error (exit 2)."""
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -42,6 +43,42 @@ def test_two_segments_make_the_asked_frames_and_the_same_seed_repeats(pipe):
     assert not np.array_equal(out.frames, other.frames)
     streamed = list(pipe.stream(PROMPT, num_frames=FRAMES, sampling=DiTSampling(2), seed=3))
     assert np.array_equal(np.stack(streamed), out.frames[0])
+
+
+@pytest.mark.parametrize("mode", ["arlon", "ar-only"])
+def test_the_ar_drawing_beside_the_dit_makes_the_same_video(pipe, mode):
+    """The stages overlapped (the AR in a thread of its own) or taking turns: the same frames, and
+    every stage's seconds are counted."""
+    settings = dict(num_frames=FRAMES, sampling=DiTSampling(2, mode=mode), seed=3, progress=False)
+    threads_before = threading.active_count()
+    together = np.stack(list(pipe.stream(PROMPT, **settings, overlap=True)))
+    times = pipe.last_times
+    assert times.ar > 0 and times.vae > 0 and times.total >= times.dit + times.vae + times.waited
+    in_turn = np.stack(list(pipe.stream(PROMPT, **settings)))
+    assert np.array_equal(together, in_turn)
+    assert pipe.last_times.waited >= pipe.last_times.ar  # in turn, the DiT waits out the AR
+    assert threading.active_count() == threads_before  # the AR's thread has ended
+
+
+def test_an_error_in_the_ar_thread_is_raised_where_the_frames_are_read(pipe, monkeypatch):
+    def broken(self, *args, **kwargs):
+        yield from []
+        raise ArlonError("the AR broke")
+
+    monkeypatch.setattr(ARSampler, "frames", broken)
+    with pytest.raises(ArlonError, match="the AR broke"):
+        list(pipe.stream(PROMPT, num_frames=FRAMES, progress=False, overlap=True))
+
+
+def test_closing_the_stream_early_stops_the_ar_thread(pipe):
+    """Ctrl-C or a Stop between frames closes the stream: the AR stops drawing at once."""
+    threads_before = threading.active_count()
+    stream = pipe.stream(PROMPT, num_frames=200, sampling=DiTSampling(1), overlap=True)
+    next(stream)
+    stream.close()
+    drawn = pipe.last_times.token_frames
+    assert threading.active_count() == threads_before
+    assert drawn < pipe.token_frames(pipe.plan(200)[1]) // 2  # not drawn to the end
 
 
 def test_save_and_load_round_trip(pipe, folder):
@@ -409,13 +446,15 @@ def test_ar_only_mode_is_the_coarse_video_of_the_same_codes(pipe):
         next(pipe.stream(PROMPT, **settings, init_video=alone))
 
 
-@pytest.mark.parametrize("mode", ["arlon", "baseline"])
+@pytest.mark.parametrize("mode,overlap", [("arlon", False), ("arlon", True), ("baseline", True)])
 def test_a_prompt_directed_mid_stream_takes_effect_at_the_next_token_frame(
-    pipe, folder, tmp_path, capsys, mode
+    pipe, folder, tmp_path, capsys, mode, overlap
 ):
     """Live direction: a prompt given while the frames stream holds from the next token frame the
     AR draws (baseline: the next DiT segment), and the timeline recorded with it regenerates the
-    same video frame for frame, in Python and with `arlon generate --timeline`."""
+    same video frame for frame, in Python and with `arlon generate --timeline`. With the stages
+    overlapped, the AR may draw on between the count read here and the prompt given: a later
+    token frame."""
     from arlon.pipeline.coarse import token_start
     from arlon.pipeline.output import VideoOutput, write_video
     from arlon.timeline import LiveTimeline, Timeline
@@ -424,14 +463,18 @@ def test_a_prompt_directed_mid_stream_takes_effect_at_the_next_token_frame(
     frames = 41  # smoke: 5 segments, 11 token frames
     settings = dict(num_frames=frames, sampling=DiTSampling(1, mode=mode), seed=4, progress=False)
     live = LiveTimeline(PROMPT)
-    stream = pipe.stream(timeline=live, **settings)
+    stream = pipe.stream(timeline=live, **settings, overlap=overlap)
     made = [next(stream)]
     times = pipe.last_times
     drawn, rendered = times.token_frames, times.segments
     live.direct(second)
     made += list(stream)
-    if mode == "arlon":  # the AR's next token frame, which it draws ahead of the frames out
-        start = token_start(drawn, pipe.temporal_ratio, pipe.vq.ratio[0])
+    starts = [token_start(t, pipe.temporal_ratio, pipe.vq.ratio[0]) for t in range(drawn, 11)]
+    if mode == "arlon" and overlap:
+        start = live.timeline[-1][0]
+        assert start in starts  # a token frame the AR had not begun when the prompt came
+    elif mode == "arlon":  # the AR's next token frame, which it draws ahead of the frames out
+        start = starts[0]
     else:  # the next segment's first new frame
         start = pipe.seams(frames)[rendered - 1] + 1
     assert live.timeline == Timeline([(0, PROMPT), (start, second)]) and 1 <= start < frames
@@ -443,6 +486,7 @@ def test_a_prompt_directed_mid_stream_takes_effect_at_the_next_token_frame(
     live.timeline.write(tmp_path / "timeline.txt")
     write_video(made, VideoOutput(tmp_path / "made.mp4"), fps=pipe.config.fps)
     argv = ["--timeline", tmp_path / "timeline.txt", "--model", folder, "--mode", mode]
-    argv += ["--frames", frames, "--steps", 1, "--seed", 4, "-o", tmp_path / "cli.mp4"]
+    argv += ["--frames", frames, "--steps", 1, "--seed", 4, "--threads", torch.get_num_threads()]
+    argv += ["-o", tmp_path / "cli.mp4"]
     assert generate(capsys, *argv)[0] == 0
     assert (tmp_path / "made.mp4").read_bytes() == (tmp_path / "cli.mp4").read_bytes()

@@ -252,7 +252,7 @@ def test_bench_reports_speed_and_memory_per_length(folder, tmp_path, capsys):
     report = json.loads((tmp_path / "bench.json").read_text())
     runs = report["generation"]["runs"]
     assert [r["frames"] for r in runs] == [5, 9] and runs[0]["peak_rss_mib"] > 0
-    assert set(runs[1]["stage_seconds"]) == {"ar", "dit", "vae", "total"}
+    assert set(runs[1]["stage_seconds"]) == {"ar", "dit", "vae", "waited", "total"}
     assert report["generation"]["peak_ratio_longest_to_shortest"] > 0
     assert report["dit"]["fraction_of_matmul"] > 0 and report["dit"]["forward_gflop"] > 0
     # every stage's FLOPs counted, so its speed is also a fraction of this machine's matmul

@@ -33,7 +33,15 @@ def add_parsers(commands) -> None:
     p.add_argument("--steps", type=positive_int, default=5, help="DiT steps (default 5)")
     p.add_argument("--mode", choices=MODES, default="arlon")
     p.add_argument("--model", type=Path, help="pipeline folder (default: the embedded one)")
-    p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=2,
+        help="cores (default 2): a generation splits them as arlon generate does",
+    )
+    p.add_argument(
+        "--no-overlap", action="store_true", help="generate with the AR and the DiT taking turns"
+    )
     p.add_argument("--train-data", type=Path, help="latent cache for the training speeds")
     p.add_argument("--train-steps", type=positive_int, default=6, help="steps timed per stage")
     p.add_argument("--no-train", action="store_true", help="skip the training speeds")
@@ -78,6 +86,7 @@ def run_bench(args: argparse.Namespace) -> None:
         lengths=tuple(args.lengths),
         sampling=DiTSampling(args.steps, mode=args.mode),
         threads=args.threads,
+        overlap=not args.no_overlap,
         train_data=args.train_data,
         train_steps=args.train_steps,
         train=not args.no_train,

@@ -75,6 +75,17 @@ def _add_generate(commands) -> None:
         "--init-video", type=Path, help="continue this video: OUT holds the frames that follow it"
     )
     add_ar_args(p, prefix="ar-")
+    p.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="the AR and the DiT take turns (default: the AR draws ahead in a thread of its own)",
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        help="torch threads (default: half the cores, at least 1, as the AR and the DiT work side "
+        "by side; all of them with --no-overlap)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run_generate)
 
@@ -89,6 +100,20 @@ def run_generate(args: argparse.Namespace) -> None:
     warn_unknown_words(timeline)
 
     # Only now the heavy imports (torch, diffusers): every mistake above is reported at once.
+    import torch
+
+    from arlon.pipeline.pipeline import generation_threads
+
+    overlap = not args.no_overlap
+    threads = torch.get_num_threads()  # this process's again afterwards (tests call main)
+    torch.set_num_threads(args.threads or generation_threads(overlap))
+    try:
+        _generate(args, timeline, settings, overlap)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _generate(args: argparse.Namespace, timeline, settings: dict, overlap: bool) -> None:
     from arlon.pipeline import ARLONPipeline, ARSampling, DiTSampling
     from arlon.pipeline.output import VideoOutput, write_video
     from arlon.weights import ROOT
@@ -107,6 +132,7 @@ def run_generate(args: argparse.Namespace) -> None:
         seed=args.seed,
         init_video=args.init_video,
         progress=not args.quiet,
+        overlap=overlap,
     )
     output = VideoOutput(args.out, gif=args.gif)
     started = time.perf_counter()

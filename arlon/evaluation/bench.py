@@ -43,7 +43,7 @@ from arlon.data.video_io import VideoWriter
 from arlon.errors import ArlonError
 from arlon.models.ar_sampler import ARSampler
 from arlon.pipeline.coarse import SEAM_CONTEXT
-from arlon.pipeline.pipeline import ARLONPipeline, DiTSampling
+from arlon.pipeline.pipeline import ARLONPipeline, DiTSampling, generation_threads
 from arlon.timeline import Timeline
 from arlon.training.config import TrainConfig
 from arlon.training.presets import DEFAULT_PRESETS, train_config
@@ -63,7 +63,8 @@ class BenchSettings:
     model: Path | None = None  # a pipeline folder; None: the embedded model
     lengths: tuple[int, ...] = (120, 600, 2400)
     sampling: DiTSampling = field(default_factory=DiTSampling)
-    threads: int = 2
+    threads: int = 2  # the cores to use: a generation splits them as `arlon generate` does
+    overlap: bool = True  # the AR drawing beside the DiT, as `arlon generate` does by default
     train_data: Path | None = None  # a latent cache; without it only the VAE's training speed
     train_steps: int = 6
     train: bool = True
@@ -82,7 +83,7 @@ def run_bench(settings: BenchSettings, out: Path | None = None) -> dict:
     report = {"machine": machine()}
     lengths = sorted(settings.lengths)
     report["generation"] = generation_lengths(
-        settings.model, lengths, settings.sampling, settings.threads
+        settings.model, lengths, settings.sampling, settings.threads, settings.overlap
     )
     pipe = ARLONPipeline.from_pretrained(settings.model or ROOT)
     report["ar"] = ar_speed(pipe)
@@ -128,14 +129,21 @@ def machine() -> dict:
 
 
 def generation_speed(
-    model: str | Path | None, frames: int, sampling: DiTSampling, threads: int | None = None
+    model: str | Path | None,
+    frames: int,
+    sampling: DiTSampling,
+    cores: int | None = None,
+    overlap: bool = True,
 ) -> dict:
-    """One `arlon generate` of `frames` frames in this process: seconds per stage, peak memory."""
-    if threads is not None:
-        torch.set_num_threads(threads)
+    """One `arlon generate` of `frames` frames in this process, on `cores` cores (default: all):
+    seconds per stage, peak memory. The matmul the stages are compared with runs on the threads
+    each stage had."""
+    torch.set_num_threads(generation_threads(overlap, cores))
     pipe = ARLONPipeline.from_pretrained(model or ROOT)
     loaded = peak_rss_mib()
-    stream = pipe.stream(PROMPT, num_frames=frames, sampling=sampling, progress=False)
+    stream = pipe.stream(
+        PROMPT, num_frames=frames, sampling=sampling, progress=False, overlap=overlap
+    )
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         with VideoWriter(Path(tmp) / "v.mp4", fps=8) as writer:
@@ -161,13 +169,16 @@ def generation_speed(
         "frames": frames,
         "mode": sampling.mode,
         "steps": sampling.num_inference_steps,
+        "overlap": overlap,
         "threads": torch.get_num_threads(),
         "seconds": round(seconds, 2),
         "frames_per_second": round(frames / seconds, 2),
         "realtime_factor_at_8fps": round(frames / 8 / seconds, 2),
         "stage_seconds": {k: round(v, 2) for k, v in stages.items()},
         "stage_frames_per_second": {
-            k: round(frames / v, 1) for k, v in stages.items() if k != "total" and v > 0
+            k: round(frames / v, 1)
+            for k, v in stages.items()
+            if k in ("ar", "dit", "vae") and v > 0
         },
         "segments": pipe.last_times.segments,
         "ar_ms_per_code": round(1000 * stages["ar"] / codes, 3) if stages["ar"] else None,
@@ -179,14 +190,15 @@ def generation_speed(
 
 
 def generation_lengths(
-    model: Path | None, lengths: list[int], sampling: DiTSampling, threads: int
+    model: Path | None, lengths: list[int], sampling: DiTSampling, cores: int, overlap: bool
 ) -> dict:
     """`generation_speed` at each length, each in a fresh process: peak memory is per process."""
     runs = []
     context = multiprocessing.get_context("spawn")  # fresh: no memory of the runs before
     for frames in lengths:
         with context.Pool(1) as pool:
-            runs.append(pool.apply(generation_speed, (model, frames, sampling, threads)))
+            args = (model, frames, sampling, cores, overlap)
+            runs.append(pool.apply(generation_speed, args))
         print(json.dumps(runs[-1]), flush=True)
     out = {"runs": runs}
     if len(runs) > 1:
@@ -370,9 +382,9 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"{m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}", ""]
     lines += [
-        "| frames | seconds | frames/s | x real time (8 fps) | AR s | DiT s | VAE s | "
+        "| frames | seconds | frames/s | x real time (8 fps) | AR s | DiT s | VAE s | waited on AR s | "
         "AR ms/code | AR, DiT, VAE: % of matmul FLOP/s | peak MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["generation"]["runs"]:
         st, eff = r["stage_seconds"], r["stage_efficiency"]
@@ -382,7 +394,7 @@ def markdown(report: dict) -> str:
         )
         lines.append(
             f"| {r['frames']} | {r['seconds']} | {r['frames_per_second']} | "
-            f"{r['realtime_factor_at_8fps']} | {st['ar']} | {st['dit']} | {st['vae']} | "
+            f"{r['realtime_factor_at_8fps']} | {st['ar']} | {st['dit']} | {st['vae']} | {st['waited']} | "
             f"{r['ar_ms_per_code']} | {fractions} | {r['peak_rss_mib']} |"
         )
     if "peak_ratio_longest_to_shortest" in report["generation"]:

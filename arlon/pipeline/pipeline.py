@@ -17,6 +17,11 @@ The stages, each holding a bounded window:
    loop), in `num_inference_steps` Euler steps with classifier-free guidance on the text;
 4. the VAE decodes the new latent frames causally and streams frames out.
 
+With `overlap=True` (`arlon generate`'s default) stages 2 and 3-4 work side by side: the AR draws in
+a thread of its own, at most two VQ windows ahead of the DiT, and torch's threads are best split
+between them (`generation_threads`). The frames are those of the stages taking turns at the same
+thread count: the AR's codes depend on nothing the DiT does.
+
 Mode "ar-only" leaves out step 3: F itself goes to the VAE, which shows what the DiT adds.
 
 Live direction: given a `LiveTimeline`, a prompt directed while the video streams takes effect at
@@ -27,6 +32,9 @@ as at any switch; in mode "baseline", at the next DiT segment) and is recorded t
 
 from __future__ import annotations
 
+import os
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -51,6 +59,14 @@ from arlon.timeline import LiveTimeline, Timeline
 from arlon.utils import check_seed
 
 MODES = ("arlon", "baseline", "ar-only")
+
+
+def generation_threads(overlap: bool, cores: int | None = None) -> int:
+    """torch threads for a generation on `cores` cores (default: this process's): all of them when
+    the stages take turns; half when the AR works beside the DiT, since every op of either stage
+    runs on torch's whole thread count (on two cores, 2 threads each took 1.3x the time of 1 each)."""
+    cores = cores or len(os.sched_getaffinity(0))
+    return max(1, cores // 2) if overlap else cores
 
 
 @dataclass(frozen=True)
@@ -83,22 +99,27 @@ class ARLONPipelineOutput(BaseOutput):
 @dataclass
 class StageTimes:
     """Seconds spent per stage during a generation (AR includes the fine VQ-VAE's decoding), and
-    the work done so far: token frames drawn, DiT segments rendered, video frames decoded."""
+    the work done so far: token frames drawn, DiT segments rendered, video frames decoded.
+    `waited`: the seconds the DiT and the VAE waited on the AR (its whole time when the stages do
+    not overlap); `total`: the generation's own seconds, the time between frames spent by whoever
+    consumes them not counted."""
 
     ar: float = 0.0
     dit: float = 0.0
     vae: float = 0.0
+    waited: float = 0.0
+    total: float = 0.0
     frames: int = 0
     segments: int = 0
     token_frames: int = 0
 
     def as_dict(self) -> dict:
-        total = self.ar + self.dit + self.vae
+        seconds = {"ar": self.ar, "dit": self.dit, "vae": self.vae, "waited": self.waited}
         return {
             "frames": self.frames,
             "segments": self.segments,
             "token_frames": self.token_frames,
-            "seconds": {"ar": self.ar, "dit": self.dit, "vae": self.vae, "total": total},
+            "seconds": {**seconds, "total": self.total},
         }
 
 
@@ -250,6 +271,7 @@ class ARLONPipeline(DiffusionPipeline):
         progress: bool = True,
         codes: Iterable[torch.Tensor] | None = None,
         times: StageTimes | None = None,
+        overlap: bool = False,
     ) -> Iterator[np.ndarray]:
         """Frames `(H, W, 3)` uint8, one at a time, as the stages produce them.
 
@@ -260,12 +282,16 @@ class ARLONPipeline(DiffusionPipeline):
         `(h, w)` for this video (`sample_codes` draws many videos' at once, `draw_codes` one
         video's as they are pulled); `ar_sampling` is then unused. `times`: the `StageTimes` to
         fill as the stages work (another thread may watch it), else a new one; either way it is
-        `last_times`."""
+        `last_times`. `overlap`: the AR draws in a thread of its own while the DiT and the VAE work
+        (the same frames, sooner when `generation_threads(True)` leaves it a core)."""
         job = self._job(prompt, timeline, num_frames, height, width, sampling, seed, init_video)
         times = self.last_times = times if times is not None else StageTimes()
         coarse = None
         if sampling.mode != "baseline":
             coarse = self._coarse_latents(job, ar_sampling, codes, times)
+            if overlap:
+                coarse = read_ahead(coarse)
+            coarse = _waited(coarse, times)
         if sampling.mode == "ar-only":  # F itself, window by window as the VQ-VAE decodes it
             bars = _Bars(progress, num_frames, 0)
             latents = coarse
@@ -308,11 +334,13 @@ class ARLONPipeline(DiffusionPipeline):
         left = job.num_frames
         decoder = self.vae.decode_stream(latents)
         while left > 0:
-            upstream, started = times.ar + times.dit, time.perf_counter()
+            upstream, started = times.waited + times.dit, time.perf_counter()
             video = next(decoder)  # (1, 3, t, H, W); pulls the AR and DiT stages as needed
             frames = to_frames(video[0])[skip:][:left]
             skip = max(0, skip - video.shape[2])
-            times.vae += time.perf_counter() - started - (times.ar + times.dit - upstream)
+            elapsed = time.perf_counter() - started
+            times.vae += elapsed - (times.waited + times.dit - upstream)
+            times.total += elapsed
             yield from frames
             left -= len(frames)
             times.frames += len(frames)
@@ -497,6 +525,68 @@ class ARLONPipeline(DiffusionPipeline):
 
             return ARLONPipelineOutput(frames=[[Image.fromarray(f) for f in frames]])
         return ARLONPipelineOutput(frames=np.stack(frames)[None])
+
+
+def _waited(latents: Iterator[torch.Tensor], times: StageTimes) -> Iterator[torch.Tensor]:
+    """`latents` as they are pulled, the time each took to come counted in `times.waited`;
+    closing this closes them (a read-ahead's thread stops at once)."""
+    try:
+        while True:
+            started = time.perf_counter()
+            chunk = next(latents, None)
+            times.waited += time.perf_counter() - started
+            if chunk is None:
+                return
+            yield chunk
+    finally:
+        latents.close()
+
+
+_END = object()
+
+
+def read_ahead(items: Iterator, depth: int = 1) -> Iterator:
+    """`items`, drawn in a thread of their own (in inference mode) up to `depth` ahead of the
+    consumer; an error there is raised here, and closing this stops the thread."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    closed = threading.Event()
+
+    def put(entry) -> bool:
+        while not closed.is_set():
+            try:
+                slots.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        with torch.inference_mode():
+            try:
+                for item in items:
+                    if not put((item, None)):
+                        break
+                else:
+                    put((_END, None))
+            except BaseException as error:  # raised where the items are read
+                put((_END, error))
+            finally:
+                if hasattr(items, "close"):
+                    items.close()
+
+    thread = threading.Thread(target=produce, name="arlon-ar", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item
+    finally:
+        closed.set()
+        thread.join()
 
 
 def _counted(codes: Iterable[torch.Tensor], times: StageTimes) -> Iterator[torch.Tensor]:

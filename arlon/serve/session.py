@@ -69,11 +69,14 @@ class Settings:
     ar_guidance: float = GUIDANCE_SCALE
 
     def command(self, timeline_file: str | Path = TIMELINE, model: Path | None = None) -> str:
-        """The `arlon generate` command that makes the same video from the timeline's file."""
+        """The `arlon generate` command that makes the same video from the timeline's file: the
+        page's stages take turns (a directed prompt takes hold sooner) on this process's torch
+        threads, whose count the frames depend on (by a level or so)."""
         argv = ["arlon", "generate", "--timeline", str(timeline_file)]
         argv += ["--frames", str(self.frames), "--steps", str(self.steps), "--seed", str(self.seed)]
         argv += ["--mode", self.mode, "--guidance", f"{self.guidance:g}"]
-        argv += ["--ar-guidance", f"{self.ar_guidance:g}", "-o", VIDEO]
+        argv += ["--ar-guidance", f"{self.ar_guidance:g}", "--no-overlap"]
+        argv += ["--threads", str(torch.get_num_threads()), "-o", VIDEO]
         return shlex.join(argv + (["--model", str(model)] if model is not None else []))
 
 
