@@ -340,7 +340,9 @@ def test_a_converted_stdit_computes_open_soras_velocity(tmp_path):
     with torch.no_grad():
         ours = model(x, timestep, y, mask, frame_mask=reference)
         theirs = open_sora_velocity(state, x, timestep, y, mask, x_mask=~reference)
-    assert torch.allclose(ours, -theirs, atol=1e-4, rtol=1e-4)  # ARLON predicts noise - x_0
+    # ARLON predicts noise - x_0. Outputs reach ~20: float32 rounding differs by 1e-4 where they
+    # are near 0, by machine (a wrong name or layout differs by whole units)
+    assert torch.allclose(ours, -theirs, atol=1e-3, rtol=1e-4)
 
 
 def test_stdit_checkpoint_mistakes_are_one_line_errors(tmp_path):
