@@ -97,6 +97,15 @@ def test_the_fast_path_draws_the_reference_codes(model, text_encoder, guidance, 
     assert torch.equal(drawn[0][:, 0], torch.stack(list(alone.frames(TIMELINE, 12, history[0]))))
 
 
+def test_the_fast_path_runs_an_ar_in_bfloat16_as_the_reference_does(text_encoder):
+    """An AR in bf16 (as on a GPU): the fast path's rotary tables take its dtype (before, sin stayed
+    float32 and attention refused the mixed dtypes)."""
+    torch.manual_seed(0)
+    model = ar_transformer("smoke").eval().to(torch.bfloat16)
+    drawn = [generate(model, text_encoder, TIMELINE, 7, fast=fast) for fast in (True, False)]
+    assert torch.equal(drawn[0], drawn[1])
+
+
 def test_a_wider_window_stride_refills_the_cache_less_often(model, text_encoder, monkeypatch):
     """A full context (4 token frames on smoke) drops its `stride` oldest frames at once: at
     stride 3 the cache is refilled every third frame from one kept frame, not every frame from

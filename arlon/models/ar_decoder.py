@@ -68,7 +68,7 @@ class ARDecoder:
             # x * cos + rotate_half(x) * sin, with rotate_half's sign folded into sin
             self.half = self.head_dim // 2
             self.cos = cos.to(model.bos.dtype)
-            self.sin = torch.cat([-sin[:, : self.half], sin[:, self.half :]], 1).to(cos.dtype)
+            self.sin = torch.cat([-sin[:, : self.half], sin[:, self.half :]], 1).to(self.cos.dtype)
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
