@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -138,8 +139,12 @@ def test_recipe_mistakes_are_one_line(tmp_path, capsys, args, message):
 def test_the_same_recipe_command_runs_under_accelerate_launch(tmp_path):
     """Two processes (DDP on gloo, as `accelerate launch` runs them on GPUs): every training stage
     trains on both, the other stages run once, and the pipeline generates."""
+    with socket.socket() as probe:  # a free port, not accelerate's fixed 29500
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes"]
     launch += ["2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", port]
     out = tmp_path / "recipe"
     command = [*launch, "-m", "arlon.cli", "recipe", "smoke", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "CUDA_VISIBLE_DEVICES": ""}

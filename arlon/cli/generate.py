@@ -104,7 +104,7 @@ def run_generate(args: argparse.Namespace) -> None:
 
     from arlon.pipeline.pipeline import generation_threads
 
-    overlap = not args.no_overlap
+    overlap = not args.no_overlap and args.mode != "baseline"  # baseline: no AR to overlap
     threads = torch.get_num_threads()  # this process's again afterwards (tests call main)
     torch.set_num_threads(args.threads or generation_threads(overlap))
     try:

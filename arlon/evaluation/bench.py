@@ -86,7 +86,8 @@ def run_bench(settings: BenchSettings, out: Path | None = None) -> dict:
         settings.model, lengths, settings.sampling, settings.threads, settings.overlap
     )
     # the AR and the DiT alone on the threads each has in a generation
-    torch.set_num_threads(generation_threads(settings.overlap, settings.threads))
+    overlap = settings.overlap and settings.sampling.mode != "baseline"
+    torch.set_num_threads(generation_threads(overlap, settings.threads))
     pipe = ARLONPipeline.from_pretrained(settings.model or ROOT)
     report["ar"] = ar_speed(pipe)
     print(json.dumps({"ar": report["ar"]}), flush=True)
@@ -141,6 +142,7 @@ def generation_speed(
     """One `arlon generate` of `frames` frames in this process, on `cores` cores (default: all):
     seconds per stage, peak memory. The matmul the stages are compared with runs on the threads
     each stage had."""
+    overlap = overlap and sampling.mode != "baseline"  # no AR: nothing to overlap
     torch.set_num_threads(generation_threads(overlap, cores))
     pipe = ARLONPipeline.from_pretrained(model or ROOT)
     loaded = peak_rss_mib()
@@ -316,7 +318,6 @@ def dit_inputs(model, batch: int, frames: int, height: int, width: int) -> tuple
 
 
 @torch.inference_mode()
-@torch.inference_mode()  # as the pipeline samples: with autograd on, a forward took 1.2x the time
 def dit_step(model, batch: int, frames: int, height: int, width: int, repeats: int) -> dict:
     """FLOPs and seconds of one forward of the DiT on a latent `(batch, C, frames, height, width)`."""
     args, kwargs = dit_inputs(model, batch, frames, height, width)

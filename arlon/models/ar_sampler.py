@@ -132,6 +132,11 @@ class ARSampler:
             raise ArlonError("at least one seed is needed")
         self.model = model.eval()
         self.text_encoder = text_encoder
+        if sampling.window_stride >= model.config.max_frames:
+            raise ArlonError(
+                f"the AR's window stride must be below its {model.config.max_frames} token frames, "
+                f"got {sampling.window_stride}"
+            )
         self.sampling = sampling
         self.use_cache = use_cache
         device = model.bos.device
@@ -237,10 +242,6 @@ class ARSampler:
         model, cfg = self.model, self.model.config
         per_frame = model.tokens_per_frame
         stride = self.sampling.window_stride
-        if stride >= cfg.max_frames:
-            raise ArlonError(
-                f"the AR's window stride must be below its {cfg.max_frames} token frames, got {stride}"
-            )
         # the earlier token frames in the context, (videos, h * w) each: at most max_frames - 1
         context: list[torch.Tensor] = []
         if histories is not None:

@@ -32,7 +32,6 @@ as at any switch; in mode "baseline", at the next DiT segment) and is recorded t
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -62,10 +61,11 @@ MODES = ("arlon", "baseline", "ar-only")
 
 
 def generation_threads(overlap: bool, cores: int | None = None) -> int:
-    """torch threads for a generation on `cores` cores (default: this process's): all of them when
-    the stages take turns; half when the AR works beside the DiT, since every op of either stage
-    runs on torch's whole thread count (on two cores, 2 threads each took 1.3x the time of 1 each)."""
-    cores = cores or len(os.sched_getaffinity(0))
+    """torch threads for a generation on `cores` cores (default: torch's thread count, the
+    physical cores unless this process set it): all of them when the stages take turns; half when
+    the AR works beside the DiT, since every op of either stage runs on torch's whole thread count
+    (on two cores, 2 threads each took 1.3x the time of 1 each)."""
+    cores = cores or torch.get_num_threads()
     return max(1, cores // 2) if overlap else cores
 
 
@@ -286,11 +286,12 @@ class ARLONPipeline(DiffusionPipeline):
         (the same frames, sooner when `generation_threads(True)` leaves it a core)."""
         job = self._job(prompt, timeline, num_frames, height, width, sampling, seed, init_video)
         times = self.last_times = times if times is not None else StageTimes()
+        stop = threading.Event()  # the frames are no longer read: the AR stops at its next frame
         coarse = None
         if sampling.mode != "baseline":
-            coarse = self._coarse_latents(job, ar_sampling, codes, times)
+            coarse = self._coarse_latents(job, ar_sampling, codes, times, stop)
             if overlap:
-                coarse = read_ahead(coarse)
+                coarse = read_ahead(coarse, closed=stop)
             coarse = _waited(coarse, times)
         if sampling.mode == "ar-only":  # F itself, window by window as the VQ-VAE decodes it
             bars = _Bars(progress, num_frames, 0)
@@ -299,8 +300,13 @@ class ARLONPipeline(DiffusionPipeline):
             bars = _Bars(progress, num_frames, job.segments)
             conditions = None if coarse is None else (f for c in coarse for f in c.split(1, dim=2))
             latents = self._latents(job, conditions, times, bars)
-        yield from self._decode(job, latents, times, bars)
-        bars.close()
+        try:
+            yield from self._decode(job, latents, times, bars)
+        finally:  # also when the frames stop being read (Ctrl-C, a Stop): the AR's thread ends here
+            stop.set()
+            bars.close()
+            if coarse is not None:
+                coarse.close()
 
     def _job(self, prompt, timeline, num_frames, height, width, sampling, seed, init_video) -> _Job:
         if (prompt is None) == (timeline is None):
@@ -333,19 +339,21 @@ class ARLONPipeline(DiffusionPipeline):
         skip = 0 if job.init is None else self.vae.video_frames(self.config.reference_frames)
         left = job.num_frames
         decoder = self.vae.decode_stream(latents)
-        while left > 0:
-            upstream, started = times.waited + times.dit, time.perf_counter()
-            video = next(decoder)  # (1, 3, t, H, W); pulls the AR and DiT stages as needed
-            frames = to_frames(video[0])[skip:][:left]
-            skip = max(0, skip - video.shape[2])
-            elapsed = time.perf_counter() - started
-            times.vae += elapsed - (times.waited + times.dit - upstream)
-            times.total += elapsed
-            yield from frames
-            left -= len(frames)
-            times.frames += len(frames)
-            bars.frames.update(len(frames))
-        decoder.close()
+        try:
+            while left > 0:
+                upstream, started = times.waited + times.dit, time.perf_counter()
+                video = next(decoder)  # (1, 3, t, H, W); pulls the AR and DiT stages as needed
+                frames = to_frames(video[0])[skip:][:left]
+                skip = max(0, skip - video.shape[2])
+                elapsed = time.perf_counter() - started
+                times.vae += elapsed - (times.waited + times.dit - upstream)
+                times.total += elapsed
+                yield from frames
+                left -= len(frames)
+                times.frames += len(frames)
+                bars.frames.update(len(frames))
+        finally:
+            decoder.close()
 
     def _encode_init(self, video: np.ndarray | str | Path) -> torch.Tensor:
         """The last `reference_frames` latent frames `(1, C, r, h, w)` of a video to continue."""
@@ -408,7 +416,9 @@ class ARLONPipeline(DiffusionPipeline):
         tokens = LiveTokens(live, self.temporal_ratio, self.vq.ratio[0])
         return sampler.frames(tokens, self.token_frames(new_latents), history)
 
-    def _coarse_latents(self, job: _Job, ar_sampling, codes, times) -> Iterator[torch.Tensor]:
+    def _coarse_latents(
+        self, job: _Job, ar_sampling, codes, times, stop: threading.Event
+    ) -> Iterator[torch.Tensor]:
         """The coarse latent F `(1, C, n, h, w)`, one VQ window at a time: the AR's token frames
         (drawn here unless `codes` are given) through the fine VQ-VAE; when continuing a video,
         its reference frames' own codes first, which are also the AR's history."""
@@ -418,7 +428,7 @@ class ARLONPipeline(DiffusionPipeline):
             yield self.vq.decode_codes(torch.stack(history)[None], num_frames=job.init.shape[2])
         if codes is None:
             codes = self.draw_codes(job.live, job.num_frames, ar_sampling, job.seed, history)
-        codes = _counted(codes, times)
+        codes = _counted(codes, times, stop)
         chunks = coarse_latents(codes, self.vq, self.ar.config.code_window, history=history)
         while True:
             started = time.perf_counter()
@@ -545,11 +555,12 @@ def _waited(latents: Iterator[torch.Tensor], times: StageTimes) -> Iterator[torc
 _END = object()
 
 
-def read_ahead(items: Iterator, depth: int = 1) -> Iterator:
+def read_ahead(items: Iterator, depth: int = 1, closed: threading.Event | None = None) -> Iterator:
     """`items`, drawn in a thread of their own (in inference mode) up to `depth` ahead of the
-    consumer; an error there is raised here, and closing this stops the thread."""
+    consumer; an error there is raised here. Closing this sets `closed` and waits for the thread,
+    which ends once the item it is drawing is done (`items` may watch `closed` to end sooner)."""
     slots: queue.Queue = queue.Queue(maxsize=depth)
-    closed = threading.Event()
+    closed = closed or threading.Event()
 
     def put(entry) -> bool:
         while not closed.is_set():
@@ -589,9 +600,13 @@ def read_ahead(items: Iterator, depth: int = 1) -> Iterator:
         thread.join()
 
 
-def _counted(codes: Iterable[torch.Tensor], times: StageTimes) -> Iterator[torch.Tensor]:
-    """`codes` as they are pulled, counted in `times.token_frames`."""
+def _counted(
+    codes: Iterable[torch.Tensor], times: StageTimes, stop: threading.Event
+) -> Iterator[torch.Tensor]:
+    """`codes` as they are pulled, counted in `times.token_frames`; none more once `stop` is set."""
     for frame in codes:
+        if stop.is_set():
+            return
         times.token_frames += 1
         yield frame
 
