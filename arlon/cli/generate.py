@@ -83,8 +83,8 @@ def _add_generate(commands) -> None:
     p.add_argument(
         "--threads",
         type=positive_int,
-        help="torch threads (default: half the cores, at least 1, as the AR and the DiT work side "
-        "by side; all of them with --no-overlap)",
+        help="torch threads (default: half of torch's own count, the physical cores, at least 1, as "
+        "the AR and the DiT work side by side; all of them with --no-overlap or --mode baseline)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run_generate)
