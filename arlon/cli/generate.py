@@ -102,7 +102,7 @@ def run_generate(args: argparse.Namespace) -> None:
     # Only now the heavy imports (torch, diffusers): every mistake above is reported at once.
     import torch
 
-    from arlon.pipeline.pipeline import generation_threads
+    from arlon.pipeline.threads import generation_threads
 
     overlap = not args.no_overlap and args.mode != "baseline"  # baseline: no AR to overlap
     threads = torch.get_num_threads()  # this process's again afterwards (tests call main)

@@ -43,7 +43,8 @@ from arlon.data.video_io import VideoWriter
 from arlon.errors import ArlonError
 from arlon.models.ar_sampler import ARSampler
 from arlon.pipeline.coarse import SEAM_CONTEXT
-from arlon.pipeline.pipeline import ARLONPipeline, DiTSampling, generation_threads
+from arlon.pipeline.pipeline import ARLONPipeline, DiTSampling
+from arlon.pipeline.threads import generation_threads
 from arlon.timeline import Timeline
 from arlon.training.config import TrainConfig
 from arlon.training.presets import DEFAULT_PRESETS, train_config

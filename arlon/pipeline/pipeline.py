@@ -19,7 +19,7 @@ The stages, each holding a bounded window:
 
 With `overlap=True` (`arlon generate`'s default) stages 2 and 3-4 work side by side: the AR draws in
 a thread of its own, at most two VQ windows ahead of the DiT, and torch's threads are best split
-between them (`generation_threads`). The frames are those of the stages taking turns at the same
+between them (`arlon.pipeline.threads.generation_threads`). The frames are those of the stages taking turns at the same
 thread count: the AR's codes depend on nothing the DiT does.
 
 Mode "ar-only" leaves out step 3: F itself goes to the VAE, which shows what the DiT adds.
@@ -32,7 +32,6 @@ as at any switch; in mode "baseline", at the next DiT segment) and is recorded t
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import deque
@@ -54,19 +53,11 @@ from arlon.models.ar_sampler import ARSampler, ARSampling
 from arlon.models.text_encoder import TextEncoder
 from arlon.pipeline.coarse import LiveTokens, coarse_latents, latent_frame, sample_codes
 from arlon.pipeline.folders import MODELS, assemble, load_components
+from arlon.pipeline.threads import read_ahead, timed
 from arlon.timeline import LiveTimeline, Timeline
 from arlon.utils import check_seed
 
 MODES = ("arlon", "baseline", "ar-only")
-
-
-def generation_threads(overlap: bool, cores: int | None = None) -> int:
-    """torch threads for a generation on `cores` cores (default: torch's thread count, the
-    physical cores unless this process set it): all of them when the stages take turns; half when
-    the AR works beside the DiT, since every op of either stage runs on torch's whole thread count
-    (on two cores, 2 threads each took 1.3x the time of 1 each)."""
-    cores = cores or torch.get_num_threads()
-    return max(1, cores // 2) if overlap else cores
 
 
 @dataclass(frozen=True)
@@ -283,7 +274,7 @@ class ARLONPipeline(DiffusionPipeline):
         video's as they are pulled); `ar_sampling` is then unused. `times`: the `StageTimes` to
         fill as the stages work (another thread may watch it), else a new one; either way it is
         `last_times`. `overlap`: the AR draws in a thread of its own while the DiT and the VAE work
-        (the same frames, sooner when `generation_threads(True)` leaves it a core)."""
+        (the same frames, sooner when `threads.generation_threads(True)` leaves it a core)."""
         job = self._job(prompt, timeline, num_frames, height, width, sampling, seed, init_video)
         times = self.last_times = times if times is not None else StageTimes()
         stop = threading.Event()  # the frames are no longer read: the AR stops at its next frame
@@ -292,7 +283,7 @@ class ARLONPipeline(DiffusionPipeline):
             coarse = self._coarse_latents(job, ar_sampling, codes, times, stop)
             if overlap:
                 coarse = read_ahead(coarse, closed=stop)
-            coarse = _waited(coarse, times)
+            coarse = timed(coarse, times, "waited")
         if sampling.mode == "ar-only":  # F itself, window by window as the VQ-VAE decodes it
             bars = _Bars(progress, num_frames, 0)
             latents = coarse
@@ -430,13 +421,7 @@ class ARLONPipeline(DiffusionPipeline):
             codes = self.draw_codes(job.live, job.num_frames, ar_sampling, job.seed, history)
         codes = _counted(codes, times, stop)
         chunks = coarse_latents(codes, self.vq, self.ar.config.code_window, history=history)
-        while True:
-            started = time.perf_counter()
-            chunk = next(chunks, None)
-            times.ar += time.perf_counter() - started
-            if chunk is None:
-                return
-            yield chunk
+        yield from timed(chunks, times, "ar")
 
     def _latents(self, job: _Job, conditions, times, bars) -> Iterator[torch.Tensor]:
         """Latent frames `(1, C, n, h, w)` for the VAE: the reference being continued (if any),
@@ -535,69 +520,6 @@ class ARLONPipeline(DiffusionPipeline):
 
             return ARLONPipelineOutput(frames=[[Image.fromarray(f) for f in frames]])
         return ARLONPipelineOutput(frames=np.stack(frames)[None])
-
-
-def _waited(latents: Iterator[torch.Tensor], times: StageTimes) -> Iterator[torch.Tensor]:
-    """`latents` as they are pulled, the time each took to come counted in `times.waited`;
-    closing this closes them (a read-ahead's thread stops at once)."""
-    try:
-        while True:
-            started = time.perf_counter()
-            chunk = next(latents, None)
-            times.waited += time.perf_counter() - started
-            if chunk is None:
-                return
-            yield chunk
-    finally:
-        latents.close()
-
-
-_END = object()
-
-
-def read_ahead(items: Iterator, depth: int = 1, closed: threading.Event | None = None) -> Iterator:
-    """`items`, drawn in a thread of their own (in inference mode) up to `depth` ahead of the
-    consumer; an error there is raised here. Closing this sets `closed` and waits for the thread,
-    which ends once the item it is drawing is done (`items` may watch `closed` to end sooner)."""
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    closed = closed or threading.Event()
-
-    def put(entry) -> bool:
-        while not closed.is_set():
-            try:
-                slots.put(entry, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        with torch.inference_mode():
-            try:
-                for item in items:
-                    if not put((item, None)):
-                        break
-                else:
-                    put((_END, None))
-            except BaseException as error:  # raised where the items are read
-                put((_END, error))
-            finally:
-                if hasattr(items, "close"):
-                    items.close()
-
-    thread = threading.Thread(target=produce, name="arlon-ar", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = slots.get()
-            if error is not None:
-                raise error
-            if item is _END:
-                return
-            yield item
-    finally:
-        closed.set()
-        thread.join()
 
 
 def _counted(
