@@ -205,6 +205,8 @@ def generation_lengths(
         with context.Pool(1) as pool:
             args = (model, frames, sampling, cores, overlap)
             runs.append(pool.apply(generation_speed, args))
+            pool.close()  # the worker exits on its own, releasing what it made (tqdm's lock)
+            pool.join()
         print(json.dumps(runs[-1]), flush=True)
     out = {"runs": runs}
     if len(runs) > 1:
