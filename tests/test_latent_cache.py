@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from arlon import cli
+from arlon.data import latent_cache
 from arlon.data.latent_cache import (
     CodeWindows,
     LatentCache,
@@ -288,3 +289,41 @@ def test_append_grows_a_cache_as_one_build_would(dataset, models, tmp_path, caps
         assert all(torch.equal(x[k], y[k]) for k in x) and a.timeline == b.timeline
     assert cli.main(["cache", "--append", "--add-codes", "--out", str(tmp_path / "grown")]) == 2
     assert "do not go together" in capsys.readouterr().err
+
+
+def test_an_interrupted_build_resumes_into_the_cache_one_build_writes(
+    dataset, models, tmp_path, monkeypatch
+):
+    vae, fine, coarse = models
+    manifest = dataset / "manifest.csv"
+    whole = LatentCache(build_cache(vae, manifest, tmp_path / "whole", fine, coarse, window=3))
+    encoded = []
+
+    def build(out, vqs=(fine, coarse), stop_at=None):
+        def encode(vae, path):
+            if len(encoded) == stop_at:
+                raise KeyboardInterrupt  # Ctrl-C while this video is encoded
+            encoded.append(path)
+            return encode_video(vae, path)
+
+        encoded.clear()
+        monkeypatch.setattr(latent_cache, "encode_video", encode)
+        return build_cache(vae, manifest, out, *vqs, window=3, shard_bytes=1)  # a shard a video
+
+    with pytest.raises(KeyboardInterrupt):
+        build(tmp_path / "cache", stop_at=2)
+    assert not (tmp_path / "cache").exists()  # nothing half-built where the cache goes
+    resumed = LatentCache(build(tmp_path / "cache"))
+    assert len(encoded) == len(whole.entries) - 2  # only the videos not yet written
+    assert [(e.key, e.path, e.timeline) for e in resumed.entries] == [
+        (e.key, e.path, e.timeline) for e in whole.entries
+    ]
+    for a, b in zip(whole.entries, resumed.entries, strict=True):
+        x, y = whole.tensors(a), resumed.tensors(b)
+        assert set(x) == set(y) and all(torch.equal(x[k], y[k]) for k in x)
+    assert not (tmp_path / "cache" / "partial.json").exists()
+    # written with other encoders (here without the coarse VQ-VAE), the shards are not reused
+    with pytest.raises(KeyboardInterrupt):
+        build(tmp_path / "other", stop_at=2)
+    build(tmp_path / "other", vqs=(fine, None))
+    assert len(encoded) == len(whole.entries)

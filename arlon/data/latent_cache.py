@@ -12,9 +12,11 @@ captions and timelines.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -99,6 +101,9 @@ def build_cache(
 ) -> Path:
     """Encode every video of `manifest` into `out` (replaced only once complete).
 
+    A build goes into `out.tmp` first, whose `partial.json` lists the videos of every shard written
+    so far: an interrupted build, run again with the same settings, encodes only the rest.
+
     With `append`, the videos go into the existing cache `out` instead, after its entries (their
     keys, and so the held-out split of the training stages, do not move); videos already in it are
     skipped. New shards are written first and the index last, so an interrupted append leaves the
@@ -128,6 +133,7 @@ def build_cache(
         rows = [row for row in rows if str(row.path) not in known]
         folder, first_key = out, 1 + max((int(e.key) for e in cache.entries), default=-1)
         first_shard = 1 + max((_shard_number(e.shard) for e in cache.entries), default=-1)
+        written = None
     else:
         meta = {
             "window": window,
@@ -135,22 +141,66 @@ def build_cache(
             "codebook_size": None if fine is None else fine.codebook_size,
             "entries": [],
         }
-        folder, first_key, first_shard = out.with_name(out.name + ".tmp"), 0, 0
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
+        folder = out.with_name(out.name + ".tmp")
+        encoders = _fingerprint(vae, fine, coarse)
+        meta["entries"] = _interrupted_build(folder, meta, encoders, [str(r.path) for r in rows])
+        if not meta["entries"]:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        first_key = len(meta["entries"])
+        first_shard = 1 + max((_shard_number(e["shard"]) for e in meta["entries"]), default=-1)
+        if first_key:
+            print(f"cache: resuming after {first_key} of {len(rows)} videos", flush=True)
+        rows = rows[first_key:]
+
+        def written(entries: list[dict]) -> None:
+            partial = {**meta, "encoders": encoders, "entries": meta["entries"] + entries}
+            _write_json(folder / PARTIAL, partial)
+
     entries = _encode_rows(
-        vae, rows, folder, fine, coarse, window, shard_bytes, first_key, first_shard
+        vae, rows, folder, fine, coarse, window, shard_bytes, first_key, first_shard, written
     )
     meta["entries"] += [asdict(e) for e in entries]
-    tmp = folder / "index.json.tmp"
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, folder / "index.json")
+    _write_json(folder / "index.json", meta)
     if not append:
+        (folder / PARTIAL).unlink(missing_ok=True)
         if out.exists():
             shutil.rmtree(out)
         os.replace(folder, out)
     return out
+
+
+PARTIAL = "partial.json"  # an unfinished build's settings and the entries of its written shards
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _interrupted_build(folder: Path, meta: dict, encoders: str, paths: list[str]) -> list[dict]:
+    """The entries an interrupted build into `folder` wrote, or [] unless it had the settings of
+    `meta`, the same encoders, and the first videos of `paths` in order (so that it resumes into
+    the cache one build would write)."""
+    try:
+        partial = json.loads((folder / PARTIAL).read_text())
+    except (OSError, ValueError):
+        return []
+    entries = partial.get("entries", [])
+    same = all(partial.get(k) == v for k, v in meta.items() if k != "entries")
+    same = same and partial.get("encoders") == encoders
+    return entries if same and [e["path"] for e in entries] == paths[: len(entries)] else []
+
+
+def _fingerprint(*models) -> str:
+    """A digest of the weights of `models` (None skipped)."""
+    digest = hashlib.sha256()
+    for model in models:
+        for name, tensor in [] if model is None else sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def _shard_number(name: str) -> int:
@@ -167,8 +217,10 @@ def _encode_rows(
     shard_bytes: int,
     first_key: int,
     first_shard: int,
+    written: Callable[[list[dict]], None] | None = None,
 ) -> list[CacheEntry]:
-    """Encode `rows` into shards of `folder`, keys and shard numbers counting from the given ones."""
+    """Encode `rows` into shards of `folder`, keys and shard numbers counting from the given ones;
+    `written` is told the entries of the shards written so far after each shard."""
     entries, shard, size, shard_id = [], {}, 0, first_shard
 
     def flush():
@@ -176,6 +228,8 @@ def _encode_rows(
         if shard:
             save_file(shard, str(folder / f"shard_{shard_id:05d}.safetensors"))
             shard, size, shard_id = {}, 0, shard_id + 1
+            if written is not None:
+                written([asdict(e) for e in entries])
 
     for i, row in enumerate(tqdm(rows, desc="cache", unit="video"), start=first_key):
         latents = encode_video(vae, row.path).half()  # stored in float16
