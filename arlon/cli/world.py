@@ -148,9 +148,9 @@ def _add_dataset(sub) -> None:
         "many scenes rather than many frames of a few, which an AR learns by heart.",
     )
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--clips", type=count, default=6000, help="short clips (default 6000)")
+    p.add_argument("--clips", type=count, default=12000, help="short clips (default 12000)")
     p.add_argument("--clip-frames", type=positive_int, default=33, help="frames per clip (33)")
-    p.add_argument("--episodes", type=count, default=400, help="episodes (default 400)")
+    p.add_argument("--episodes", type=count, default=1200, help="episodes (default 1200)")
     p.add_argument("--frames", type=positive_int, default=300, help="frames per episode (300)")
     p.add_argument("--seed", type=seed, default=0, help="base seed (default 0)")
     p.add_argument(

@@ -38,9 +38,9 @@ def write_episode(
 @dataclass(frozen=True)
 class DatasetSettings:
     out: Path
-    clips: int = 6000
+    clips: int = 12000
     clip_frames: int = 33
-    episodes: int = 400
+    episodes: int = 1200
     frames: int = 300  # per episode: 2-4 captions
     seed: int = 0  # the base seed
     height: int = 64
