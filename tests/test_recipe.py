@@ -64,6 +64,13 @@ def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(tmp_path,
     states = [row["state"] for row in plan(read_recipe("smoke"), out)]
     assert all(state.startswith("done in") for state in states)
 
+    # A finished stage whose budget has since changed is not taken for the new one.
+    more = ["recipe", "smoke", "--out", str(out), "--resume", "--set", "data.clips=7"]
+    assert cli.main(more) == 2
+    assert "stage 'data'" in capsys.readouterr().err
+    data = plan(read_recipe("smoke", ["data.clips=7"]), out)[0]
+    assert data["state"].endswith("with other settings: clips: 6 -> 7")
+
     # A time budget pauses a stage; only its last step finishes it.
     shutil.rmtree(out / "ar")
     paused = ["recipe", "smoke", "--out", str(out), "--resume", "--stages", "ar"]

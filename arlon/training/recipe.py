@@ -10,8 +10,9 @@ with its kind, its settings and its budget, so every budget lives in that one fi
 and `init_from` name earlier stages), `cache` (a data set through a VAE), `codes` (the AR's tokens
 and the DiT's condition from one VQ-VAE into that cache) and `assemble` (the pipeline folder).
 
-Stage NAME writes `OUT/NAME` and, once finished, `OUT/NAME/done.json` with its minutes: `--resume`
-skips finished stages and continues an unfinished training stage from its last checkpoint, exactly.
+Stage NAME writes `OUT/NAME` and, once finished, `OUT/NAME/done.json` with its minutes and settings:
+`--resume` skips finished stages (refusing one whose settings the recipe has since changed) and
+continues an unfinished training stage from its last checkpoint, exactly.
 Stages that do not depend on each other (the AR and the DiTs) can run in two processes at once with
 `--stages`. Under `accelerate launch` the training stages run on every process, the others on the
 main process while the rest wait.
@@ -151,6 +152,25 @@ def done(out: Path, stage: Stage) -> dict | None:
     return json.loads(marker.read_text()) if marker.exists() else None
 
 
+def changed(out: Path, stage: Stage) -> list[str]:
+    """How the settings of `stage` differ from those its finished run recorded ("clips: 6000 ->
+    12000"); nothing for a stage not finished, or finished before records held settings."""
+    record = done(out, stage)
+    recorded = None if record is None else record.get("settings")
+    if recorded is None:
+        return []
+    now = _as_json(stage.settings)
+    return [
+        f"{key}: {recorded.get(key)} -> {now.get(key)}"
+        for key in sorted(set(recorded) | set(now))
+        if recorded.get(key) != now.get(key)
+    ]
+
+
+def _as_json(settings: dict) -> dict:
+    return json.loads(json.dumps(settings))
+
+
 def plan(recipe: Recipe, out: Path) -> list[dict]:
     """Each stage: its kind, budget, output and state (done, in progress, to do)."""
     rows = []
@@ -158,6 +178,8 @@ def plan(recipe: Recipe, out: Path) -> list[dict]:
         record = done(out, stage)
         if record is not None:
             state = f"done in {record['minutes']:.1f} min"
+            if changed(out, stage):
+                state += " with other settings: " + "; ".join(changed(out, stage))
         elif (out / stage.name).exists():
             state = "in progress" + _progress(out / stage.name)
         else:
@@ -195,6 +217,13 @@ def run_recipe(
             f"{out} already holds this recipe's stages ({', '.join(started)}): pass --resume to "
             "continue, or choose another --out"
         )
+    for stage in recipe.stages:
+        if changed(out, stage):
+            raise ArlonError(
+                f"stage {stage.name!r} in {out} was finished with other settings "
+                f"({'; '.join(changed(out, stage))}): run the recipe it was made with, or remove "
+                f"{out / stage.name} and the stages that read it to make them again"
+            )
     for stage in stages:
         if done(out, stage) is not None:
             continue
@@ -213,6 +242,7 @@ def run_recipe(
         if state.is_main_process:
             minutes = (time.perf_counter() - start) / 60
             record = {"minutes": round(minutes, 2), "finished": _now(), "kind": stage.kind}
+            record["settings"] = _as_json(stage.settings)
             record |= _curve(out / stage.name / "eval.csv")
             best = out / stage.name / "best.json"
             if best.exists():  # keep_best: the exported model is that evaluation's
