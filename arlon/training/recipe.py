@@ -178,8 +178,8 @@ def plan(recipe: Recipe, out: Path) -> list[dict]:
         record = done(out, stage)
         if record is not None:
             state = f"done in {record['minutes']:.1f} min"
-            if changed(out, stage):
-                state += " with other settings: " + "; ".join(changed(out, stage))
+            if differences := changed(out, stage):
+                state += " with other settings: " + "; ".join(differences)
         elif (out / stage.name).exists():
             state = "in progress" + _progress(out / stage.name)
         else:
@@ -218,10 +218,10 @@ def run_recipe(
             "continue, or choose another --out"
         )
     for stage in recipe.stages:
-        if changed(out, stage):
+        if differences := changed(out, stage):
             raise ArlonError(
                 f"stage {stage.name!r} in {out} was finished with other settings "
-                f"({'; '.join(changed(out, stage))}): run the recipe it was made with, or remove "
+                f"({'; '.join(differences)}): run the recipe it was made with, or remove "
                 f"{out / stage.name} and the stages that read it to make them again"
             )
     for stage in stages:
