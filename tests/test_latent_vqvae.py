@@ -65,9 +65,16 @@ def test_front_padding_repeats_the_first_frame():
     assert torch.equal(vq.decode_codes(codes, num_frames=5), vq.decode_codes(codes)[:, :, 3:])
 
 
-@pytest.mark.parametrize("ratio", [(1, 2, 2), (4, 2, 2)])
-def test_decode_codes_is_the_forward_path(ratio):
-    vq = smoke(ratio).eval()
+FSQ = dict(quantization="fsq", levels=(4, 4, 4), codebook_size=64)  # the smoke preset's 64 codes
+
+
+@pytest.mark.parametrize(
+    "ratio, quantizer",
+    [((1, 2, 2), {}), ((4, 2, 2), {}), ((4, 2, 2), FSQ), ((1, 2, 2), {**FSQ, "per_frame": True})],
+    ids=["vq", "vq-time", "fsq-time", "fsq-per-frame"],
+)
+def test_decode_codes_is_the_forward_path(ratio, quantizer):
+    vq = smoke(ratio, **quantizer).eval()
     x = latents(t=5)
     with torch.no_grad():
         out = vq(x)
@@ -145,8 +152,9 @@ def test_codebook_stats_exact():
     assert math.isclose(vq.codebook_stats(skewed)["perplexity"], math.exp(entropy), rel_tol=1e-6)
 
 
-def test_save_and_load_round_trip(tmp_path):
-    vq = smoke((4, 2, 2)).train()
+@pytest.mark.parametrize("quantizer", [{}, FSQ], ids=["vq", "fsq"])
+def test_save_and_load_round_trip(tmp_path, quantizer):
+    vq = smoke((4, 2, 2), **quantizer).train()
     x = latents(t=5)
     vq(x)  # move the codebook off its initial state
     vq.eval()
@@ -199,6 +207,44 @@ def test_bad_codes_and_config():
         latent_vqvae("smoke", 4, ratio=(3, 2, 2))
     with pytest.raises(ArlonError, match="one entry each per level"):
         latent_vqvae("smoke", 4, ratio=(1, 8, 8))
+    with pytest.raises(ArlonError, match="multiply to its codebook size 64"):
+        latent_vqvae("smoke", 4, quantization="fsq", levels=(8, 5, 5, 5))
+    with pytest.raises(ArlonError, match="'vq' or 'fsq'"):
+        latent_vqvae("smoke", 4, quantization="lfq")
+
+
+def test_per_frame_codes_depend_on_their_frame_alone():
+    vq = smoke(per_frame=True).eval()
+    x = latents(t=6)
+    still = x[:, :, :1].expand(-1, -1, 6, -1, -1)
+    codes = vq.encode(still)
+    assert all(torch.equal(codes[:, 0], codes[:, i]) for i in range(6))  # a still scene keeps them
+    changed = x.clone()
+    changed[:, :, 3] += 1
+    a, b = vq.encode(x), vq.encode(changed)
+    assert torch.equal(a[:, :3], b[:, :3]) and torch.equal(a[:, 4:], b[:, 4:])
+    assert not torch.equal(a[:, 3], b[:, 3])
+    mixed = smoke().eval()  # across time, the same frame codes differently where it sits
+    assert not torch.equal(mixed.encode(x)[:, 4:], mixed.encode(changed)[:, 4:])
+    with pytest.raises(ArlonError, match="r_t = 1"):
+        smoke((4, 2, 2), per_frame=True)
+
+
+def test_fsq_codes_train_with_the_reconstruction_alone():
+    """FSQ has no codebook to learn and no commitment loss; its codes still follow the data."""
+    vq = smoke(**FSQ).train()
+    x = latents(b=4, t=3)
+    opt = torch.optim.Adam(vq.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        out = vq(x)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert out.commit_loss.item() == 0
+    assert losses[-1] < 0.5 * losses[0]
+    assert vq.codebook_stats(out.codes)["usage"] > 0.25  # of 64 codes, on 4 x 3 x 4 x 4 = 192 cells
 
 
 @pytest.mark.parametrize("ratio", [(1, 1, 1), (2, 2, 2)])

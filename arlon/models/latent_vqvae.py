@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
-from vector_quantize_pytorch import VectorQuantize
+from vector_quantize_pytorch import FSQ, VectorQuantize
 
 from arlon.errors import ArlonError
 
@@ -223,6 +223,15 @@ class LatentVQVAE(ModelMixin, ConfigMixin):
     level i has width `block_channels[i]` and `num_res_blocks[i]` residual blocks (0 is fine: the
     input is already a compressed latent); at the lowest level each one is followed by an attention
     block (`num_attention_heads` = 0: none).
+
+    `quantization`: "vq", a learned EMA codebook of `codebook_size` codes; or "fsq", finite scalar
+    quantisation (Mentzer et al. 2023, https://arxiv.org/abs/2309.15505): `levels` values per
+    dimension of a projection to len(levels) dimensions, prod(levels) codes, nothing learned in
+    the codebook and no code that can die or be reset.
+
+    `per_frame` (r_t = 1 only): each latent frame is coded on its own, nothing mixed across time,
+    so a frame's codes depend on that frame alone: a still scene keeps its codes from frame to
+    frame (mixed across a window, where a frame sits in it moved them).
     """
 
     _no_split_modules = ["ResBlock3d", "AttnBlock3d"]  # FSDP wrapping units (read by accelerate)
@@ -242,6 +251,9 @@ class LatentVQVAE(ModelMixin, ConfigMixin):
         kmeans_init: bool = False,
         threshold_ema_dead_code: float = 2.0,
         commitment_weight: float = 0.25,
+        quantization: str = "vq",
+        levels: tuple[int, ...] = (),
+        per_frame: bool = False,
     ):
         super().__init__()
         ratio = tuple(ratio)
@@ -261,24 +273,38 @@ class LatentVQVAE(ModelMixin, ConfigMixin):
             )
         if min(widths) < 1 or min(depths) < 0 or num_attention_heads < 0:
             raise ArlonError("block_channels must be positive, num_res_blocks and heads >= 0")
+        if per_frame and ratio[0] != 1:
+            raise ArlonError(f"per-frame codes need r_t = 1, got the ratio {ratio}")
+        if quantization not in ("vq", "fsq"):
+            raise ArlonError(f"quantization is 'vq' or 'fsq', got {quantization!r}")
+        if quantization == "fsq" and (not levels or math.prod(levels) != codebook_size):
+            raise ArlonError(
+                f"an FSQ quantizer's levels multiply to its codebook size {codebook_size}, got "
+                f"{tuple(levels)}"
+            )
         self.latent_channels = latent_channels
         self.ratio = ratio
         self.codebook_size = codebook_size
+        self.fsq = quantization == "fsq"
+        self.per_frame = per_frame
         self.encoder = Encoder(
             latent_channels, widths, depths, strides, num_attention_heads, code_dim
         )
         # EMA codebook with dead-code reset (van den Oord et al. 2017; Zeghidour et al. 2021);
         # cosine similarity keeps codes on the sphere and the codebook well used (Yu et al. 2021,
         # https://arxiv.org/abs/2110.04627).
-        self.quantizer = VectorQuantize(
-            dim=code_dim,
-            codebook_size=codebook_size,
-            use_cosine_sim=use_cosine_sim,
-            decay=ema_decay,
-            kmeans_init=kmeans_init,
-            threshold_ema_dead_code=threshold_ema_dead_code,
-            commitment_weight=commitment_weight,
-        )
+        if self.fsq:
+            self.quantizer = FSQ(levels=list(levels), dim=code_dim)
+        else:
+            self.quantizer = VectorQuantize(
+                dim=code_dim,
+                codebook_size=codebook_size,
+                use_cosine_sim=use_cosine_sim,
+                decay=ema_decay,
+                kmeans_init=kmeans_init,
+                threshold_ema_dead_code=threshold_ema_dead_code,
+                commitment_weight=commitment_weight,
+            )
         self.decoder = Decoder(
             latent_channels, widths, depths, strides, num_attention_heads, code_dim
         )
@@ -338,16 +364,28 @@ class LatentVQVAE(ModelMixin, ConfigMixin):
         if pad:
             first = x[:, :, :1].expand(-1, -1, pad, -1, -1)
             x = torch.cat([first, x], dim=2)  # (B, C, t*r_t, H, W)
-        z = self.encoder(x)  # (B, D, t, h, w)
+        z = self._frames(self.encoder, x)  # (B, D, t, h, w)
         b, d, t, h, w = z.shape
         # The codebook's EMA and distances stay in float32 under bf16 autocast.
         with torch.autocast(z.device.type, enabled=False):
-            quantized, codes, commit_loss = self.quantizer(z.float().flatten(2).transpose(1, 2))
+            if self.fsq:
+                quantized, codes = self.quantizer(z.float().flatten(2).transpose(1, 2))
+                commit_loss = z.new_zeros((), dtype=torch.float32)
+            else:
+                quantized, codes, commit_loss = self.quantizer(z.float().flatten(2).transpose(1, 2))
         quantized = quantized.transpose(1, 2).reshape(b, d, t, h, w)  # (B, D, t, h, w)
         return quantized, codes.view(b, t, h, w), commit_loss
 
+    def _frames(self, network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """`network` on `x` `(B, C, T, H, W)`; per frame, its frames folded into the batch."""
+        if not self.per_frame:
+            return network(x)
+        b, t = x.shape[0], x.shape[2]
+        y = network(x.transpose(1, 2).flatten(0, 1)[:, :, None])  # (B*T, C', 1, H', W')
+        return y[:, :, 0].unflatten(0, (b, t)).transpose(1, 2)  # (B, C', T, H', W')
+
     def _decode(self, quantized: torch.Tensor, num_frames: int | None) -> torch.Tensor:
-        x_hat = self.decoder(quantized)  # (B, C, t*r_t, H, W)
+        x_hat = self._frames(self.decoder, quantized)  # (B, C, t*r_t, H, W)
         if num_frames is None:
             return x_hat
         r_t = self.ratio[0]
@@ -375,7 +413,12 @@ class LatentVQVAE(ModelMixin, ConfigMixin):
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise ArlonError(f"codes must lie in [0, {self.codebook_size})")
         b, t, h, w = codes.shape
-        quantized = self.quantizer.get_output_from_indices(codes.long().flatten(1))  # (B, N, D)
+        indices = codes.long().flatten(1)
+        quantized = (  # (B, N, D)
+            self.quantizer.indices_to_codes(indices)
+            if self.fsq
+            else self.quantizer.get_output_from_indices(indices)
+        )
         quantized = quantized.transpose(1, 2).reshape(b, -1, t, h, w)  # (B, D, t, h, w)
         return self._decode(quantized, num_frames)
 
