@@ -170,6 +170,8 @@ def build_cache(
     return out
 
 
+# at most this many tensors a shard (at most 500 videos), so an interrupted build loses minutes
+SHARD_TENSORS = 500
 PARTIAL = "partial.json"  # an unfinished build's settings and the entries of its written shards
 
 
@@ -251,7 +253,7 @@ def _encode_rows(
         )
         shard |= {k: v.contiguous() for k, v in tensors.items()}
         size += sum(v.numel() * v.element_size() for v in tensors.values())
-        if size >= shard_bytes:
+        if size >= shard_bytes or len(shard) >= SHARD_TENSORS:
             flush()
     flush()
     return entries

@@ -485,12 +485,19 @@ LATENT_VQVAE_PRESETS: dict[str, dict] = {
         num_attention_heads=1,
         codebook_size=1024,
     ),
+    # ARLON's coarse tokens, the AR's and the DiT's condition: 16 codes per token frame (4 per
+    # video frame). FSQ, by measurement against the EMA codebook of 1,024 on the same cache (3,000
+    # steps each): held-out MSE 0.068 against 0.083, through the VAE PSNR 27.2 against 26.2 dB,
+    # colour 93.5 against 91.1%, shape 74.8 against 74.9%; codebook use 97 against 100%, and a
+    # perplexity of 280 against 948: the AR's tokens concentrate on fewer codes.
     "shapes-tiny-coarse": dict(
         ratio=(1, 2, 2),
         block_channels=(16, 48),
         num_res_blocks=(0, 1),
         num_attention_heads=1,
-        codebook_size=1024,
+        quantization="fsq",
+        levels=(8, 5, 5, 5),
+        codebook_size=1000,
     ),
     # Paper scale, on Open-Sora v1.2's 4-channel latent: 4x8x8 for the AR's tokens, 4x16x16 for
     # the DiT's training condition.
