@@ -65,6 +65,19 @@ def test_front_padding_repeats_the_first_frame():
     assert torch.equal(vq.decode_codes(codes, num_frames=5), vq.decode_codes(codes)[:, :, 3:])
 
 
+def _train(vq: LatentVQVAE, x: torch.Tensor, steps: int = 30):
+    """`steps` Adam steps on `x`: the losses and the last output."""
+    opt = torch.optim.Adam(vq.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(steps):
+        out = vq(x)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    return losses, out
+
+
 FSQ = dict(quantization="fsq", levels=(4, 4, 4), codebook_size=64)  # the smoke preset's 64 codes
 
 
@@ -87,14 +100,7 @@ def test_decode_codes_is_the_forward_path(ratio, quantizer):
 def test_training_lowers_the_loss_and_uses_the_codebook():
     vq = smoke().train()
     x = latents(b=4, t=3)
-    opt = torch.optim.Adam(vq.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        out = vq(x)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(out.loss.item())
+    losses, out = _train(vq, x)
     assert out.commit_loss.ndim == 0 and out.commit_loss.item() > 0
     assert losses[-1] < 0.5 * losses[0]
     assert 0 < vq.usage() <= 1
@@ -233,15 +239,7 @@ def test_per_frame_codes_depend_on_their_frame_alone():
 def test_fsq_codes_train_with_the_reconstruction_alone():
     """FSQ has no codebook to learn and no commitment loss; its codes still follow the data."""
     vq = smoke(**FSQ).train()
-    x = latents(b=4, t=3)
-    opt = torch.optim.Adam(vq.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        out = vq(x)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(out.loss.item())
+    losses, out = _train(vq, latents(b=4, t=3))
     assert out.commit_loss.item() == 0
     assert losses[-1] < 0.5 * losses[0]
     assert vq.codebook_stats(out.codes)["usage"] > 0.25  # of 64 codes, on 4 x 3 x 4 x 4 = 192 cells
