@@ -83,8 +83,14 @@ FSQ = dict(quantization="fsq", levels=(4, 4, 4), codebook_size=64)  # the smoke 
 
 @pytest.mark.parametrize(
     "ratio, quantizer",
-    [((1, 2, 2), {}), ((4, 2, 2), {}), ((4, 2, 2), FSQ), ((1, 2, 2), {**FSQ, "per_frame": True})],
-    ids=["vq", "vq-time", "fsq-time", "fsq-per-frame"],
+    [
+        ((1, 2, 2), {}),
+        ((4, 2, 2), {}),
+        ((4, 2, 2), FSQ),
+        ((1, 2, 2), {**FSQ, "per_frame": True}),
+        ((1, 2, 2), {**FSQ, "local_encoder": True}),
+    ],
+    ids=["vq", "vq-time", "fsq-time", "fsq-per-frame", "fsq-local"],
 )
 def test_decode_codes_is_the_forward_path(ratio, quantizer):
     vq = smoke(ratio, **quantizer).eval()
@@ -234,6 +240,26 @@ def test_per_frame_codes_depend_on_their_frame_alone():
     assert not torch.equal(mixed.encode(x)[:, 4:], mixed.encode(changed)[:, 4:])
     with pytest.raises(ArlonError, match="r_t = 1"):
         smoke((4, 2, 2), per_frame=True)
+
+
+def test_local_codes_depend_on_their_cells_alone():
+    """A local encoder's code changes only where the latent under it does; the default encoder's
+    convolutions and attention carry a change into codes elsewhere in the frame and in time."""
+    fsq = dict(quantization="fsq", levels=(4, 4, 4), codebook_size=64)
+    x = latents(t=4)
+    changed = x.clone()
+    changed[:, :, 2, 4:6, 2:4] = -4 * x[:, :, 2, 4:6, 2:4]  # the cells of code (2, 1), frame 2
+    others = torch.ones(4, 4, 4, dtype=torch.bool)
+    others[2, 2, 1] = False
+    local = smoke(local_encoder=True, **fsq).eval()
+    assert torch.equal(local.encode(x)[:, others], local.encode(changed)[:, others])
+    z, z_changed = local.encoder(x), local.encoder(changed)  # (B, D, t, h, w), before rounding
+    assert torch.equal(z[:, :, others], z_changed[:, :, others])
+    assert not torch.allclose(z[:, :, 2, 2, 1], z_changed[:, :, 2, 2, 1])
+    mixed = smoke(**fsq).eval()
+    assert not torch.allclose(mixed.encoder(x)[:, :, others], mixed.encoder(changed)[:, :, others])
+    with pytest.raises(ArlonError, match="local encoder needs r_t = 1"):
+        smoke((2, 2, 2), local_encoder=True)
 
 
 def test_fsq_codes_train_with_the_reconstruction_alone():

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from arlon.errors import ArlonError
 from arlon.evaluation.recon import (
     centre_crop_resize,
+    code_stability,
     real_clips,
     real_recon,
     ssim,
@@ -72,6 +73,38 @@ def test_world_recon_of_a_perfect_autoencoder():
     assert report["ssim"] == pytest.approx(1.0)
     assert report["colour"] == report["shape"] == report["background"] == 1.0
     assert report["attribute"] == 1.0
+
+
+class PatchCodes:
+    """A stand-in VQ-VAE on `PoolAutoencoder`'s latents: one code per 8x8-pixel patch, its mean
+    colour quantised finely (`noise`: a random code instead, drawn anew at every call)."""
+
+    ratio = (1, 1, 1)
+
+    def __init__(self, noise=False):
+        self.noise = noise
+
+    def encode(self, latents):
+        if self.noise:
+            return torch.randint(0, 64, (latents.shape[0], *latents.shape[2:]))
+        levels = ((latents + 1) * 1000).round().long()  # (B, 3, T, h, w)
+        return levels[:, 0] * 10**8 + levels[:, 1] * 10**4 + levels[:, 2]
+
+
+def test_code_stability_separates_codes_that_follow_the_picture_from_noise():
+    vae = PoolAutoencoder()
+    exact = code_stability(vae, PatchCodes(), clips=6, num_frames=17, tolerance=0, progress=False)
+    assert exact["flicker"] == 0  # a patch whose pixels stay put keeps its code
+    assert exact["follow"] > 0.5
+    assert 0.3 < exact["still"] < 1  # objects move over part of the frame
+    moved = 1 - exact["still"]
+    assert exact["kept"] == pytest.approx(1 - moved * exact["follow"])
+    noise = code_stability(vae, PatchCodes(noise=True), clips=6, num_frames=17, progress=False)
+    assert noise["flicker"] > 0.9 and noise["kept"] < 0.1
+    coarse_in_time = PatchCodes()
+    coarse_in_time.ratio = (2, 1, 1)
+    with pytest.raises(ArlonError, match="r_t must be 1"):
+        code_stability(vae, coarse_in_time, clips=1, progress=False)
 
 
 def test_codec_is_applied_between_encode_and_decode():

