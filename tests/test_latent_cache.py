@@ -5,6 +5,7 @@ from collections import Counter
 
 import pytest
 import torch
+from torch.utils.data import default_collate
 
 from arlon import cli
 from arlon.data import latent_cache
@@ -203,6 +204,40 @@ def test_ar_stage_draws_windows_where_an_object_enters_more_often(models, tmp_pa
     assert drawn == {i: 4 if e == "enter" else 1 for i, e in enumerate(events) if e}
     cfg.data["enter_repeats"] = 0.5
     with pytest.raises(ArlonError, match="enter_repeats"):
+        stage.dataset(cfg)
+
+
+def test_ar_code_noise_changes_what_the_model_reads_not_what_it_predicts(dataset, models, tmp_path):
+    vae, fine, _ = models
+    cache = build_cache(vae, dataset / "manifest.csv", tmp_path / "c", fine, window=3)
+    stage = ARStage()
+    data = {"cache": str(cache), "caption_dropout": 0.0}
+    cfg = train_config("ar", "smoke", data=data, model={"max_frames": 4})
+    windows = stage.dataset(cfg)
+    batch = default_collate([windows[i] for i in range(8)])
+    truth = batch["codes"].clone()
+    model = stage.build_model(cfg).eval()  # no dropout: the loss is a function of what it reads
+    read = []
+    forward = model.forward
+    model.forward = lambda text, mask, codes, first: (
+        read.append(codes) or forward(text, mask, codes, first)
+    )
+    torch.manual_seed(0)
+    stage.loss(model, batch, cfg)
+    assert torch.equal(read[-1], truth)  # no noise by default
+    cfg.data["code_noise"] = 0.3
+    stage.dataset(cfg)
+    loss, _ = stage.loss(model, batch, cfg)
+    changed = (read[-1] != truth).float().mean().item()
+    assert 0.15 < changed < 0.3  # 30% redrawn, a few of them to the same code
+    assert torch.equal(batch["codes"], truth)  # the targets stay the true codes
+    model.forward = forward
+    logits = stage._logits(model, {**batch, "codes": read[-1]}, cfg, dropout=0.0)
+    codes, weights = stage._targets(batch)
+    ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), codes, reduction="none")
+    assert loss.item() == pytest.approx(((ce * weights).sum() / weights.sum()).item(), rel=1e-5)
+    cfg.data["code_noise"] = 1.0
+    with pytest.raises(ArlonError, match="code_noise"):
         stage.dataset(cfg)
 
 

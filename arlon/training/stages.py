@@ -199,9 +199,17 @@ class ARStage(_CacheStage):
     caption change that many times as often (7% of the windows of shapes-world episodes): more of
     the prompt switches, which the model is slow to follow. `data.enter_repeats`, when set, does the
     same for the windows where the change brings in a new object (1% of the windows), the slowest
-    switch to take hold."""
+    switch to take hold. `data.code_noise` of the codes the model reads (never of those it
+    predicts) are replaced by random ones in training: sampling, it reads its own draws, some of
+    them wrong, and learns to carry on from them rather than to drift with them."""
 
-    DEFAULTS = {"caption_dropout": 0.1, "stride": 1, "switch_repeats": 1, "enter_repeats": None}
+    DEFAULTS = {
+        "caption_dropout": 0.1,
+        "stride": 1,
+        "switch_repeats": 1,
+        "enter_repeats": None,
+        "code_noise": 0.0,
+    }
     HELDOUT = {"accuracy_heldout": "max", "perplexity_heldout": "min"}
     NEEDS = (
         "a latent cache with fine codes: pass --data DIR (built with 'arlon cache ... --fine-vq')"
@@ -216,6 +224,8 @@ class ARStage(_CacheStage):
 
         windows = super().dataset(cfg)
         data = {**self.DEFAULTS, **cfg.data}
+        if not 0 <= data["code_noise"] < 1:
+            raise ArlonError(f"data.code_noise is a fraction in [0, 1), got {data['code_noise']!r}")
         switch = data["switch_repeats"]
         enter = switch if data["enter_repeats"] is None else data["enter_repeats"]
         for name, value in (("switch_repeats", switch), ("enter_repeats", enter)):
@@ -255,14 +265,18 @@ class ARStage(_CacheStage):
         )
         return ar_transformer(cfg.preset, **{**sizes, **cfg.model})
 
-    def _logits(self, model, batch, cfg: TrainConfig, dropout: float):
+    def _logits(self, model, batch, cfg: TrainConfig, dropout: float, noise: float = 0.0):
         text = self.text_encoder(cfg).encode(list(batch["caption"]))
-        device = batch["codes"].device
+        codes = batch["codes"]
+        device = codes.device
         mask = text.mask.to(device)
         if dropout > 0:
             keep = torch.rand(mask.shape[0], device=device) >= dropout
             mask = mask & keep[:, None]
-        return model(text.states.to(device), mask, batch["codes"], batch["first_frame"])
+        if noise > 0:
+            random = torch.randint_like(codes, model.config.codebook_size)
+            codes = torch.where(torch.rand(codes.shape, device=device) < noise, random, codes)
+        return model(text.states.to(device), mask, codes, batch["first_frame"])
 
     @staticmethod
     def _targets(batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,7 +288,9 @@ class ARStage(_CacheStage):
 
     def loss(self, model, batch, cfg: TrainConfig):
         data = {**self.DEFAULTS, **cfg.data}
-        logits = self._logits(model, batch, cfg, data["caption_dropout"]).float()  # (B, N, K)
+        logits = self._logits(  # (B, N, K)
+            model, batch, cfg, data["caption_dropout"], data["code_noise"]
+        ).float()
         codes, weights = self._targets(batch)
         ce = F.cross_entropy(logits.transpose(1, 2), codes, reduction="none")  # (B, N)
         loss = (ce * weights).sum() / weights.sum()
