@@ -255,10 +255,8 @@ def code_stability(
                 before = video[:, r_t * (k - 1)]  # the previous token frame's last video frame
                 now = video[:, r_t * (k - 1) + 1 : r_t * k + 1]  # this token frame's frames
                 moved = np.abs(now - before[:, None]).max(axis=(1, 4))  # (B, H, W)
-                moved = moved.reshape(b, h, height // h, w, width // w).max(
-                    axis=(2, 4)
-                )  # (B, h, w)
-                still = torch.from_numpy(moved <= tolerance)
+                patches = moved.reshape(b, h, height // h, w, width // w)
+                still = torch.from_numpy(patches.max(axis=(2, 4)) <= tolerance)  # (B, h, w)
                 changed = codes[:, k] != codes[:, k - 1]
                 counts["still"] += int(still.sum())
                 counts["still_changed"] += int((changed & still).sum())

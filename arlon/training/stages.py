@@ -274,7 +274,9 @@ class ARStage(_CacheStage):
             keep = torch.rand(mask.shape[0], device=device) >= dropout
             mask = mask & keep[:, None]
         if noise > 0:
-            random = torch.randint_like(codes, model.config.codebook_size)
+            random = torch.randint_like(
+                codes, self._windows(cfg, held_out=False).cache.codebook_size
+            )
             codes = torch.where(torch.rand(codes.shape, device=device) < noise, random, codes)
         return model(text.states.to(device), mask, codes, batch["first_frame"])
 
