@@ -141,16 +141,26 @@ def _rate(ok: int, total: int) -> float | None:
 
 
 def _held_out(
-    seed: int, indices: range, num_frames: int, height: int, width: int
-) -> tuple[list[list], np.ndarray]:
-    """Held-out clips `random_episode((seed, i), ...)` (no events): each clip's world states and the
-    clean renders `(B, T, H, W, 3)` uint8."""
-    states, frames = [], []
-    for i in indices:
-        episode = random_episode((seed, i), num_frames, height, width, events=False)
-        states.append(list(episode.frames()))
-        frames.append(np.stack(list(render_states(states[-1], height, width))))
-    return states, np.stack(frames)
+    clips: int,
+    batch_size: int,
+    seed: int,
+    num_frames: int,
+    height: int,
+    width: int,
+    desc: str,
+    progress: bool,
+) -> Iterator[tuple[list[list], np.ndarray]]:
+    """Held-out clips `random_episode((seed, i), ...)` (no events), `batch_size` at a time behind a
+    progress bar: each clip's world states and the clean renders `(B, T, H, W, 3)` uint8."""
+    with tqdm(total=clips, desc=desc, unit="clip", disable=not progress) as bar:
+        for first in range(0, clips, batch_size):
+            states, frames = [], []
+            for i in range(first, min(first + batch_size, clips)):
+                episode = random_episode((seed, i), num_frames, height, width, events=False)
+                states.append(list(episode.frames()))
+                frames.append(np.stack(list(render_states(states[-1], height, width))))
+            yield states, np.stack(frames)
+            bar.update(len(frames))
 
 
 @torch.inference_mode()
@@ -179,13 +189,9 @@ def world_recon(
     psnrs, ssims, seconds = [], [], 0.0
     ok = dict.fromkeys(("colour", "shape", "background"), 0)
     total = dict.fromkeys(ok, 0)
-    with (
-        _evaluating(vae),
-        tqdm(total=clips, desc="world recon", unit="clip", disable=not progress) as bar,
-    ):
-        for first in range(0, clips, batch_size):
-            indices = range(first, min(first + batch_size, clips))
-            states, truth = _held_out(seed, indices, num_frames, height, width)  # (B, T, H, W, 3)
+    batches = _held_out(clips, batch_size, seed, num_frames, height, width, "world recon", progress)
+    with _evaluating(vae):
+        for states, truth in batches:  # truth (B, T, H, W, 3)
             recon, spent = round_trip(vae, truth, codec)
             seconds += spent
             for clip_states, clean, rec in zip(states, truth, recon, strict=True):
@@ -201,7 +207,6 @@ def world_recon(
                         if d is not None and not d.partial:
                             ok["shape"] += d.shape == o.shape
                             total["shape"] += 1
-            bar.update(len(truth))
     report = {"clips": clips, "frames": clips * num_frames}
     report["psnr"], report["ssim"] = float(np.mean(psnrs)), float(np.mean(ssims))
     report.update({k: _rate(ok[k], total[k]) for k in ok})
@@ -241,13 +246,11 @@ def code_stability(
     r_t = vae.temporal_ratio
     counts = dict.fromkeys(("still", "still_changed", "moving", "moving_changed"), 0)
     device = _device(vae)
-    with (
-        _evaluating(vae),
-        tqdm(total=clips, desc="code stability", unit="clip", disable=not progress) as bar,
-    ):
-        for first in range(0, clips, batch_size):
-            indices = range(first, min(first + batch_size, clips))
-            _, frames = _held_out(seed, indices, num_frames, height, width)  # (B, T, H, W, 3)
+    batches = _held_out(
+        clips, batch_size, seed, num_frames, height, width, "code stability", progress
+    )
+    with _evaluating(vae):
+        for _, frames in batches:  # frames (B, T, H, W, 3)
             codes = vq.encode(vae.encode(_to_video(frames).to(device))).cpu()  # (B, t, h, w)
             b, t, h, w = codes.shape
             video = frames.astype(np.int16)
@@ -262,7 +265,6 @@ def code_stability(
                 counts["still_changed"] += int((changed & still).sum())
                 counts["moving"] += int((~still).sum())
                 counts["moving_changed"] += int((changed & ~still).sum())
-            bar.update(len(frames))
     total = counts["still"] + counts["moving"]
     return {
         "flicker": _rate(counts["still_changed"], counts["still"]),
