@@ -273,11 +273,10 @@ class ARStage(_CacheStage):
         if dropout > 0:
             keep = torch.rand(mask.shape[0], device=device) >= dropout
             mask = mask & keep[:, None]
-        if noise > 0:
-            random = torch.randint_like(
-                codes, self._windows(cfg, held_out=False).cache.codebook_size
-            )
-            codes = torch.where(torch.rand(codes.shape, device=device) < noise, random, codes)
+        if noise > 0:  # the cache knows the codebook; a wrapped model has no config to ask
+            codebook = self._windows(cfg, held_out=False).cache.codebook_size
+            drawn = torch.randint_like(codes, codebook)
+            codes = torch.where(torch.rand(codes.shape, device=device) < noise, drawn, codes)
         return model(text.states.to(device), mask, codes, batch["first_frame"])
 
     @staticmethod
