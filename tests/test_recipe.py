@@ -82,6 +82,16 @@ def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(tmp_path,
         r"in progress, step \d+ \(held out at \d+: .*perplexity_heldout .*\)", ar["state"]
     )
 
+    # A stage trained over several sessions is timed whole: the minutes of every process that
+    # trained it, kept in its checkpoints, not only those of the process that finished it.
+    checkpoints = out / "ar" / "checkpoints"
+    state_file = checkpoints / (checkpoints / "latest").read_text().strip() / "state.json"
+    state = json.loads(state_file.read_text())
+    state["progress"]["seconds"] += 600  # as if the paused process had trained for ten minutes
+    state_file.write_text(json.dumps(state))
+    assert cli.main([*paused, "--set", "ar.max_steps=50", "ar.max_minutes="]) == 0
+    assert 10 < json.loads((out / "ar" / "done.json").read_text())["minutes"] < 12
+
 
 def test_dry_run_lists_every_stage_with_its_budget(tmp_path, capsys):
     argv = ["recipe", "shapes-tiny", "--out", str(tmp_path / "r"), "--dry-run", "--json"]

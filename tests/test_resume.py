@@ -83,7 +83,10 @@ def test_checkpoints_are_plain_files_and_old_ones_are_pruned(tmp_path):
         "state.json",
     ]
     state = json.loads((root / "step_0000003" / "state.json").read_text())
-    assert state["progress"] == {"step": 3, "position": 3 * cfg.batch_size}
+    progress = state["progress"]
+    assert (progress["step"], progress["position"]) == (3, 3 * cfg.batch_size)
+    earlier = json.loads((root / "step_0000002" / "state.json").read_text())["progress"]
+    assert progress["seconds"] > earlier["seconds"] > 0  # the time trained so far
     assert state["processes"] == 1 and state["ema_updates"] == 3
 
 

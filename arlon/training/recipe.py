@@ -10,7 +10,8 @@ with its kind, its settings and its budget, so every budget lives in that one fi
 and `init_from` name earlier stages), `cache` (a data set through a VAE), `codes` (the AR's tokens
 and the DiT's condition from one VQ-VAE into that cache) and `assemble` (the pipeline folder).
 
-Stage NAME writes `OUT/NAME` and, once finished, `OUT/NAME/done.json` with its minutes and settings:
+Stage NAME writes `OUT/NAME` and, once finished, `OUT/NAME/done.json` with its settings and minutes
+(a training stage's summed over every process that resumed it, from its checkpoints):
 `--resume` skips finished stages (refusing one whose settings the recipe has since changed) and
 continues an unfinished training stage from its last checkpoint, exactly.
 Stages that do not depend on each other (the AR and the DiTs) can run in two processes at once with
@@ -233,14 +234,15 @@ def run_recipe(
         if state.is_main_process:
             print(f"recipe: stage {stage.name} ({stage.kind}) ...", flush=True)
         start = time.perf_counter()
+        trained = None
         if stage.kind == "train":
-            _train(recipe, stage, out, embedded_vae)
+            trained = _train(recipe, stage, out, embedded_vae)
         else:
             if state.is_main_process:
                 _RUNNERS[stage.kind](stage, out)
             state.wait_for_everyone()
         if state.is_main_process:
-            minutes = (time.perf_counter() - start) / 60
+            minutes = (time.perf_counter() - start) / 60 if trained is None else trained
             record = {"minutes": round(minutes, 2), "finished": _now(), "kind": stage.kind}
             record["settings"] = _as_json(stage.settings)
             record |= _curve(out / stage.name / "eval.csv")
@@ -311,7 +313,9 @@ def _output(out: Path, stage: Stage) -> Path:
     return out / stage.name
 
 
-def _train(recipe: Recipe, stage: Stage, out: Path, embedded_vae: bool) -> None:
+def _train(recipe: Recipe, stage: Stage, out: Path, embedded_vae: bool) -> float | None:
+    """Train the stage to its budget; its training minutes, summed over every process that resumed
+    it (a stage trained over several sessions is timed whole), or None when nothing was trained."""
     from arlon.training.checkpoint import latest_checkpoint
     from arlon.training.presets import RunRequest, run_config
     from arlon.training.stages import stage as training_stage
@@ -323,7 +327,7 @@ def _train(recipe: Recipe, stage: Stage, out: Path, embedded_vae: bool) -> None:
         from arlon.weights import embedded
 
         shutil.copytree(embedded("vae"), folder / "model", dirs_exist_ok=True)
-        return
+        return None
 
     def path_of(key: str) -> Path | None:
         name = s.get(key)
@@ -343,12 +347,14 @@ def _train(recipe: Recipe, stage: Stage, out: Path, embedded_vae: bool) -> None:
     )
     cfg = run_config(request)
     train(training_stage(cfg.stage), cfg, folder, resume=request.resume)
-    state = json.loads((latest_checkpoint(folder) / "state.json").read_text())
-    if state["progress"]["step"] < cfg.max_steps:  # a time budget (max_minutes) paused it
+    progress = json.loads((latest_checkpoint(folder) / "state.json").read_text())["progress"]
+    if progress["step"] < cfg.max_steps:  # a time budget (max_minutes) paused it
         raise ArlonError(
-            f"stage {stage.name} stopped at step {state['progress']['step']} of "
+            f"stage {stage.name} stopped at step {progress['step']} of "
             f"{cfg.max_steps} (its time budget): --resume continues it"
         )
+    seconds = progress.get("seconds")  # None in checkpoints before 2026-12-05
+    return None if seconds is None else seconds / 60
 
 
 def _dataset(stage: Stage, out: Path) -> None:

@@ -14,7 +14,8 @@ resume exactly. A checkpoint is a folder of plain files, so resuming never unpic
         model.safetensors              the (unwrapped) model's weights
         ema.safetensors                the EMA weights, when EMA is on
         optimizer.pt                   AdamW's state: torch.save, read back with weights_only=True
-        state.json                     format, processes, progress, LR scheduler, EMA update count
+        state.json                     format, processes, progress (step, data position, seconds
+                                       trained), LR scheduler, EMA update count
         rng_0.safetensors, rng_1 ...   each process's RNG (python, numpy, torch, CUDA), one per rank
 
 A checkpoint is written to `step_N.tmp` and renamed into place; `latest` is switched only after
@@ -87,12 +88,14 @@ class Progress:
 
     step: int = 0
     position: int = 0  # samples drawn from the data order, over all processes
+    seconds: float = 0.0  # in the loop, summed over every process that resumed the run
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "position": self.position}
+        return {"step": self.step, "position": self.position, "seconds": round(self.seconds, 3)}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.position = int(state["step"]), int(state["position"])
+        self.seconds = float(state.get("seconds", 0.0))  # checkpoints before 2026-12-05 lack it
 
 
 class EMA:
@@ -276,6 +279,7 @@ class _Run:
             disable=not self.main,
         )
         self.model.train()
+        counted = time.monotonic()  # the loop's time up to here is in progress.seconds
         try:
             while progress.step < cfg.max_steps and not self.out_of_time():
                 tick = time.monotonic()
@@ -291,6 +295,8 @@ class _Run:
                 every = cfg.eval_every
                 if every > 0 and progress.step % every == 0 and progress.step < cfg.max_steps:
                     self.evaluate()
+                progress.seconds += time.monotonic() - counted  # before the checkpoint holds it
+                counted = time.monotonic()
                 if progress.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
         except KeyboardInterrupt:
@@ -522,7 +528,7 @@ class _Run:
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(tmp, folder)
-            minutes = (time.monotonic() - self.started) / 60
+            minutes = self.progress.seconds / 60  # every process that resumed the run
             kept = ""
             if best is not None:
                 kept = (
