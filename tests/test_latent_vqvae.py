@@ -262,6 +262,32 @@ def test_local_codes_depend_on_their_cells_alone():
         smoke((2, 2, 2), local_encoder=True)
 
 
+def test_hysteresis_keeps_the_codes_of_a_wavering_still_patch():
+    """A still latent with a little noise on top flips plain FSQ codes from frame to frame; with
+    hysteresis the codes flip far less often, a real change still changes them, and a hysteresis
+    too small to matter gives FSQ's own codes (so the values it rounds are the library's)."""
+    fsq = dict(quantization="fsq", levels=(4, 4, 4), codebook_size=64, local_encoder=True)
+    plain = smoke(**fsq).eval()
+    with torch.no_grad():  # untrained, every cell would round to one code
+        plain.quantizer.project_in.weight.mul_(30)
+    sticky = smoke(**fsq, hysteresis=0.25).eval()
+    sticky.load_state_dict(plain.state_dict())
+    still = latents(t=1).expand(-1, -1, 24, -1, -1)
+    wavering = still + 0.3 * latents(t=24, seed=2)
+
+    def flips(codes):  # the share of codes that differ from the frame before
+        return (codes[:, 1:] != codes[:, :-1]).float().mean().item()
+
+    assert flips(sticky.encode(wavering)) < 0.5 * flips(plain.encode(wavering))
+    moving = latents(t=24, seed=3)  # a new picture every frame
+    assert flips(sticky.encode(moving)) > 0.5 * flips(plain.encode(moving)) > 0
+    sticky.hysteresis = 1e-9
+    assert torch.equal(sticky.encode(wavering), plain.encode(wavering))
+    for bad in (dict(quantization="vq"), dict(**fsq, hysteresis=0.5)):
+        with pytest.raises(ArlonError, match="hysteresis"):
+            smoke(**{**fsq, "hysteresis": 0.25, **bad})
+
+
 def test_fsq_codes_train_with_the_reconstruction_alone():
     """FSQ has no codebook to learn and no commitment loss; its codes still follow the data."""
     vq = smoke(**FSQ).train()

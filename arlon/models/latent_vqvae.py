@@ -256,6 +256,12 @@ class LatentVQVAE(ModelMixin, ConfigMixin):
     cells in its own frame, so a code changes only where the picture under it changes; the decoder
     still sees the whole window. The AR then predicts what moves, not how a neighbour's motion
     leaks into the codes around it.
+
+    `hysteresis` (FSQ, r_t = 1): `encode` keeps each dimension of a code at its previous token
+    frame's level unless its value has moved more than `0.5 + hysteresis` levels from it. A still
+    patch whose latent wavers near a level's edge then keeps its code, where plain rounding flips
+    it (a quarter of the still background cells of a window, for the local encoder at 0), and the
+    AR does not spend itself predicting noise. Training and decoding are unchanged.
     """
 
     _no_split_modules = ["ResBlock3d", "AttnBlock3d"]  # FSDP wrapping units (read by accelerate)
@@ -279,6 +285,7 @@ class LatentVQVAE(ModelMixin, ConfigMixin):
         levels: tuple[int, ...] = (),
         per_frame: bool = False,
         local_encoder: bool = False,
+        hysteresis: float = 0.0,
     ):
         super().__init__()
         ratio = tuple(ratio)
@@ -304,6 +311,11 @@ class LatentVQVAE(ModelMixin, ConfigMixin):
             raise ArlonError(f"a local encoder needs r_t = 1, got the ratio {ratio}")
         if quantization not in ("vq", "fsq"):
             raise ArlonError(f"quantization is 'vq' or 'fsq', got {quantization!r}")
+        if hysteresis and (quantization != "fsq" or ratio[0] != 1 or not 0 < hysteresis < 0.5):
+            raise ArlonError(
+                f"hysteresis in (0, 0.5) levels needs FSQ codes of one latent frame each, got "
+                f"{hysteresis} with {quantization!r} codes and the ratio {ratio}"
+            )
         if quantization == "fsq" and (not levels or math.prod(levels) != codebook_size):
             raise ArlonError(
                 f"an FSQ quantizer's levels multiply to its codebook size {codebook_size}, got "
@@ -314,6 +326,7 @@ class LatentVQVAE(ModelMixin, ConfigMixin):
         self.codebook_size = codebook_size
         self.fsq = quantization == "fsq"
         self.per_frame = per_frame
+        self.hysteresis = hysteresis
         self.encoder = (
             LocalEncoder(latent_channels, widths[-1], depths[-1], ratio[1], code_dim)
             if local_encoder
@@ -429,7 +442,25 @@ class LatentVQVAE(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised latent `(B, C, T, H, W)` -> codes `(B, ceil(T/r_t), H/r_s, W/r_s)` long."""
-        return self._quantize(x)[1]
+        if not self.hysteresis:
+            return self._quantize(x)[1]
+        self._check_latent(x)
+        z = self._frames(self.encoder, x).float()  # (B, D, T, h, w)
+        values = self._fsq_values(z.permute(0, 2, 3, 4, 1))  # (B, T, h, w, L)
+        levels = values.round()
+        for t in range(1, levels.shape[1]):
+            near = (values[:, t] - levels[:, t - 1]).abs() <= 0.5 + self.hysteresis
+            levels[:, t] = torch.where(near, levels[:, t - 1], levels[:, t])
+        half_width = torch.tensor(self.config.levels, device=z.device) // 2
+        return self.quantizer.codes_to_indices(levels / half_width).long()
+
+    def _fsq_values(self, z: torch.Tensor) -> torch.Tensor:
+        """Encoder outputs `(..., code_dim)` -> FSQ's bounded values `(..., len(levels))`, in
+        levels, before rounding (as vector-quantize-pytorch's `FSQ.bound` computes them)."""
+        levels = torch.tensor(self.config.levels, device=z.device)
+        half = (levels - 1) * (1 + 1e-3) / 2
+        offset = (levels % 2 == 0) * 0.5
+        return torch.tanh(self.quantizer.project_in(z) + torch.atanh(offset / half)) * half - offset
 
     @torch.no_grad()
     def decode_codes(self, codes: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
