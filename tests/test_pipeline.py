@@ -210,6 +210,43 @@ def test_the_ar_is_guided_unless_told_otherwise(folder, tmp_path, capsys, monkey
     assert scales == [GUIDANCE_SCALE, 1.0, GUIDANCE_SCALE] and GUIDANCE_SCALE > 1
 
 
+def test_the_dit_guidance_is_the_models_unless_told_otherwise(
+    folder, tmp_path, capsys, monkeypatch
+):
+    """A pipeline folder carries its DiT's best text guidance: generation, the suite's runs and the
+    web page take it when they are not given one."""
+    import shutil
+
+    from arlon.evaluation.suite import SuitePlan
+    from arlon.pipeline import pipeline as module
+    from arlon.serve.app import build
+
+    model = tmp_path / "guided"
+    shutil.copytree(folder, model)
+    index = json.loads((model / "model_index.json").read_text())
+    (model / "model_index.json").write_text(json.dumps({**index, "guidance_scale": 2.5}))
+    scales = []
+    real = module.guided
+
+    def spy(dit, scale, **kwargs):
+        scales.append(scale)
+        return real(dit, scale, **kwargs)
+
+    monkeypatch.setattr(module, "guided", spy)
+    argv = [PROMPT, "--model", model, "--frames", 9, "--steps", 1, "-o", tmp_path / "v.mp4"]
+    assert generate(capsys, *argv)[0] == 0
+    assert generate(capsys, *argv, "--guidance", 1)[0] == 0
+    assert set(scales) == {2.5, 1.0} and scales[0] == 2.5 and scales[-1] == 1.0
+    pipe = ARLONPipeline.from_pretrained(model)
+    assert pipe.config.guidance_scale == 2.5
+    assert ARLONPipeline.from_pretrained(folder).config.guidance_scale == 1.0  # no setting: none
+    runs = SuitePlan(modes=("arlon", "ar-only"), guidance=(None, 4.0)).runs(2.5)
+    assert [run.label for run in runs] == ["arlon-5-g2.5", "arlon-5-g4", "ar-only"]
+    page = build(pipe, tmp_path / "page")
+    fields = {c.elem_id: c for c in page.blocks.values() if getattr(c, "elem_id", None)}
+    assert fields["guidance"].value == 2.5
+
+
 def test_embedded_default_generates(tmp_path, capsys):
     out = tmp_path / "e.mp4"
     code, stdout, _ = generate(capsys, PROMPT, "--frames", 12, "--steps", 1, "-o", out, "--quiet")

@@ -85,14 +85,15 @@ def float_list(text: str) -> list[float]:
 
 
 def run_spec(text: str) -> tuple[str, int | None, float | None]:
-    """One suite run: `ar-only`, `MODE@STEPS` or `MODE@STEPS:gGUIDANCE` (e.g. `baseline@30:g4`)."""
+    """One suite run: `ar-only`, `MODE@STEPS` (the model's guidance) or `MODE@STEPS:gGUIDANCE`
+    (e.g. `baseline@30:g4`)."""
     m = re.fullmatch(r"([\w-]+)(?:@(\d+)(?::g([\d.]+))?)?", text.strip())
     if m is None or (m[1] != "ar-only") == (m[2] is None):
         raise argparse.ArgumentTypeError(
             f"expected ar-only, MODE@STEPS or MODE@STEPS:gGUIDANCE, got {text!r}"
         )
     steps = None if m[2] is None else positive_int(m[2])
-    guidance = None if steps is None else non_negative_float(m[3] or "1")
+    guidance = None if m[3] is None else non_negative_float(m[3])
     return m[1], steps, guidance
 
 

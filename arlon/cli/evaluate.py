@@ -69,8 +69,7 @@ def _add_suite_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--guidance",
         type=float_list,
-        default=[1.0],
-        help="comma-separated DiT text guidance scales, e.g. 1,2,4,7 (default 1)",
+        help="comma-separated DiT text guidance scales, e.g. 1,2,4,7 (default: the model's)",
     )
     p.add_argument(
         "--run",
@@ -117,7 +116,7 @@ def run_suite(args: argparse.Namespace) -> None:
     plan = SuitePlan(
         tuple(args.mode),
         tuple(args.suite_steps),
-        tuple(args.guidance),
+        tuple(args.guidance or [None]),
         args.frames,
         args.videos,
         args.suite_batch,
@@ -247,7 +246,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--frames", type=positive_int, default=600, help="frames per video (600)")
     p.add_argument("--steps", type=positive_int, default=5, help="DiT steps (default 5)")
     p.add_argument("--mode", choices=MODES, default="arlon")
-    p.add_argument("--guidance", type=non_negative_float, default=1.0, help="DiT guidance (1)")
+    p.add_argument("--guidance", type=non_negative_float, help="DiT guidance (the model's)")
     p.add_argument("--ar-guidance", type=non_negative_float, help="AR guidance (default 3)")
     p.add_argument(
         "--batch",

@@ -65,7 +65,9 @@ def _add_generate(commands) -> None:
         "AR's tokens decoded without the DiT",
     )
     p.add_argument(
-        "--guidance", type=non_negative_float, default=1.0, help="DiT text guidance (default 1)"
+        "--guidance",
+        type=non_negative_float,
+        help="DiT text guidance (default: the model's, 1 for the embedded model)",
     )
     p.add_argument("--height", type=positive_int, help="frame height (default: the model's)")
     p.add_argument("--width", type=positive_int, help="frame width (default: the model's)")

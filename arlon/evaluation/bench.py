@@ -146,6 +146,7 @@ def generation_speed(
     overlap = overlap and sampling.mode != "baseline"  # no AR: nothing to overlap
     torch.set_num_threads(generation_threads(overlap, cores))
     pipe = ARLONPipeline.from_pretrained(model or ROOT)
+    sampling = pipe.resolved(sampling)  # the model's text guidance, unless given
     loaded = peak_rss_mib()
     stream = pipe.stream(
         PROMPT, num_frames=frames, sampling=sampling, progress=False, overlap=overlap
@@ -175,6 +176,7 @@ def generation_speed(
         "frames": frames,
         "mode": sampling.mode,
         "steps": sampling.num_inference_steps,
+        "guidance": sampling.guidance_scale,
         "overlap": overlap,
         "threads": torch.get_num_threads(),
         "seconds": round(seconds, 2),
@@ -273,7 +275,7 @@ def stage_flops(pipe: ARLONPipeline, frames: int, sampling: DiTSampling) -> dict
         vq = count_flops(lambda: pipe.vq.decode_codes(window.long())) * token_frames / a.code_window
         flops["ar"] = ar_flops(pipe, token_frames) + vq
     if sampling.mode != "ar-only":
-        batch = 1 if sampling.guidance_scale == 1 else 2
+        batch = 1 if pipe.resolved(sampling).guidance_scale == 1 else 2
         args, kwargs = dit_inputs(pipe.dit, batch, s, height, width)
         if sampling.mode == "baseline":
             kwargs = {}

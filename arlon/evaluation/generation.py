@@ -84,6 +84,7 @@ def generation_eval(
     """Mean world metrics of `prompts` single-prompt videos and `timelines` videos whose caption
     changes, `num_frames` frames each (drift: first vs last quarter). `batch`: videos whose AR
     codes are sampled together (the results do not depend on it, up to float rounding)."""
+    sampling = pipe.resolved(sampling)
     mode = sampling.mode
     report = {"mode": mode, "steps": sampling.num_inference_steps, "frames": num_frames}
     report["guidance"] = sampling.guidance_scale

@@ -268,7 +268,8 @@ def score_one(
 
 @dataclass(frozen=True)
 class Run:
-    """One way of making a suite's videos: a mode, and for the DiT its steps and text guidance."""
+    """One way of making a suite's videos: a mode, and for the DiT its steps and text guidance
+    (None: the model's, filled in by `SuitePlan.runs`)."""
 
     mode: str
     steps: int | None = None
@@ -293,7 +294,7 @@ class SuitePlan:
 
     modes: tuple[str, ...] = MODES
     steps: tuple[int, ...] = (5,)
-    guidance: tuple[float, ...] = (1.0,)
+    guidance: tuple[float | None, ...] = (None,)  # None: the model's
     frames: int | None = None
     videos: int | None = None
     batch: int = 25  # videos whose AR codes are drawn together
@@ -303,19 +304,24 @@ class SuitePlan:
         for mode in (*self.modes, *(run.mode for run in self.only)):
             if mode not in MODES:
                 raise ArlonError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
-        if not self.steps or min(self.steps) < 1 or not self.guidance or min(self.guidance) < 0:
+        scales = [g for g in self.guidance if g is not None]
+        if not self.steps or min(self.steps) < 1 or not self.guidance or min(scales, default=0) < 0:
             raise ArlonError("steps must be positive integers, guidance scales 0 or more")
 
-    def runs(self) -> list[Run]:
-        if self.only:
-            return list(self.only)
+    def runs(self, model_guidance: float = 1.0) -> list[Run]:
+        """The runs, a DiT run that leaves its guidance to the model at `model_guidance`."""
         runs = []
         for mode in self.modes:
             if mode == "ar-only":
                 runs.append(Run(mode))
             else:
                 runs += [Run(mode, s, g) for s in self.steps for g in self.guidance]
-        return runs
+        return [
+            replace(run, guidance=model_guidance)
+            if run.steps is not None and run.guidance is None
+            else run
+            for run in (self.only or runs)
+        ]
 
 
 def run_suite(
@@ -338,9 +344,10 @@ def run_suite(
     ]
     settings = {"suite": suite.name, "frames": frames, "backbone": backbone.name}
     _check_out(out, settings | {"model": weights_digest(pipe)})
+    runs = plan.runs(pipe.config.guidance_scale)
     todo = [
         (run, i)
-        for run in plan.runs()
+        for run in runs
         for i in range(len(timelines))
         if not video_path(out, run.label, i).exists()
     ]
@@ -366,7 +373,7 @@ def run_suite(
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(report))
-    summary = summarise_suite(out, suite.name, plan.runs(), len(timelines), frames, backbone.name)
+    summary = summarise_suite(out, suite.name, runs, len(timelines), frames, backbone.name)
     write_report(summary, out)
     return summary
 

@@ -14,7 +14,8 @@ The stages, each holding a bounded window:
 3. the DiT denoises the video latent segment by segment: `segment_frames` latent frames, the first
    `reference_frames` of them the clean tail of the previous segment (timestep 0), guided by F of
    the same frames (mode "arlon"; mode "baseline" runs the same chain without F, Open-Sora's
-   loop), in `num_inference_steps` Euler steps with classifier-free guidance on the text;
+   loop), in `num_inference_steps` Euler steps with classifier-free guidance on the text (the
+   model's `guidance_scale` unless a call gives one);
 4. the VAE decodes the new latent frames causally and streams frames out.
 
 With `overlap=True` (`arlon generate`'s default) stages 2 and 3-4 work side by side: the AR draws in
@@ -36,7 +37,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ from arlon.frames import to_frames
 from arlon.models.ar_sampler import ARSampler, ARSampling
 from arlon.models.text_encoder import TextEncoder
 from arlon.pipeline.coarse import LiveTokens, coarse_latents, latent_frame, sample_codes
-from arlon.pipeline.folders import MODELS, assemble, load_components
+from arlon.pipeline.folders import MODELS, SETTINGS, assemble, load_components
 from arlon.pipeline.threads import read_ahead, timed
 from arlon.timeline import LiveTimeline, Timeline
 from arlon.utils import check_seed
@@ -62,22 +63,27 @@ MODES = ("arlon", "baseline", "ar-only")
 
 @dataclass(frozen=True)
 class DiTSampling:
-    """How the DiT renders each segment: Euler steps, text guidance (1: none), and `mode`:
-    "arlon" (guided by the AR's coarse latent), "baseline" (text only, Open-Sora's loop) or
-    "ar-only" (no DiT: the AR's codes decoded straight through the VQ-VAE and the VAE)."""
+    """How the DiT renders each segment: Euler steps, text guidance (1: none; None: the model's
+    own, `ARLONPipeline.config.guidance_scale`), and `mode`: "arlon" (guided by the AR's coarse
+    latent), "baseline" (text only, Open-Sora's loop) or "ar-only" (no DiT: the AR's codes decoded
+    straight through the VQ-VAE and the VAE)."""
 
     num_inference_steps: int = 5
-    guidance_scale: float = 1.0
+    guidance_scale: float | None = None
     mode: str = "arlon"
 
     def __post_init__(self):
         steps = self.num_inference_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ArlonError(f"the number of steps must be a positive integer, got {steps!r}")
-        if not self.guidance_scale >= 0:
-            raise ArlonError(f"the DiT guidance scale must be >= 0, got {self.guidance_scale}")
+        _check_guidance(self.guidance_scale)
         if self.mode not in MODES:
             raise ArlonError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+
+
+def _check_guidance(scale: float | None) -> None:
+    if scale is not None and not scale >= 0:
+        raise ArlonError(f"the DiT guidance scale must be >= 0, got {scale}")
 
 
 @dataclass
@@ -143,6 +149,7 @@ class ARLONPipeline(DiffusionPipeline):
         segment_frames: int = 9,
         reference_frames: int = 2,
         fps: float = 8.0,
+        guidance_scale: float = 1.0,
     ):
         super().__init__()
         if not 0 < reference_frames < segment_frames:
@@ -152,11 +159,15 @@ class ARLONPipeline(DiffusionPipeline):
             )
         if not fps > 0:
             raise ArlonError(f"fps must be positive, got {fps}")
+        _check_guidance(guidance_scale)
         self.register_modules(
             text_encoder=text_encoder, ar=ar, vq=vq, dit=dit, scheduler=scheduler, vae=vae
         )
         self.register_to_config(
-            segment_frames=segment_frames, reference_frames=reference_frames, fps=fps
+            segment_frames=segment_frames,
+            reference_frames=reference_frames,
+            fps=fps,
+            guidance_scale=guidance_scale,
         )
         self.last_times = StageTimes()
 
@@ -172,7 +183,7 @@ class ARLONPipeline(DiffusionPipeline):
         if not text_encoder_packaged:
             text_encoder = folder / "text_encoder"
             self.text_encoder.save_pretrained(text_encoder)
-        settings = {k: self.config[k] for k in ("segment_frames", "reference_frames", "fps")}
+        settings = {k: self.config[k] for k in SETTINGS}
         folders = {name: folder / name for name in MODELS}
         assemble(folder, folders, text_encoder, self.scheduler.config.shift, settings)
 
@@ -182,6 +193,12 @@ class ARLONPipeline(DiffusionPipeline):
         name (e.g. `dit=...`). Every way a folder can be wrong is a one-line `ArlonError`."""
         parts, settings = load_components(folder, skip=tuple(overrides))
         return cls(**parts, **overrides, **settings).set_eval()
+
+    def resolved(self, sampling: DiTSampling) -> DiTSampling:
+        """`sampling` with this model's text guidance where it leaves the choice to the model."""
+        if sampling.guidance_scale is not None:
+            return sampling
+        return replace(sampling, guidance_scale=self.config.guidance_scale)
 
     def set_eval(self) -> ARLONPipeline:
         for name in MODELS:
@@ -275,6 +292,7 @@ class ARLONPipeline(DiffusionPipeline):
         fill as the stages work (another thread may watch it), else a new one; either way it is
         `last_times`. `overlap`: the AR draws in a thread of its own while the DiT and the VAE work
         (the same frames, sooner when `threads.generation_threads(True)` leaves it a core)."""
+        sampling = self.resolved(sampling)
         job = self._job(prompt, timeline, num_frames, height, width, sampling, seed, init_video)
         times = self.last_times = times if times is not None else StageTimes()
         stop = threading.Event()  # the frames are no longer read: the AR stops at its next frame
@@ -482,7 +500,7 @@ class ARLONPipeline(DiffusionPipeline):
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int = 5,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         mode: str = "arlon",
         ar_sampling: ARSampling = ARSampling(),
         generator: torch.Generator | int | None = None,

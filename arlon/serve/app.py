@@ -151,7 +151,7 @@ def build(pipe, workdir: str | Path, model: Path | None = None, max_frames: int 
         ok = gr.State(False)  # whether the form passed `check`
         gr.Markdown(INTRO)
         with gr.Row():
-            story = _story_column()
+            story = _story_column(pipe.config.guidance_scale)
             live = _live_column()
         stories = read_suite("stories")
         gr.Examples(
@@ -190,8 +190,9 @@ def build(pipe, workdir: str | Path, model: Path | None = None, max_frames: int 
     return page
 
 
-def _story_column() -> SimpleNamespace:
-    """The story and the settings: the prompt, the timeline editor, the numbers, the buttons."""
+def _story_column(guidance: float) -> SimpleNamespace:
+    """The story and the settings: the prompt, the timeline editor, the numbers (the DiT's text
+    guidance at the model's own, `guidance`), the buttons."""
     ui = SimpleNamespace()
     with gr.Column(scale=5):
         ui.prompt = gr.Textbox(
@@ -222,7 +223,7 @@ def _story_column() -> SimpleNamespace:
         with gr.Row():
             ui.mode = gr.Radio(MODES, value="arlon", label="mode", elem_id="mode")
             ui.ar_guidance = gr.Number(GUIDANCE_SCALE, label="AR guidance", elem_id="ar-guidance")
-            ui.guidance = gr.Number(1, label="DiT guidance", elem_id="guidance")
+            ui.guidance = gr.Number(guidance, label="DiT guidance", elem_id="guidance")
         with gr.Row():
             ui.go = gr.Button("Generate", variant="primary", elem_id="generate")
             ui.halt = gr.Button("Stop", variant="stop", elem_id="stop")

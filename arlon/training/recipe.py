@@ -387,7 +387,7 @@ def _assemble(stage: Stage, out: Path) -> None:
     import torch
 
     from arlon.models.loading import model_class
-    from arlon.pipeline.folders import assemble
+    from arlon.pipeline.folders import SETTINGS, assemble
 
     s = stage.settings
     folder = out / stage.name
@@ -400,7 +400,7 @@ def _assemble(stage: Stage, out: Path) -> None:
             cls.from_pretrained(source, torch_dtype=torch.float16).save_pretrained(parts / role)
             source = parts / role
         components[role] = source
-    settings = {k: s[k] for k in ("segment_frames", "reference_frames", "fps") if k in s}
+    settings = {k: s[k] for k in SETTINGS if k in s}
     assemble(folder, components, settings=settings)
     shutil.rmtree(parts, ignore_errors=True)
 
