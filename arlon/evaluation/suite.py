@@ -309,18 +309,19 @@ class SuitePlan:
             raise ArlonError("steps must be positive integers, guidance scales 0 or more")
 
     def runs(self, model_guidance: float = 1.0) -> list[Run]:
-        """The runs, a DiT run that leaves its guidance to the model at `model_guidance`."""
-        runs = []
-        for mode in self.modes:
-            if mode == "ar-only":
-                runs.append(Run(mode))
-            else:
-                runs += [Run(mode, s, g) for s in self.steps for g in self.guidance]
+        """The runs; those that leave the DiT's guidance to the model at `model_guidance`."""
+        runs = list(self.only)
+        if not runs:
+            for mode in self.modes:
+                if mode == "ar-only":
+                    runs.append(Run(mode))
+                else:
+                    runs += [Run(mode, s, g) for s in self.steps for g in self.guidance]
         return [
             replace(run, guidance=model_guidance)
             if run.steps is not None and run.guidance is None
             else run
-            for run in (self.only or runs)
+            for run in runs
         ]
 
 
