@@ -23,6 +23,8 @@ def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(tmp_path,
     finished = {name: json.loads((out / name / "done.json").read_text()) for name in stages}
     assert "flow_loss_heldout" in finished["dit"]["heldout"]  # the curve's end, for its budget
     assert finished["ar"]["best"]["metric"] == "perplexity_heldout"  # the AR's model is its best
+    index = json.loads((out / "pipeline" / "model_index.json").read_text())
+    assert index["guidance_scale"] == 2.0  # the DiT's text guidance the recipe chose
     video = tmp_path / "story.mp4"
     assert (
         cli.main(
