@@ -257,9 +257,9 @@ def ar_flops(pipe: ARLONPipeline, token_frames: int) -> float:
 
 
 def stage_flops(pipe: ARLONPipeline, frames: int, sampling: DiTSampling) -> dict[str, float]:
-    """FLOPs of each stage of a `frames`-frame generation: the VAE's streamed decoding counted whole,
-    one unit of the others counted (an AR code, a VQ window's decoding, a DiT forward) and
-    multiplied."""
+    """FLOPs of each stage of a `frames`-frame generation with `sampling` as the generation used it
+    (`pipe.resolved`): the VAE's streamed decoding counted whole, one unit of the others counted (an
+    AR code, a VQ window's decoding, a DiT forward) and multiplied."""
     segments, new_latents = pipe.plan(frames)
     c, s, r = pipe.dit.config, pipe.config.segment_frames, pipe.config.reference_frames
     height, width = (n // pipe.vae.spatial_ratio for n in pipe.default_size())
@@ -275,7 +275,7 @@ def stage_flops(pipe: ARLONPipeline, frames: int, sampling: DiTSampling) -> dict
         vq = count_flops(lambda: pipe.vq.decode_codes(window.long())) * token_frames / a.code_window
         flops["ar"] = ar_flops(pipe, token_frames) + vq
     if sampling.mode != "ar-only":
-        batch = 1 if pipe.resolved(sampling).guidance_scale == 1 else 2
+        batch = 1 if sampling.guidance_scale == 1 else 2
         args, kwargs = dit_inputs(pipe.dit, batch, s, height, width)
         if sampling.mode == "baseline":
             kwargs = {}
