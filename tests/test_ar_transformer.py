@@ -15,10 +15,14 @@ def text_encoder():
     return TextEncoder.from_pretrained()
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["codes", "levels", "levels+joint"])
+def model(request):
+    """The smoke AR (2x2 token frames, context of 4, code windows of 3), its 64 codes as symbols or
+    as the levels of an FSQ codebook (4, 4, 4), predicted by level (with a logit per code or not)."""
     torch.manual_seed(0)
-    return ar_transformer("smoke").eval()  # 2x2 token frames, context of 4, code windows of 3
+    if request.param == "codes":
+        return ar_transformer("smoke").eval()
+    return ar_transformer("smoke", code_levels=[4, 4, 4], code_head=request.param).eval()
 
 
 def codes(b=2, t=4, seed=1) -> torch.Tensor:
@@ -227,6 +231,31 @@ def test_prompt_switch_changes_the_prefix_and_keeps_the_history(model, text_enco
     assert torch.allclose(windows[0], history)  # the three frames generated under the old prompt
 
 
+def test_fsq_codes_are_embedded_and_predicted_level_by_level():
+    """The FSQ head's distribution is the product of one softmax per dimension, its levels those
+    of vector-quantize-pytorch's FSQ, and codes that share a level share that level's embedding."""
+    from vector_quantize_pytorch import FSQ
+
+    levels = [8, 5, 5, 5]
+    model = ar_transformer("smoke", codebook_size=1000, code_levels=levels)
+    codes = torch.tensor([0, 1, 8, 737, 999])
+    expected = FSQ(levels=levels, dim=4).indices_to_level_indices(codes)  # (5, 4)
+    offsets = torch.tensor([0, 8, 13, 18])
+    assert torch.equal(model.head.rows[codes], expected + offsets)
+    x = torch.randn(3, model.config.hidden_size)
+    per_dim = model.head.proj(x).split(levels, dim=-1)
+    factored = sum(p.log_softmax(-1)[:, expected[:, d]] for d, p in enumerate(per_dim))
+    assert torch.allclose(model.head(x).log_softmax(-1)[:, codes], factored, atol=1e-5)
+    table = model.code_embedder.weight
+    assert torch.allclose(model.code_embedder(codes)[3], table[expected[3] + offsets].sum(0))
+    with pytest.raises(ArlonError, match="multiply to 100"):
+        ar_transformer("smoke", codebook_size=64, code_levels=[4, 5, 5])
+    # with a logit per code, the levels' logits are still there, shifted code by code
+    both = ar_transformer("smoke", codebook_size=1000, code_levels=levels, code_head="levels+joint")
+    both.head.proj.load_state_dict(model.head.proj.state_dict())
+    assert torch.allclose(both.head(x), model.head(x) + both.head.joint(x))
+
+
 def test_sample_logits():
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.0], [5.0, 0.0, 0.0, 0.0]])
     g = torch.Generator().manual_seed(0)
@@ -247,7 +276,8 @@ def test_save_load_round_trip(model, tmp_path):
 
 def test_dropout_acts_in_training_only(model, text_encoder):
     """A model trained with dropout generates as the same weights without it, on both paths."""
-    dropped = ar_transformer("smoke", dropout=0.5)
+    levels = {k: model.config[k] for k in ("code_levels", "code_head")}
+    dropped = ar_transformer("smoke", dropout=0.5, **levels)
     dropped.load_state_dict(model.state_dict())
     x = codes()
     with torch.no_grad():

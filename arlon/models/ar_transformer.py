@@ -131,6 +131,54 @@ class DecoderBlock(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------
+# FSQ codes, dimension by dimension
+# ------------------------------------------------------------------------------------------------
+
+
+class _FSQLevels(nn.Module):
+    """Each code of an FSQ codebook as its level in every dimension: `levels` (L_1, ..., L_D), code
+    k = sum_d l_d * prod(L_<d) (vector-quantize-pytorch's order), level l_d of dimension d at row
+    `offset_d + l_d` of a table of sum(levels) rows."""
+
+    def __init__(self, levels: list[int]):
+        super().__init__()
+        basis = torch.tensor([math.prod(levels[:d]) for d in range(len(levels))])
+        offsets = torch.tensor([sum(levels[:d]) for d in range(len(levels))])
+        codes = torch.arange(math.prod(levels))[:, None]
+        rows = codes // basis % torch.tensor(levels) + offsets  # (K, D)
+        self.register_buffer("rows", rows, persistent=False)
+
+
+class FSQEmbedding(_FSQLevels):
+    """A code's embedding as the sum of its levels' embeddings: codes one level apart in one
+    dimension, neighbouring latents, share all other rows (sum(levels) rows, not prod(levels))."""
+
+    def __init__(self, levels: list[int], hidden_size: int):
+        super().__init__(levels)
+        self.weight = nn.Parameter(torch.empty(sum(levels), hidden_size))
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.weight[self.rows[codes]].sum(-2)  # (..., C)
+
+
+class FSQHead(_FSQLevels):
+    """Logits over the whole codebook from one softmax per dimension: the logit of code k is the sum
+    of its levels' logits, so the codebook's distribution is the product of the dimensions' and a
+    draw that misses one dimension's level lands on a neighbouring latent, not on any code. A product
+    cannot say "this code or that one" (an object's edge: object or background); with `joint`, a
+    logit per code is added, which can."""
+
+    def __init__(self, hidden_size: int, levels: list[int], joint: bool = False):
+        super().__init__(levels)
+        self.proj = nn.Linear(hidden_size, sum(levels), bias=False)
+        self.joint = nn.Linear(hidden_size, math.prod(levels), bias=False) if joint else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.proj(x)[..., self.rows].sum(-1)  # (..., K)
+        return logits if self.joint is None else logits + self.joint(x)
+
+
+# ------------------------------------------------------------------------------------------------
 # The AR transformer
 # ------------------------------------------------------------------------------------------------
 
@@ -140,7 +188,10 @@ class ARTransformer(ModelMixin, ConfigMixin):
 
     `codebook_size` K and the token grid `frame_height` x `frame_width` come from the fine VQ-VAE;
     `text_dim` from the text encoder; `max_frames` is the context (and training window) in token
-    frames; `dropout` is on each block's residual branches, in training only.
+    frames; `dropout` is on each block's residual branches, in training only. With `code_levels`,
+    the levels of an FSQ codebook, codes are embedded and predicted dimension by dimension
+    (`FSQEmbedding`, `FSQHead`) instead of as K unrelated symbols; `code_head` "levels+joint" adds a
+    logit per code to the head's.
     """
 
     _no_split_modules = ["DecoderBlock"]  # FSDP wrapping units (read by accelerate)
@@ -161,10 +212,19 @@ class ARTransformer(ModelMixin, ConfigMixin):
         rope_theta: float = 10000.0,
         norm_eps: float = 1e-6,
         dropout: float = 0.0,
+        code_levels: list[int] | None = None,
+        code_head: str = "levels",
     ):
         super().__init__()
         if not 0 <= dropout < 1:
             raise ArlonError(f"dropout must lie in [0, 1), got {dropout}")
+        if code_levels is not None and math.prod(code_levels) != codebook_size:
+            raise ArlonError(
+                f"code_levels {list(code_levels)} multiply to {math.prod(code_levels)}, "
+                f"not the codebook size {codebook_size}"
+            )
+        if code_head not in ("levels", "levels+joint"):
+            raise ArlonError(f"code_head is 'levels' or 'levels+joint', got {code_head!r}")
         if hidden_size % num_heads or (hidden_size // num_heads) % 2:
             raise ArlonError(
                 f"hidden_size {hidden_size} must split into {num_heads} heads of even width"
@@ -175,14 +235,20 @@ class ARTransformer(ModelMixin, ConfigMixin):
         self.text_embedder = nn.Linear(text_dim, hidden_size)
         self.text_pad = nn.Parameter(torch.zeros(hidden_size))
         self.bos = nn.Parameter(torch.zeros(hidden_size))
-        self.code_embedder = nn.Embedding(codebook_size, hidden_size)
+        if code_levels is None:
+            self.code_embedder = nn.Embedding(codebook_size, hidden_size)
+        else:
+            self.code_embedder = FSQEmbedding(list(code_levels), hidden_size)
         self.cell_embedder = nn.Embedding(self.tokens_per_frame, hidden_size)
         self.phase_embedder = nn.Embedding(code_window, hidden_size)
         self.blocks = nn.ModuleList(
             DecoderBlock(hidden_size, num_heads, norm_eps, dropout) for _ in range(num_layers)
         )
         self.norm_out = nn.RMSNorm(hidden_size, eps=norm_eps)
-        self.head = nn.Linear(hidden_size, codebook_size, bias=False)
+        if code_levels is None:
+            self.head = nn.Linear(hidden_size, codebook_size, bias=False)
+        else:
+            self.head = FSQHead(hidden_size, list(code_levels), joint=code_head == "levels+joint")
         self.apply(self._init_weights)
 
     @staticmethod
@@ -191,7 +257,7 @@ class ARTransformer(ModelMixin, ConfigMixin):
             nn.init.normal_(module.weight, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
+        elif isinstance(module, nn.Embedding | FSQEmbedding):
             nn.init.normal_(module.weight, std=0.02)
 
     # -- sizes ------------------------------------------------------------------------------------
