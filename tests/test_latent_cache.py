@@ -289,7 +289,9 @@ def test_codes_added_later_equal_codes_built_in(dataset, models, tmp_path, capsy
         assert b.has_codes
         x, y = built.tensors(a), later.tensors(b)
         assert set(x) == set(y) == {"latents", "codes", "coarse"}
-        assert torch.equal(x["codes"], y["codes"]) and torch.equal(x["coarse"], y["coarse"])
+        # add_codes batches many videos' windows: the same codes, the decoding within rounding
+        assert torch.equal(x["codes"], y["codes"])
+        assert torch.allclose(x["coarse"].float(), y["coarse"].float(), atol=2e-3, rtol=0)
     assert cli.main([*argv, "--vae", str(tmp_path / "vae"), "--fine-vq", "x"]) == 2
     assert "leave out --vae" in capsys.readouterr().err
 

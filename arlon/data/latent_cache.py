@@ -13,6 +13,7 @@ captions and timelines.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -76,17 +77,38 @@ def vq_windows(
 
     `latents` is `(C, T', h, w)`; returns `codes` `(n, t, h', w')` and `coarse` `(C, n*window, h, w)`.
     """
-    n = latents.shape[1] // window
-    if n == 0:
-        return {}
-    windows = latents[:, : n * window].unflatten(1, (n, window)).transpose(0, 1)  # (n, C, W, h, w)
+    return vq_many([latents], window, fine, coarse)[0]
+
+
+@torch.inference_mode()
+def vq_many(
+    latents: list[torch.Tensor], window: int, fine=None, coarse=None, batch_size: int = 8
+) -> list[dict[str, torch.Tensor]]:
+    """`vq_windows` of many videos at once: their windows go through the VQ-VAEs in batches of
+    `batch_size` (a cache of short clips holds one window per video; on a CPU, batches of 8 encode
+    and decode 1.4x and 2x faster than one at a time, and larger ones are no faster)."""
+    windows = [
+        x[:, : x.shape[1] // window * window].unflatten(1, (-1, window)).transpose(0, 1)
+        for x in latents
+    ]  # (n, C, W, h, w) each
+    counts = [len(w) for w in windows]
+    if not sum(counts):
+        return [{} for _ in latents]
+    batches = torch.cat(windows).split(batch_size)
     out = {}
     if fine is not None:
-        out["codes"] = fine.encode(windows).to(torch.int16)
+        out["codes"] = torch.cat([fine.encode(b) for b in batches]).to(torch.int16)
     if coarse is not None:
-        rec = coarse.decode_codes(coarse.encode(windows), num_frames=window)  # (n, C, W, h, w)
-        out["coarse"] = rec.transpose(0, 1).flatten(1, 2).half()
-    return out
+        out["coarse"] = torch.cat(
+            [coarse.decode_codes(coarse.encode(b), num_frames=window) for b in batches]
+        ).half()  # (N, C, W, h, w)
+    results = []
+    for n, first in zip(counts, itertools.accumulate(counts, initial=0), strict=False):
+        part = {k: v[first : first + n] for k, v in out.items()} if n else {}
+        if "coarse" in part:
+            part["coarse"] = part["coarse"].transpose(0, 1).flatten(1, 2)  # (C, n*window, h, w)
+        results.append(part)
+    return results
 
 
 def build_cache(
@@ -272,9 +294,9 @@ def add_codes(folder: str | Path, fine=None, coarse=None) -> Path:
         by_shard.setdefault(entry.shard, []).append(i)
     for shard, members in tqdm(by_shard.items(), desc="add codes", unit="shard"):
         tensors = load_file(str(cache.folder / shard))
-        for i in members:
-            key = cache.entries[i].key
-            extra = vq_windows(tensors[f"{key}.latents"].float(), cache.window, fine, coarse)
+        keys = [cache.entries[i].key for i in members]
+        latents = [tensors[f"{key}.latents"].float() for key in keys]
+        for i, key, extra in zip(members, keys, vq_many(latents, cache.window, fine, coarse)):
             tensors |= {f"{key}.{k}": v.contiguous() for k, v in extra.items()}
             meta["entries"][i]["has_codes"] = "codes" in extra or meta["entries"][i]["has_codes"]
         tmp = cache.folder / f"{shard}.tmp"
