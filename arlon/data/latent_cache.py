@@ -296,7 +296,8 @@ def add_codes(folder: str | Path, fine=None, coarse=None) -> Path:
         tensors = load_file(str(cache.folder / shard))
         keys = [cache.entries[i].key for i in members]
         latents = [tensors[f"{key}.latents"].float() for key in keys]
-        for i, key, extra in zip(members, keys, vq_many(latents, cache.window, fine, coarse)):
+        extras = vq_many(latents, cache.window, fine, coarse)
+        for i, key, extra in zip(members, keys, extras, strict=True):
             tensors |= {f"{key}.{k}": v.contiguous() for k, v in extra.items()}
             meta["entries"][i]["has_codes"] = "codes" in extra or meta["entries"][i]["has_codes"]
         tmp = cache.folder / f"{shard}.tmp"
