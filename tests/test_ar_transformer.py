@@ -250,10 +250,12 @@ def test_fsq_codes_are_embedded_and_predicted_level_by_level():
     assert torch.allclose(model.code_embedder(codes)[3], table[expected[3] + offsets].sum(0))
     with pytest.raises(ArlonError, match="multiply to 100"):
         ar_transformer("smoke", codebook_size=64, code_levels=[4, 5, 5])
+    with pytest.raises(ArlonError, match="needs code_levels"):
+        ar_transformer("smoke", code_head="levels+joint")
     # with a logit per code, the levels' logits are still there, shifted code by code
     both = ar_transformer("smoke", codebook_size=1000, code_levels=levels, code_head="levels+joint")
     both.head.proj.load_state_dict(model.head.proj.state_dict())
-    assert torch.allclose(both.head(x), model.head(x) + both.head.joint(x))
+    assert torch.allclose(both.head(x), model.head(x) + both.head.joint(x), atol=1e-6)
 
 
 def test_sample_logits():

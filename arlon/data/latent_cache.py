@@ -13,7 +13,6 @@ captions and timelines.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import shutil
@@ -84,30 +83,32 @@ def vq_windows(
 def vq_many(
     latents: list[torch.Tensor], window: int, fine=None, coarse=None, batch_size: int = 8
 ) -> list[dict[str, torch.Tensor]]:
-    """`vq_windows` of many videos at once: their windows go through the VQ-VAEs in batches of
-    `batch_size` (a cache of short clips holds one window per video; on a CPU, batches of 8 encode
-    and decode 1.4x and 2x faster than one at a time, and larger ones are no faster)."""
+    """`vq_windows` of many videos at once, a dict per video (empty for a video shorter than a
+    window). Windows of the same size go through the VQ-VAEs together in batches of `batch_size`:
+    a cache of short clips holds one window per video, and on a CPU batches of 8 encode and decode
+    1.4x and 2x faster than one at a time (larger ones are no faster)."""
     windows = [
         x[:, : x.shape[1] // window * window].unflatten(1, (-1, window)).transpose(0, 1)
         for x in latents
     ]  # (n, C, W, h, w) each
-    counts = [len(w) for w in windows]
-    if not sum(counts):
-        return [{} for _ in latents]
-    batches = torch.cat(windows).split(batch_size)
-    out = {}
-    if fine is not None:
-        out["codes"] = torch.cat([fine.encode(b) for b in batches]).to(torch.int16)
-    if coarse is not None:
-        out["coarse"] = torch.cat(
-            [coarse.decode_codes(coarse.encode(b), num_frames=window) for b in batches]
-        ).half()  # (N, C, W, h, w)
-    results = []
-    for n, first in zip(counts, itertools.accumulate(counts, initial=0), strict=False):
-        part = {k: v[first : first + n] for k, v in out.items()} if n else {}
-        if "coarse" in part:
-            part["coarse"] = part["coarse"].transpose(0, 1).flatten(1, 2)  # (C, n*window, h, w)
-        results.append(part)
+    results: list[dict[str, torch.Tensor]] = [{} for _ in latents]
+    by_size: dict[tuple[int, ...], list[int]] = {}  # a cache may hold videos of several sizes
+    for i, w in enumerate(windows):
+        if len(w):
+            by_size.setdefault(tuple(w.shape[1:]), []).append(i)
+    for members in by_size.values():
+        counts = [len(windows[i]) for i in members]
+        batches = torch.cat([windows[i] for i in members]).split(batch_size)
+        if fine is not None:
+            codes = torch.cat([fine.encode(b) for b in batches]).to(torch.int16)
+            for i, part in zip(members, codes.split(counts), strict=True):
+                results[i]["codes"] = part  # (n, t, h', w')
+        if coarse is not None:
+            rec = torch.cat(
+                [coarse.decode_codes(coarse.encode(b), num_frames=window) for b in batches]
+            ).half()  # (N, C, W, h, w)
+            for i, part in zip(members, rec.split(counts), strict=True):
+                results[i]["coarse"] = part.transpose(0, 1).flatten(1, 2)  # (C, n*window, h, w)
     return results
 
 
@@ -259,7 +260,8 @@ def _encode_rows(
         latents = encode_video(vae, row.path).half()  # stored in float16
         key = f"{i:06d}"
         tensors = {f"{key}.latents": latents}
-        # codes of the stored latents, as add_codes computes them
+        # codes of the stored latents, as add_codes computes them (it batches several videos'
+        # windows: the same codes, the coarse latents within rounding)
         extra = vq_windows(latents.float(), window, fine, coarse)
         tensors |= {f"{key}.{k}": v for k, v in extra.items()}
         entries.append(

@@ -174,8 +174,9 @@ class FSQHead(_FSQLevels):
         self.joint = nn.Linear(hidden_size, math.prod(levels), bias=False) if joint else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.proj(x)[..., self.rows].sum(-1)  # (..., K)
-        return logits if self.joint is None else logits + self.joint(x)
+        # the head is linear: one (K, C) weight, not a (..., K, D) gather of the levels' logits
+        weight = self.proj.weight[self.rows].sum(1)  # (K, C)
+        return F.linear(x, weight if self.joint is None else weight + self.joint.weight)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,6 +226,8 @@ class ARTransformer(ModelMixin, ConfigMixin):
             )
         if code_head not in ("levels", "levels+joint"):
             raise ArlonError(f"code_head is 'levels' or 'levels+joint', got {code_head!r}")
+        if code_head != "levels" and code_levels is None:
+            raise ArlonError(f"code_head {code_head!r} needs code_levels, an FSQ codebook's levels")
         if hidden_size % num_heads or (hidden_size // num_heads) % 2:
             raise ArlonError(
                 f"hidden_size {hidden_size} must split into {num_heads} heads of even width"
