@@ -174,9 +174,12 @@ class FSQHead(_FSQLevels):
         self.joint = nn.Linear(hidden_size, math.prod(levels), bias=False) if joint else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the head is linear: one (K, C) weight, not a (..., K, D) gather of the levels' logits
-        weight = self.proj.weight[self.rows].sum(1)  # (K, C)
-        return F.linear(x, weight if self.joint is None else weight + self.joint.weight)
+        joint = 0 if self.joint is None else self.joint(x)
+        rows, levels = x[..., 0].numel(), self.rows.shape[1]
+        if rows * levels < x.shape[-1]:  # decoding a code or a few: gather the levels' logits
+            return self.proj(x)[..., self.rows].sum(-1) + joint  # (..., K)
+        # many rows (training): the head is linear, one (K, C) weight, not a (..., K, D) gather
+        return F.linear(x, self.proj.weight[self.rows].sum(1)) + joint
 
 
 # ------------------------------------------------------------------------------------------------
