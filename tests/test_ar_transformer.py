@@ -101,6 +101,51 @@ def test_the_fast_path_draws_the_reference_codes(model, text_encoder, guidance, 
     assert torch.equal(drawn[0][:, 0], torch.stack(list(alone.frames(TIMELINE, 12, history[0]))))
 
 
+@pytest.mark.parametrize("lookahead", [2, 3, 8])
+def test_jacobi_decoding_draws_the_codes_of_one_by_one_decoding(model, text_encoder, lookahead):
+    """Codes guessed and checked `lookahead` at a time (shared by a batch's videos) are the codes
+    drawn one per forward, on both paths, through window slides, prompt switches and histories."""
+    timelines = [TIMELINE, [(0, "a green triangle stays still"), (2, "a red circle moves left")]]
+    history = [list(codes(1, 3, seed=5)[0]), list(codes(1, 3, seed=6)[0])]
+    drawn = {}
+    for ahead, fast in [(1, False), (lookahead, False), (lookahead, True), (2 * lookahead, True)]:
+        settings = ARSampling(top_k=20, window_stride=2, lookahead=ahead)
+        sampler = ARSampler(model, text_encoder, settings, seed=[3, 4], fast=fast)
+        drawn[ahead, fast] = torch.stack(list(sampler.batch_frames(timelines, 9, history)))
+    for key, frames in drawn.items():
+        assert torch.equal(frames, drawn[1, False]), key
+
+
+def test_jacobi_decoding_confirms_a_frame_in_two_forwards_when_codes_do_not_depend_on_codes(
+    text_encoder, monkeypatch
+):
+    """With the codes' embeddings at zero, a code's logits do not depend on the codes before it:
+    the first forward's draws are all right, the second confirms them, whatever the frame's size
+    (one by one: a forward per code)."""
+    torch.manual_seed(0)
+    model = ar_transformer("smoke").eval()
+    with torch.no_grad():
+        model.code_embedder.weight.zero_()
+    forwards = []
+    original = ARSampler._forward
+
+    def counted(self, x, every=False):
+        forwards.append(x.shape[1])
+        return original(self, x, every)
+
+    monkeypatch.setattr(ARSampler, "_forward", counted)
+    drawn, count = {}, {}
+    for lookahead in (1, 3):
+        forwards.clear()
+        drawn[lookahead] = generate(model, text_encoder, TIMELINE[:1], 3, lookahead=lookahead)
+        count[lookahead] = len(forwards)
+    # the prefix, then per frame of 4 codes: the 3 after the first, one by one or in at most two
+    # forwards, and (except after the last frame) the last code, for the next frame's first
+    assert count[1] == 1 + 3 * 3 + 2
+    assert count[3] <= 1 + 3 * 2 + 2
+    assert torch.equal(drawn[1], drawn[3])
+
+
 def test_the_fast_path_runs_an_ar_in_bfloat16_as_the_reference_does(text_encoder):
     """An AR in bf16 (as on a GPU): the fast path's rotary tables take its dtype (before, sin stayed
     float32 and attention refused the mixed dtypes)."""
@@ -211,8 +256,9 @@ def test_prompt_switch_changes_the_prefix_and_keeps_the_history(model, text_enco
 
     monkeypatch.setattr(ARTransformer, "forward_embeddings", spy)
     timeline = [(0, "a red circle"), (3, "a blue square")]
-    # the reference path: the spy watches the model's forward, which the fast path does not call
-    frames = generate(model, text_encoder, timeline, 10, fast=False, guidance_scale=1.0)
+    # the reference path: the spy watches the model's forward, which the fast path does not call;
+    # one code per forward, so that every forward of many positions is a refill
+    frames = generate(model, text_encoder, timeline, 10, fast=False, guidance_scale=1, lookahead=1)
     with torch.no_grad():
         old, new = (
             model.embed_prefix(text.states, text.mask)

@@ -224,12 +224,20 @@ def add_ar_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
         help="token frames the AR's full context drops at once (default 1: it keeps the most "
         "history; k: its cache is refilled k times less often, with k - 1 fewer frames at times)",
     )
+    parser.add_argument(
+        f"--{prefix}lookahead",
+        type=positive_int,
+        help="codes the AR guesses and checks in one forward (default 16); the same codes at any "
+        "value, only faster or slower (1: one code per forward)",
+    )
 
 
 def ar_settings(args: argparse.Namespace, prefix: str = "") -> dict:
     """The AR options of `add_ar_args` as `ARSampling`'s keyword arguments (None: its default)."""
     names = ("temperature", "top_k", "top_p", "window_stride")
     settings = {name: getattr(args, prefix + name) for name in names}
+    if getattr(args, prefix + "lookahead") is not None:
+        settings["lookahead"] = getattr(args, prefix + "lookahead")
     if getattr(args, prefix + "guidance") is not None:
         settings["guidance_scale"] = getattr(args, prefix + "guidance")
     if not settings["top_p"] <= 1:

@@ -11,9 +11,9 @@ noisy or a faster machine still says how close to the hardware each stage runs:
   does; frames/s, real-time factor at 8 fps, peak memory, and per stage its FLOPs (counted by
   `torch.utils.flop_counter` on one unit of it: an AR code, a DiT forward, the VAE's decoding) and
   its FLOP/s as a fraction of a square matmul's FLOP/s measured in the same process;
-- the AR: ms per code of the fast path (`ARDecoder`) and of the reference path (the model's own
-  forward with the KV cache), interleaved in one process, the best of three each, and whether
-  they drew the same codes;
+- the AR: ms per code of the fast path (`ARDecoder`, `LOOKAHEAD` codes checked per forward) and
+  of the reference path (the model's own forward with the KV cache, one code per forward),
+  interleaved in one process, the best of three each, and whether they drew the same codes;
 - the DiT: one denoising step (a forward of batch 2: classifier-free guidance), its achieved FLOP/s
   against the matmul's (the best of before and after);
 - training: samples/s of each stage's training step at its default preset (the VAE on world clips
@@ -41,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from arlon.data.video_io import VideoWriter
 from arlon.errors import ArlonError
-from arlon.models.ar_sampler import ARSampler
+from arlon.models.ar_sampler import ARSampler, ARSampling
 from arlon.pipeline.coarse import SEAM_CONTEXT
 from arlon.pipeline.pipeline import ARLONPipeline, DiTSampling
 from arlon.pipeline.threads import generation_threads
@@ -286,14 +286,17 @@ def stage_flops(pipe: ARLONPipeline, frames: int, sampling: DiTSampling) -> dict
 
 def ar_speed(pipe: ARLONPipeline, token_frames: int = 12, repeats: int = 3) -> dict:
     """Ms per code of the AR's fast path and of its reference path (the model's own forward with the
-    KV cache) in this process, interleaved, the best of `repeats` each; and whether they drew the
-    same codes (`token_frames` token frames, the window sliding from the fifth on)."""
+    KV cache, one code per forward) in this process, interleaved, the best of `repeats` each; and
+    whether they drew the same codes (`token_frames` token frames, the window sliding from the
+    fifth on)."""
     timeline = Timeline.of(PROMPT)
     seconds: dict[str, list[float]] = {"fast": [], "reference": []}
     codes = {}
     for _ in range(repeats):
         for path in seconds:
-            sampler = ARSampler(pipe.ar, pipe.text_encoder, seed=0, fast=path == "fast")
+            fast = path == "fast"
+            sampling = ARSampling() if fast else ARSampling(lookahead=1)
+            sampler = ARSampler(pipe.ar, pipe.text_encoder, sampling, seed=0, fast=fast)
             start = time.perf_counter()
             codes[path] = torch.stack(list(sampler.frames(timeline, token_frames)))
             seconds[path].append(time.perf_counter() - start)
@@ -304,6 +307,7 @@ def ar_speed(pipe: ARLONPipeline, token_frames: int = 12, repeats: int = 3) -> d
     return {
         "codes": codes["fast"].numel(),
         "threads": torch.get_num_threads(),
+        "lookahead": ARSampling().lookahead,
         "ms_per_code": fast,
         "reference_ms_per_code": reference,
         "speedup": round(reference / fast, 2),  # of the figures shown beside it

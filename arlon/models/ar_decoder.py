@@ -13,6 +13,7 @@ the same codes (tested, and checked by `arlon bench` on every run).
 
     decoder = ARDecoder(ar)
     logits = decoder(x, cache, cache.length)        # x (B, N, C) at positions start.. -> (B, K)
+    logits = decoder(x, cache, cache.length, every=True)                              # (B, N, K)
 """
 
 from __future__ import annotations
@@ -71,9 +72,12 @@ class ARDecoder:
             self.sin = torch.cat([-sin[:, : self.half], sin[:, self.half :]], 1).to(self.cos.dtype)
 
     @torch.inference_mode()
-    def __call__(self, x: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, cache: KVCache, start: int, every: bool = False
+    ) -> torch.Tensor:
         """Embeddings `(B, N, C)` at positions `start..start+N-1`, appended to `cache` (whose
-        `length` must be `start`) -> the logits of the last position `(B, K)`."""
+        `length` must be `start`) -> the logits of the last position `(B, K)`, or of every
+        position `(B, N, K)`."""
         if cache.length != start:
             raise ArlonError(f"the KV cache holds {cache.length} positions, not {start}")
         b, n, c = x.shape
@@ -98,4 +102,5 @@ class ARDecoder:
             x = x + (F.silu(hidden @ gate_w) * (hidden @ up_w)) @ down_w
         cache.length = end
         # the head over every position, as the model's forward: one row alone rounds differently
-        return self.model.head(self.model.norm_out(x))[:, -1]
+        logits = self.model.head(self.model.norm_out(x))
+        return logits if every else logits[:, -1]

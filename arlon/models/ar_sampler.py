@@ -20,10 +20,13 @@ here count token frames, not video frames (`arlon.pipeline.coarse.token_timeline
 sampler asks each for the prompt that starts at every token frame as it comes to it (`switch_at`),
 so a timeline that changes while the codes stream (`arlon.pipeline.coarse.LiveTokens`) directs
 them live.
+Within a token frame, codes are drawn by Jacobi decoding (`ARSampler._draw_frame`): one forward
+checks `lookahead` guessed codes at once (the frame before's, then its own draws) and keeps those
+one-by-one decoding would have drawn, so the AR reads its weights for several codes at a time.
 With the cache, each step runs through `ARDecoder`, the model's arithmetic in fewer operations;
 `fast=False` runs the model's own forward (the reference the fast path is checked against: bitwise
 the same logits), `use_cache=False` recomputes the whole context for every token (slow, there to
-check the cache). All three give the same codes for the same seed.
+check the cache). All three give the same codes for the same seed, at any lookahead.
 """
 
 from __future__ import annotations
@@ -43,18 +46,24 @@ from arlon.timeline import Timeline
 # prompt metric and triples the prompt switches that take hold, for 1.1x (one thread) to 1.6x (a
 # batch of videos) the AR's time.
 GUIDANCE_SCALE = 3.0
+# Codes guessed and checked per forward (see `ARSampler._draw_frame`): on the embedded AR at batch
+# 2, a forward of 16 positions costs about twice one, and confirms 4 codes on average.
+LOOKAHEAD = 16
 
 
 @dataclass(frozen=True)
 class ARSampling:
     """How the AR draws codes: temperature (0: greedy), top-k (0: off), top-p in (0, 1] and
-    classifier-free guidance on the text (1: none, and faster)."""
+    classifier-free guidance on the text (1: none, and faster). How fast, not which codes: the
+    window stride (token frames a full context drops at once) and the lookahead (codes guessed
+    and checked per forward, shared among a batch's videos; 1: one code per forward)."""
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
     guidance_scale: float = GUIDANCE_SCALE
     window_stride: int = 1
+    lookahead: int = LOOKAHEAD
 
     def __post_init__(self):
         if not self.temperature >= 0:
@@ -68,6 +77,9 @@ class ARSampling:
         stride = self.window_stride
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ArlonError(f"the AR's window stride must be a positive integer, got {stride!r}")
+        ahead = self.lookahead
+        if isinstance(ahead, bool) or not isinstance(ahead, int) or ahead < 1:
+            raise ArlonError(f"the AR's lookahead must be a positive integer, got {ahead!r}")
 
 
 @runtime_checkable
@@ -162,12 +174,15 @@ class ARSampler:
         return x.repeat(self.batch // self.videos, *[1] * (x.ndim - 1))
 
     def _next(self, logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-        """Logits of the last position `(batch, K)` -> each video's next code `(videos,)`."""
+        """Logits `(batch, [N,] K)` -> each video's codes `(videos, [N])`, drawn with `uniform`
+        `(videos, [N])`: a code is a function of its logits and its uniform number alone."""
         if self.batch > self.videos:
             cond, null = logits[: self.videos], logits[self.videos :]
             logits = null + self.sampling.guidance_scale * (cond - null)
         s = self.sampling
-        return sample_logits(logits, s.temperature, s.top_k, s.top_p, uniform=uniform)
+        rows = logits.flatten(0, -2)
+        codes = sample_logits(rows, s.temperature, s.top_k, s.top_p, uniform=uniform.flatten())
+        return codes.view(uniform.shape)
 
     def _embed(self, codes: list[torch.Tensor], first_frame: int) -> torch.Tensor:
         """Whole or partial token frames (each `(videos, n)` long) -> `(batch, N, C)`."""
@@ -175,11 +190,59 @@ class ARSampler:
             return self.model.bos.new_zeros(self.batch, 0, self.model.bos.shape[0])
         return self.model.embed_codes(self._rows(torch.cat(codes, dim=1)), 0, first_frame)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Embeddings `(batch, N, C)` appended to the cache -> the last position's logits."""
+    def _forward(self, x: torch.Tensor, every: bool = False) -> torch.Tensor:
+        """Embeddings `(batch, N, C)` appended to the cache -> the last position's logits
+        `(batch, K)`, or every position's `(batch, N, K)`."""
         if self.decoder is not None:
-            return self.decoder(x, self.cache, self.cache.length)
-        return self.model.forward_embeddings(x, self.cache, self.cache.length)[:, -1]
+            return self.decoder(x, self.cache, self.cache.length, every)
+        logits = self.model.forward_embeddings(x, self.cache, self.cache.length)
+        return logits if every else logits[:, -1]
+
+    def _embed_run(self, codes: torch.Tensor, first_cell: int, frame: int) -> torch.Tensor:
+        """Codes `(videos, N)` of token frame `frame` from cell `first_cell` -> `(batch, N, C)`."""
+        model, rows = self.model, self._rows(codes)
+        if self.decoder is None:
+            return model.embed_codes(rows, first_cell, frame)
+        # as `embed_codes` sums it (code, cell, then phase), from the tables directly
+        cells = model.cell_embedder.weight[first_cell : first_cell + codes.shape[1]]
+        return (
+            model.code_embedder(rows)
+            + cells
+            + model.phase_embedder.weight[frame % model.config.code_window]
+        )
+
+    def _draw_frame(
+        self, logits: torch.Tensor, uniform: torch.Tensor, t: int, guess: torch.Tensor
+    ) -> torch.Tensor:
+        """Token frame `t`'s codes `(videos, n)`, from the logits of its first code `(batch, K)`,
+        the frame's uniform numbers `(videos, n)` and a guess of its codes `(videos, n)` (the
+        frame before: most cells keep their code). Leaves every code but the last in the cache.
+
+        Jacobi decoding under fixed noise: a code is a function of its logits and its uniform
+        number, so one forward of `lookahead` codes (the last drawn one, then guesses) gives the
+        logits of the next `lookahead`, and each code drawn from them is the code one-by-one
+        decoding draws as long as the guesses before it were right. The first wrong guess is
+        replaced by its drawn code, which is then exact too; the codes after it become the next
+        guesses. So a forward confirms one code at least, and the codes are those drawn one at a
+        time (up to float rounding: a forward of many positions may round its logits differently)."""
+        n = self.model.tokens_per_frame
+        # a batch's rows already fill a forward: its videos share the lookahead
+        ahead = max(1, self.sampling.lookahead // self.videos)
+        base = self.cache.length
+        frame = guess.clone()
+        frame[:, 0] = self._next(logits, uniform[:, 0])
+        done = 1  # codes known for sure
+        while done < n:
+            m = min(ahead, n - done)
+            self.cache.truncate(base + done - 1)  # drop the keys and values of wrong guesses
+            x = self._embed_run(frame[:, done - 1 : done + m - 1], done - 1, t)
+            drawn = self._next(self._forward(x, every=True), uniform[:, done : done + m])
+            # the guesses confirmed in a row, for every video of the batch
+            right = (drawn == frame[:, done : done + m]).all(0).cumprod(0).sum()
+            frame[:, done : done + m] = drawn
+            done += min(int(right) + 1, m)
+        self.cache.truncate(base + n - 1)
+        return frame
 
     def _refill(
         self, prefix: torch.Tensor | None, history: list[torch.Tensor], first: int
@@ -251,7 +314,6 @@ class ARSampler:
                 context.append(torch.stack([f.flatten().long() for f in frames]))
             context = context[max(0, len(context) - (cfg.max_frames - 1)) :]
         prefix = self._first_prefix([timeline.switch_at(0) for timeline in timelines])
-        cells = model.cell_embedder.weight  # (h * w, C): the fast path's code embedding
         for t in range(num_frames):
             # asked frame by frame, not beforehand: a live timeline changes while the codes stream
             switches = [timeline.switch_at(t) if t > 0 else None for timeline in timelines]
@@ -273,24 +335,23 @@ class ARSampler:
             uniform = torch.stack(
                 [torch.rand(per_frame, generator=g, device=g.device) for g in self.generators]
             )
-            phase = model.phase_embedder.weight[t % cfg.code_window]
             # the last code's keys and values are wasted when the next frame refills the cache
             # (a prompt switch refills it too, but is not known before the next frame)
             refills = t + 1 == num_frames or len(context) + 1 == cfg.max_frames
-            frame: list[torch.Tensor] = []  # (videos, 1) each
-            for j in range(per_frame):
-                if not self.use_cache:
+            if self.use_cache:
+                guess = (
+                    context[-1] if context else uniform.new_zeros(uniform.shape, dtype=torch.long)
+                )
+                codes = self._draw_frame(logits, uniform, t, guess)
+                if not refills:
+                    logits = self._forward(self._embed_run(codes[:, -1:], per_frame - 1, t))
+            else:  # the whole context through the model for every code
+                frame: list[torch.Tensor] = []  # (videos, 1) each
+                for j in range(per_frame):
                     x = torch.cat([prefix, self._embed([*context, *frame], first)], dim=1)
-                    logits = model.forward_embeddings(x)[:, -1]
-                code = self._next(logits, uniform[:, j])
-                frame.append(code[:, None])
-                if not self.use_cache or j + 1 == per_frame and refills:
-                    continue
-                if self.decoder is None:
-                    x = model.embed_codes(self._rows(code[:, None]), j, t)
-                else:  # as `embed_codes` sums it: code, cell, then phase
-                    x = (model.code_embedder(self._rows(code)) + cells[j] + phase)[:, None]
-                logits = self._forward(x)
-            codes = torch.cat(frame, dim=1)  # (videos, h * w)
+                    frame.append(
+                        self._next(model.forward_embeddings(x)[:, -1], uniform[:, j])[:, None]
+                    )
+                codes = torch.cat(frame, dim=1)  # (videos, h * w)
             context.append(codes)
             yield codes.view(self.videos, cfg.frame_height, cfg.frame_width)
