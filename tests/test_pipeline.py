@@ -12,7 +12,7 @@ from conftest import smoke_pipeline
 from arlon import cli
 from arlon.data.video_io import video_info
 from arlon.errors import ArlonError
-from arlon.models.ar_sampler import GUIDANCE_SCALE, ARSampler, ARSampling
+from arlon.models.ar_sampler import GUIDANCE_SCALE, LOOKAHEAD, ARSampler, ARSampling
 from arlon.pipeline import ARLONPipeline, DiTSampling
 
 PROMPT = "a red circle moves right on a black background"
@@ -194,20 +194,22 @@ def test_generate_writes_the_video_and_a_summary(folder, tmp_path, capsys):
 
 
 def test_the_ar_is_guided_unless_told_otherwise(folder, tmp_path, capsys, monkeypatch):
-    scales = []
+    """The AR's guidance and lookahead are its defaults unless the command line sets them."""
+    settings = []
     build = ARSampler.__init__
 
     def spy(self, model, text_encoder, sampling=ARSampling(), *args, **kwargs):
-        scales.append(sampling.guidance_scale)
+        settings.append((sampling.guidance_scale, sampling.lookahead))
         build(self, model, text_encoder, sampling, *args, **kwargs)
 
     monkeypatch.setattr(ARSampler, "__init__", spy)
     argv = [PROMPT, "--model", folder, "--frames", 9, "--steps", 1, "-o", tmp_path / "v.mp4"]
     assert generate(capsys, *argv)[0] == 0
-    assert generate(capsys, *argv, "--ar-guidance", 1)[0] == 0
+    assert generate(capsys, *argv, "--ar-guidance", 1, "--ar-lookahead", 3)[0] == 0
     pipe = ARLONPipeline.from_pretrained(folder)
     pipe(PROMPT, num_frames=9, num_inference_steps=1, progress=False)
-    assert scales == [GUIDANCE_SCALE, 1.0, GUIDANCE_SCALE] and GUIDANCE_SCALE > 1
+    default = (GUIDANCE_SCALE, LOOKAHEAD)
+    assert settings == [default, (1.0, 3), default] and GUIDANCE_SCALE > 1 and LOOKAHEAD > 1
 
 
 def test_the_dit_guidance_is_the_models_unless_told_otherwise(
