@@ -216,7 +216,8 @@ class ARSampler:
     ) -> torch.Tensor:
         """Token frame `t`'s codes `(videos, n)`, from the logits of its first code `(batch, K)`,
         the frame's uniform numbers `(videos, n)` and a guess of its codes `(videos, n)` (the
-        frame before: most cells keep their code). Leaves every code but the last in the cache.
+        frame before's: on the embedded AR a quarter of the cells keep their code). Leaves every
+        code but the last in the cache.
 
         Jacobi decoding under fixed noise: a code is a function of its logits and its uniform
         number, so one forward of `lookahead` codes (the last drawn one, then guesses) gives the
