@@ -155,6 +155,33 @@ def test_baseline_mode_runs_without_the_ar(pipe, monkeypatch):
     assert wide.frames.shape == (1, 5, 32, 48, 3)  # the DiT alone takes other sizes
 
 
+def test_a_strength_starts_each_segment_from_the_ar_latent_in_fewer_steps(pipe, monkeypatch):
+    """Below 1, every DiT segment starts from its coarse latent (the AR's, as ARLON's condition)
+    and runs round(steps * strength) of the steps."""
+    from arlon.pipeline import pipeline as module
+
+    calls = []
+    real = module.sample
+
+    def spy(velocity, noise, steps, *args, start=None, strength=1.0, **kwargs):
+        calls.append((start is not None, strength))
+        return real(velocity, noise, steps, *args, start=start, strength=strength, **kwargs)
+
+    monkeypatch.setattr(module, "sample", spy)
+    forwards = []
+    hook = pipe.dit.register_forward_hook(lambda *args: forwards.append(1))
+    try:
+        for strength in (1.0, 0.5):
+            forwards.clear()
+            out = pipe(PROMPT, num_frames=FRAMES, num_inference_steps=4, strength=strength)
+            assert out.frames.shape == (1, FRAMES, 32, 32, 3)
+            segments = len(pipe.seams(FRAMES)) + 1
+            assert len(forwards) == segments * (4 if strength == 1 else 2)
+    finally:
+        hook.remove()
+    assert set(calls) == {(True, 1.0), (True, 0.5)}
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [
@@ -165,6 +192,8 @@ def test_baseline_mode_runs_without_the_ar(pipe, monkeypatch):
         (dict(prompt=PROMPT, width=48), "draws 32x32 videos"),
         (dict(timeline=[(5, PROMPT)]), "start at frame 0"),
         (dict(prompt=PROMPT, mode="fast"), "mode must be"),
+        (dict(prompt=PROMPT, strength=0), "strength must lie in"),
+        (dict(prompt=PROMPT, strength=0.5, mode="baseline"), "mode arlon"),
     ],
 )
 def test_pipeline_bad_inputs(pipe, kwargs, message):

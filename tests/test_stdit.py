@@ -134,6 +134,35 @@ def test_sampling_errors_are_one_line(baseline):
         sample(guided(baseline, 1.0), noise, 0)
     with pytest.raises(ArlonError, match="reference mask covers 5 frames"):
         sample(guided(baseline, 1.0), noise, 2, reference=noise, frame_mask=torch.ones(2, 5).bool())
+    for strength, message in [(0.0, "lie in"), (1.5, "lie in"), (0.5, "latent to start from")]:
+        with pytest.raises(ArlonError, match=message):
+            sample(guided(baseline, 1.0), noise, 2, strength=strength)
+
+
+@pytest.mark.parametrize("strength, steps", [(1.0, 5), (0.6, 3), (0.3, 2), (0.01, 1)])
+def test_a_strength_starts_from_the_noised_latent_and_runs_the_steps_below(strength, steps):
+    """With the straight path's own velocity (noise - start), Euler lands on `start` from any
+    time; a strength s runs round(5 s) of 5 steps, from start noised to the first of them."""
+    noise, start = latent(seed=1), latent(seed=2)
+    times = []
+
+    def velocity(x, t, *args, **kwargs):
+        times.append(t[0].item())
+        return noise - start
+
+    out = sample(velocity, noise, 5, start=start, strength=strength)
+    assert len(times) == steps and torch.allclose(out, start, atol=1e-5)
+    sched = scheduler()
+    sched.set_timesteps(5)
+    assert times == sched.timesteps.tolist()[5 - steps :]
+    first = []
+    sample(
+        velocity, noise, 5, start=start, strength=strength, callback=lambda i, x: first.append(x)
+    )
+    # start noised to the first time it runs, then one Euler step down
+    s0, s1 = sched.sigmas[5 - steps].item(), sched.sigmas[6 - steps].item()
+    one_step = s0 * noise + (1 - s0) * start + (s1 - s0) * (noise - start)
+    assert torch.allclose(first[0], one_step, atol=1e-5)
 
 
 def test_uncertainty_sampling_keeps_the_normalised_features():

@@ -10,6 +10,7 @@ import torch
 
 from arlon import cli
 from arlon.cli import evaluate as evaluate_cli
+from arlon.cli.common import run_spec
 from arlon.diffusion.rectified_flow import scheduler
 from arlon.errors import ArlonError
 from arlon.evaluation.claims import check_claims
@@ -17,6 +18,7 @@ from arlon.evaluation.claims import markdown as claims_markdown
 from arlon.evaluation.heldout import HELDOUT_SEED
 from arlon.evaluation.suite import (
     SUITES,
+    Run,
     SuitePlan,
     build_packaged_suites,
     packaged_suites,
@@ -225,10 +227,19 @@ def test_eval_suite_cli(folder, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["videos"] == 1
 
 
+def test_a_run_with_a_strength_is_named_and_sampled_so():
+    run = Run(*run_spec("arlon@5:g1:s0.6"))
+    assert run == Run("arlon", 5, 1.0, 0.6) and run.label == "arlon-5-g1-s0.6"
+    assert run.sampling.strength == 0.6 and run.sampling.num_inference_steps == 5
+    assert Run(*run_spec("arlon@5:g1")).label == "arlon-5-g1"  # the folders of earlier runs
+    assert run_spec("baseline@30") == ("baseline", 30, None, 1.0)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         ([], "give --suite and --out"),
+        (["--suite", "short", "--out", "x", "--run", "arlon@5:s1.5"], "strength lies in (0, 1]"),
         (["--suite", "short", "--out", "x", "--mode", "fast"], "arlon, baseline, ar-only, got"),
         (["--suite", "short", "--out", "x", "--guidance", "-1"], "--guidance: must be 0 or more"),
         (["--suite", "short", "--out", "x", "--steps", "0"], "--steps: must be a positive"),

@@ -84,17 +84,21 @@ def float_list(text: str) -> list[float]:
     return [non_negative_float(part) for part in text.split(",")]
 
 
-def run_spec(text: str) -> tuple[str, int | None, float | None]:
-    """One suite run: `ar-only`, `MODE@STEPS` (the model's guidance) or `MODE@STEPS:gGUIDANCE`
-    (e.g. `baseline@30:g4`)."""
-    m = re.fullmatch(r"([\w-]+)(?:@(\d+)(?::g([\d.]+))?)?", text.strip())
+def run_spec(text: str) -> tuple[str, int | None, float | None, float]:
+    """One suite run: `ar-only`, `MODE@STEPS` (the model's guidance), `MODE@STEPS:gGUIDANCE`
+    (e.g. `baseline@30:g4`), each DiT run with `:sSTRENGTH` or not (e.g. `arlon@5:s0.6`)."""
+    m = re.fullmatch(r"([\w-]+)(?:@(\d+)(?::g([\d.]+))?(?::s([\d.]+))?)?", text.strip())
     if m is None or (m[1] != "ar-only") == (m[2] is None):
         raise argparse.ArgumentTypeError(
-            f"expected ar-only, MODE@STEPS or MODE@STEPS:gGUIDANCE, got {text!r}"
+            f"expected ar-only, MODE@STEPS, MODE@STEPS:gGUIDANCE or either with :sSTRENGTH, "
+            f"got {text!r}"
         )
     steps = None if m[2] is None else positive_int(m[2])
     guidance = None if m[3] is None else non_negative_float(m[3])
-    return m[1], steps, guidance
+    strength = 1.0 if m[4] is None else positive_float(m[4])
+    if not strength <= 1:
+        raise argparse.ArgumentTypeError(f"a strength lies in (0, 1], got {text!r}")
+    return m[1], steps, guidance, strength
 
 
 def name_list(choices: tuple[str, ...]):

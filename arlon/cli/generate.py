@@ -69,6 +69,13 @@ def _add_generate(commands) -> None:
         type=non_negative_float,
         help="DiT text guidance (default: the model's, 1 for the embedded model)",
     )
+    p.add_argument(
+        "--strength",
+        type=positive_float,
+        default=1.0,
+        help="in (0, 1]: below 1 the DiT starts from the AR's coarse latent noised to this time "
+        "instead of from noise, and runs that fraction of --steps (default 1)",
+    )
     p.add_argument("--height", type=positive_int, help="frame height (default: the model's)")
     p.add_argument("--width", type=positive_int, help="frame width (default: the model's)")
     p.add_argument("--fps", type=positive_float, help="frames per second (default: the model's)")
@@ -120,7 +127,7 @@ def _generate(args: argparse.Namespace, timeline, settings: dict, overlap: bool)
     from arlon.pipeline.output import VideoOutput, write_video
     from arlon.weights import ROOT
 
-    sampling = DiTSampling(args.steps, args.guidance, args.mode)
+    sampling = DiTSampling(args.steps, args.guidance, args.mode, args.strength)
     pipe = ARLONPipeline.from_pretrained(args.model or ROOT)
     for message in cut_prompt_warnings(timeline, pipe.text_encoder):
         warn(message)

@@ -112,6 +112,12 @@ def guided(model, guidance_scale: float, **kwargs) -> Denoiser:
     return velocity
 
 
+def strength_steps(num_inference_steps: int, strength: float) -> int:
+    """The Euler steps a sampling of `num_inference_steps` runs when it starts at t = `strength`
+    (diffusers' img2img: the last `round(steps * strength)` of them, one at least)."""
+    return max(1, round(num_inference_steps * strength))
+
+
 @torch.no_grad()
 def sample(
     velocity: Denoiser,
@@ -123,10 +129,21 @@ def sample(
     frame_mask: torch.Tensor | None = None,
     sched: FlowMatchEulerDiscreteScheduler | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    start: torch.Tensor | None = None,
+    strength: float = 1.0,
 ) -> torch.Tensor:
     """Denoise `noise` `(B, C, T, H, W)` from t = 1 to 0 in `num_inference_steps` Euler steps of
-    `sched` (default: diffusers' `FlowMatchEulerDiscreteScheduler` without shift). Frames where `frame_mask` `(B, T)` is True are set
-    to `reference` (same shape as `noise`) before every step and at the end: they stay exact."""
+    `sched` (default: diffusers' `FlowMatchEulerDiscreteScheduler` without shift). Frames where
+    `frame_mask` `(B, T)` is True are set to `reference` (same shape as `noise`) before every step
+    and at the end: they stay exact.
+
+    `strength` < 1 starts from `start` (a clean latent of `noise`'s shape) noised to t = strength
+    and runs only the steps below it (`strength_steps`, as diffusers' img2img): the result keeps
+    `start`'s layout and redraws its detail."""
+    if not 0 < strength <= 1:
+        raise ArlonError(f"the strength must lie in (0, 1], got {strength}")
+    if strength < 1 and start is None:
+        raise ArlonError("a strength below 1 needs the latent to start from")
     if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
         raise ArlonError(
             f"the number of steps must be a positive integer, got {num_inference_steps}"
@@ -141,9 +158,14 @@ def sample(
             raise ArlonError("a reference mask needs the reference latent")
     sched = sched or scheduler()
     sched.set_timesteps(num_inference_steps, device=noise.device)
-    x = noise
+    timesteps, x = sched.timesteps, noise
+    if strength < 1:
+        first = num_inference_steps - strength_steps(num_inference_steps, strength)
+        timesteps = timesteps[first:]
+        sched.set_begin_index(first)
+        x = sched.scale_noise(start.to(noise.dtype), timesteps[:1], noise)
     keep = None if frame_mask is None else frame_mask[:, None, :, None, None]
-    for i, t in enumerate(sched.timesteps):
+    for i, t in enumerate(timesteps):
         if keep is not None:
             x = torch.where(keep, reference.to(x.dtype), x)
         timestep = t.expand(x.shape[0])

@@ -40,6 +40,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from arlon.data.video_io import VideoWriter
+from arlon.diffusion.rectified_flow import strength_steps
 from arlon.errors import ArlonError
 from arlon.models.ar_sampler import ARSampler, ARSampling
 from arlon.pipeline.coarse import SEAM_CONTEXT
@@ -280,7 +281,8 @@ def stage_flops(pipe: ARLONPipeline, frames: int, sampling: DiTSampling) -> dict
         if sampling.mode == "baseline":
             kwargs = {}
         forward = count_flops(lambda: pipe.dit(*args, **kwargs))
-        flops["dit"] = forward * sampling.num_inference_steps * segments
+        steps = strength_steps(sampling.num_inference_steps, sampling.strength)
+        flops["dit"] = forward * steps * segments
     return flops
 
 

@@ -55,7 +55,9 @@ def _pct(x: float | None) -> str:
 def _name(run: dict) -> str:
     if run["steps"] is None:
         return run["mode"]
-    return f"{run['mode']}@{run['steps']} (g{run['guidance']:g})"
+    strength = run.get("strength", 1.0)
+    settings = f"g{run['guidance']:g}" + ("" if strength == 1 else f", s{strength:g}")
+    return f"{run['mode']}@{run['steps']} ({settings})"
 
 
 def _arlon_at_few_steps(runs: dict) -> dict | None:

@@ -268,22 +268,26 @@ def score_one(
 
 @dataclass(frozen=True)
 class Run:
-    """One way of making a suite's videos: a mode, and for the DiT its steps and text guidance
-    (None: the model's, filled in by `SuitePlan.runs`)."""
+    """One way of making a suite's videos: a mode, and for the DiT its steps, text guidance (None:
+    the model's, filled in by `SuitePlan.runs`) and strength (`DiTSampling.strength`)."""
 
     mode: str
     steps: int | None = None
     guidance: float | None = None
+    strength: float = 1.0
 
     @property
     def label(self) -> str:
-        return self.mode if self.steps is None else f"{self.mode}-{self.steps}-g{self.guidance:g}"
+        if self.steps is None:
+            return self.mode
+        label = f"{self.mode}-{self.steps}-g{self.guidance:g}"
+        return label if self.strength == 1 else f"{label}-s{self.strength:g}"
 
     @property
     def sampling(self) -> DiTSampling:
         if self.steps is None:
             return DiTSampling(mode=self.mode)
-        return DiTSampling(self.steps, self.guidance, self.mode)
+        return DiTSampling(self.steps, self.guidance, self.mode, self.strength)
 
 
 @dataclass(frozen=True)

@@ -94,11 +94,12 @@ TABLE = (
 
 
 def markdown_table(summary: dict) -> str:
-    """One row per run (mode, steps, guidance); accuracies and VBench-style scores in %."""
-    head = ["mode", "steps", "guidance", *(name for name, _, _ in TABLE)]
+    """One row per run (mode, steps, guidance, strength); accuracies and VBench-style scores in %."""
+    head = ["mode", *SETTINGS, *(name for name, _, _ in TABLE)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in summary["runs"]:
-        cells = [run["mode"], *("-" if run[k] is None else f"{run[k]:g}" for k in SETTINGS)]
+        settings = (_setting(run, k) for k in SETTINGS)
+        cells = [run["mode"], *("-" if v is None else f"{v:g}" for v in settings)]
         for _, key, scale in TABLE:
             value = run.get(key)
             cells.append("-" if value is None else f"{value * scale:.1f}")
@@ -110,14 +111,23 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines) + "\n" + note
 
 
-SETTINGS = ("steps", "guidance")
+SETTINGS = ("steps", "guidance", "strength")
+
+
+def _setting(run: dict, key: str) -> float | None:
+    """A run's DiT setting; None for AR-only (no DiT); strength 1 for summaries older than it."""
+    if run["steps"] is None:
+        return None
+    return run.get(key, 1.0)
 
 
 def label(run: dict) -> str:
-    """A run's short name in plots: `arlon @5 g2`, `ar-only`."""
+    """A run's short name in plots: `arlon @5 g2`, `arlon @5 g1 s0.6`, `ar-only`."""
     if run["steps"] is None:
         return run["mode"]
-    return f"{run['mode']} @{run['steps']} g{run['guidance']:g}"
+    strength = _setting(run, "strength")
+    name = f"{run['mode']} @{run['steps']} g{run['guidance']:g}"
+    return name if strength == 1 else f"{name} s{strength:g}"
 
 
 def write_report(summary: dict, out: Path) -> None:
@@ -138,7 +148,7 @@ def plot(summary: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     runs, written = summary["runs"], []
-    lines = list(dict.fromkeys((r["mode"], r["guidance"]) for r in runs))
+    lines = list(dict.fromkeys((r["mode"], r["guidance"], r.get("strength", 1.0)) for r in runs))
     keys = [
         ("object_accuracy", "object accuracy"),
         ("motion", "motion accuracy"),
@@ -149,16 +159,18 @@ def plot(summary: dict, out: Path) -> list[Path]:
     ]
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
     for ax, (key, title) in zip(axes.flat, keys, strict=True):
-        for mode, guidance in lines:
+        for mode, guidance, strength in lines:
             points = [
                 (r["steps"], r.get(key))
                 for r in runs
-                if (r["mode"], r["guidance"]) == (mode, guidance) and r.get(key) is not None
+                if (r["mode"], r["guidance"], r.get("strength", 1.0)) == (mode, guidance, strength)
+                and r.get(key) is not None
             ]
             if points and points[0][0] is None:  # no DiT, no steps: a level to compare with
                 ax.axhline(points[0][1], color="k", ls="--", lw=1, label=mode)
             elif points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=f"{mode} g{guidance:g}")
+                name = f"{mode} g{guidance:g}" + ("" if strength == 1 else f" s{strength:g}")
+                ax.plot(*zip(*points, strict=True), marker="o", label=name)
         ax.set_xscale("log")
         ax.set_xlabel("denoising steps")
         ax.set_title(title, fontsize=10)

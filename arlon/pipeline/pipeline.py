@@ -66,11 +66,14 @@ class DiTSampling:
     """How the DiT renders each segment: Euler steps, text guidance (1: none; None: the model's
     own, `ARLONPipeline.config.guidance_scale`), and `mode`: "arlon" (guided by the AR's coarse
     latent), "baseline" (text only, Open-Sora's loop) or "ar-only" (no DiT: the AR's codes decoded
-    straight through the VQ-VAE and the VAE)."""
+    straight through the VQ-VAE and the VAE). `strength` < 1 (arlon only): the DiT starts from the
+    AR's coarse latent noised to t = strength, not from noise, and runs the steps below it
+    (`round(steps * strength)`)."""
 
     num_inference_steps: int = 5
     guidance_scale: float | None = None
     mode: str = "arlon"
+    strength: float = 1.0
 
     def __post_init__(self):
         steps = self.num_inference_steps
@@ -79,6 +82,10 @@ class DiTSampling:
         _check_guidance(self.guidance_scale)
         if self.mode not in MODES:
             raise ArlonError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not 0 < self.strength <= 1:
+            raise ArlonError(f"the strength must lie in (0, 1], got {self.strength}")
+        if self.strength < 1 and self.mode != "arlon":
+            raise ArlonError("a strength below 1 starts from the AR's coarse latent: mode arlon")
 
 
 def _check_guidance(scale: float | None) -> None:
@@ -484,6 +491,8 @@ class ARLONPipeline(DiffusionPipeline):
                 reference,
                 frame_mask,
                 self.scheduler,
+                start=condition,
+                strength=job.sampling.strength,
             )
             times.dit += time.perf_counter() - started
             times.segments += 1
@@ -502,6 +511,7 @@ class ARLONPipeline(DiffusionPipeline):
         num_inference_steps: int = 5,
         guidance_scale: float | None = None,
         mode: str = "arlon",
+        strength: float = 1.0,
         ar_sampling: ARSampling = ARSampling(),
         generator: torch.Generator | int | None = None,
         output_type: str = "np",
@@ -522,7 +532,7 @@ class ARLONPipeline(DiffusionPipeline):
             num_frames=num_frames,
             height=height,
             width=width,
-            sampling=DiTSampling(num_inference_steps, guidance_scale, mode),
+            sampling=DiTSampling(num_inference_steps, guidance_scale, mode, strength),
             ar_sampling=ar_sampling,
             seed=seed or 0,
             init_video=init_video,
