@@ -10,13 +10,18 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+import arlon.weights
 from arlon import cli
 from arlon.errors import ArlonError
+from arlon.models.ar_transformer import ar_transformer
 from arlon.training.recipe import plan, read_recipe
 
 
-def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(tmp_path, capsys):
+def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(
+    tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "recipe"
     assert cli.main(["recipe", "smoke", "--out", str(out)]) == 0
     stages = [s.name for s in read_recipe("smoke").stages]
@@ -93,6 +98,22 @@ def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(tmp_path,
     state_file.write_text(json.dumps(state))
     assert cli.main([*paused, "--set", "ar.max_steps=50", "ar.max_minutes="]) == 0
     assert 10 < json.loads((out / "ar" / "done.json").read_text())["minutes"] < 12
+
+    # --embedded-ar: the AR starts from the embedded AR's tensors that fit it (here a stand-in on a
+    # 5x5 token grid: its code-cell table starts fresh); none fit the smoke AR of the real one.
+    torch.manual_seed(0)
+    ar_transformer("smoke", frame_height=5, frame_width=5).save_pretrained(tmp_path / "grid5")
+    embedded = arlon.weights.embedded
+    for source, code in [(tmp_path / "grid5", 0), (embedded("ar"), 2)]:
+        shutil.rmtree(out / "ar")
+        monkeypatch.setattr(arlon.weights, "embedded", lambda name, s=source: s)
+        capsys.readouterr()
+        assert cli.main([*paused, "--embedded-ar", "--set", "ar.max_steps=2"]) == code
+        printed = capsys.readouterr()
+        if code == 0:
+            assert f"started from {source}; fresh: cell_embedder.weight" in printed.out
+        else:
+            assert "of the parameters match" in printed.err
 
 
 def test_dry_run_lists_every_stage_with_its_budget(tmp_path, capsys):

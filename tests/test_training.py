@@ -250,6 +250,34 @@ def test_init_from_starts_at_the_given_weights(tmp_path, capsys):
     assert "another architecture" in capsys.readouterr().err
 
 
+def test_init_partial_keeps_the_blocks_of_an_ar_on_another_token_grid(tmp_path):
+    """`init_partial`: a coarse AR (2x2 codes of 32) starts from a fine AR's transformer (4x4 codes
+    of 64): the tensors whose name and shape match are copied, the code and cell tables and the
+    head start fresh."""
+    from arlon.models.ar_transformer import ar_transformer
+    from arlon.training.trainer import _load_weights
+
+    torch.manual_seed(0)
+    fine = ar_transformer("smoke", frame_height=4, frame_width=4)
+    fine.save_pretrained(tmp_path / "fine")
+    torch.manual_seed(1)
+    coarse = ar_transformer("smoke", codebook_size=32)
+    before = {k: v.clone() for k, v in coarse.state_dict().items()}
+    fresh = _load_weights(coarse, tmp_path / "fine", partial=True)
+    assert sorted(fresh) == ["cell_embedder.weight", "code_embedder.weight", "head.weight"]
+    theirs = fine.state_dict()
+    for name, value in coarse.state_dict().items():
+        assert torch.equal(value, before[name] if name in fresh else theirs[name]), name
+    with pytest.raises(ArlonError, match="another architecture"):
+        _load_weights(coarse, tmp_path / "fine")
+    ar_transformer("smoke", hidden_size=48).save_pretrained(tmp_path / "wide")
+    with pytest.raises(ArlonError, match="0% of the parameters match"):
+        _load_weights(coarse, tmp_path / "wide", partial=True)
+    assert train_config("ar", "smoke", init_partial=True).init_partial is True
+    with pytest.raises(ArlonError, match="init_partial must be bool"):
+        train_config("ar", "smoke", init_partial="yes")
+
+
 def test_eval_every_minus_one_never_evaluates(tmp_path):
     """What `arlon bench` relies on to time training steps alone."""
     cfg = train_config("vae", "smoke", max_steps=2, log_every=1, eval_every=-1)

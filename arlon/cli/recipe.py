@@ -35,6 +35,12 @@ def add_parsers(commands) -> None:
         help="take the embedded VAE as the VAE stage instead of training one",
     )
     p.add_argument(
+        "--embedded-ar",
+        action="store_true",
+        help="start the AR from the embedded AR's transformer blocks (its code tables and head "
+        "fresh when the token grid differs) instead of from random weights",
+    )
+    p.add_argument(
         "--set",
         nargs="*",
         action="extend",
@@ -64,7 +70,7 @@ def run_recipe(args: argparse.Namespace) -> None:
     if args.out.exists() and not args.out.is_dir():
         raise ArlonError(f"--out {args.out} is a file")
     args.out.mkdir(parents=True, exist_ok=True)
-    folder = run(recipe, args.out, args.resume, args.stages, args.embedded_vae)
+    folder = run(recipe, args.out, args.resume, args.stages, args.embedded_vae, args.embedded_ar)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # under `accelerate launch`: one report

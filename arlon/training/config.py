@@ -39,8 +39,11 @@ class TrainConfig:
     # A held-out metric of the stage's evaluation (e.g. perplexity_heldout): the exported model is
     # the weights of the evaluation where it was best, not the last step's (None: the last step's).
     keep_best: str | None = None
-    # Start from these weights (a model folder an earlier run exported) instead of a random init.
+    # Start from these weights (a model folder an earlier run exported) instead of a random init;
+    # init_partial: take only the tensors whose name and shape match (at least half the parameters),
+    # the others start fresh, e.g. an AR on another token grid keeps its transformer blocks.
     init_from: str | None = None
+    init_partial: bool = False
     model: dict = field(default_factory=dict)  # overrides of the model preset
     data: dict = field(default_factory=dict)  # stage-specific data options
 
@@ -49,7 +52,7 @@ class TrainConfig:
             expected = _TYPES.get(f.type)
             value = getattr(self, f.name)
             if expected is not None and (
-                not isinstance(value, expected) or isinstance(value, bool)
+                not isinstance(value, expected) or isinstance(value, bool) and expected is not bool
             ):
                 raise ArlonError(f"{f.name} must be {f.type}, got {value!r}")
         if self.mixed_precision not in ("no", "bf16"):
@@ -167,6 +170,7 @@ _TYPES = {
     "int": int,
     "float": (int, float),
     "str": str,
+    "bool": bool,
     "float | None": (int, float, type(None)),
     "str | None": (str, type(None)),
     "dict": dict,

@@ -204,8 +204,11 @@ def run_recipe(
     resume: bool = False,
     only: list[str] | None = None,
     embedded_vae: bool = False,
+    embedded_ar: bool = False,
 ) -> Path:
-    """Run the recipe's stages (or `only` those) into `out`; the assembled pipeline folder."""
+    """Run the recipe's stages (or `only` those) into `out`; the assembled pipeline folder.
+    `embedded_vae`: the VAE stage is a copy of the embedded VAE; `embedded_ar`: the AR stage starts
+    from the embedded AR's tensors that fit it (its transformer blocks, on any token grid)."""
     import torch
     from accelerate import PartialState
 
@@ -236,7 +239,7 @@ def run_recipe(
         start = time.perf_counter()
         trained = None
         if stage.kind == "train":
-            trained = _train(recipe, stage, out, embedded_vae)
+            trained = _train(recipe, stage, out, embedded_vae, embedded_ar)
         else:
             if state.is_main_process:
                 _RUNNERS[stage.kind](stage, out)
@@ -313,7 +316,9 @@ def _output(out: Path, stage: Stage) -> Path:
     return out / stage.name
 
 
-def _train(recipe: Recipe, stage: Stage, out: Path, embedded_vae: bool) -> float | None:
+def _train(
+    recipe: Recipe, stage: Stage, out: Path, embedded_vae: bool, embedded_ar: bool
+) -> float | None:
     """Train the stage to its budget; its training minutes, summed over every process that resumed
     it (a stage trained over several sessions is timed whole), or None when nothing was trained."""
     from arlon.training.checkpoint import latest_checkpoint
@@ -334,6 +339,11 @@ def _train(recipe: Recipe, stage: Stage, out: Path, embedded_vae: bool) -> float
         return None if name is None else _output(out, recipe.stage(name))
 
     sets = [f"{k}={json.dumps(v)}" for k, v in s.get("set", {}).items()]
+    init_from = path_of("init_from")
+    if s["stage"] == "ar" and embedded_ar:
+        from arlon.weights import embedded
+
+        init_from, sets = embedded("ar"), [*sets, "init_partial=true"]
     request = RunRequest(
         stage=s["stage"],
         out=folder,
@@ -342,7 +352,7 @@ def _train(recipe: Recipe, stage: Stage, out: Path, embedded_vae: bool) -> float
         sets=tuple(sets),
         data=path_of("data"),
         baseline=path_of("baseline"),
-        init_from=path_of("init_from"),
+        init_from=init_from,
         max_steps=s.get("max_steps"),
     )
     cfg = run_config(request)
