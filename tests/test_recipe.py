@@ -111,7 +111,11 @@ def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(
         assert cli.main([*paused, "--embedded-ar", "--set", "ar.max_steps=2"]) == code
         printed = capsys.readouterr()
         if code == 0:
-            assert f"started from {source}; fresh: cell_embedder.weight" in printed.out
+            started = next(line for line in printed.out.splitlines() if "started from" in line)
+            assert started.startswith(f"started from {source}; fresh: ")
+            fresh = set(started.split("fresh: ")[1].split(", "))
+            assert {"code_embedder.weight", "cell_embedder.weight", "head.weight"} <= fresh
+            assert not any(name.startswith("blocks.") for name in fresh)
         else:
             assert "of the parameters match" in printed.err
 

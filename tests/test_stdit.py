@@ -134,15 +134,22 @@ def test_sampling_errors_are_one_line(baseline):
         sample(guided(baseline, 1.0), noise, 0)
     with pytest.raises(ArlonError, match="reference mask covers 5 frames"):
         sample(guided(baseline, 1.0), noise, 2, reference=noise, frame_mask=torch.ones(2, 5).bool())
-    for strength, message in [(0.0, "lie in"), (1.5, "lie in"), (0.5, "latent to start from")]:
+    for strength, start, message in [
+        (0.0, noise, "lie in"),
+        (1.5, noise, "lie in"),
+        (0.5, None, "latent to start from"),
+        (0.5, noise[:1], "of the noise's shape"),
+        (0.9, noise, "keeps all 5 steps, from pure noise"),  # 5 - int(5 * 0.1)
+    ]:
         with pytest.raises(ArlonError, match=message):
-            sample(guided(baseline, 1.0), noise, 2, strength=strength)
+            sample(guided(baseline, 1.0), noise, 5, start=start, strength=strength)
 
 
-@pytest.mark.parametrize("strength, steps", [(1.0, 5), (0.6, 3), (0.3, 2), (0.01, 1)])
+@pytest.mark.parametrize("strength, steps", [(1.0, 5), (0.6, 3), (0.5, 3), (0.3, 2), (0.01, 1)])
 def test_a_strength_starts_from_the_noised_latent_and_runs_the_steps_below(strength, steps):
     """With the straight path's own velocity (noise - start), Euler lands on `start` from any
-    time; a strength s runs round(5 s) of 5 steps, from start noised to the first of them."""
+    time; a strength s runs the last 5 - int(5 (1 - s)) of 5 steps (diffusers' img2img), from
+    start noised to the first of their times."""
     noise, start = latent(seed=1), latent(seed=2)
     times = []
 

@@ -240,6 +240,7 @@ def test_a_run_with_a_strength_is_named_and_sampled_so():
     [
         ([], "give --suite and --out"),
         (["--suite", "short", "--out", "x", "--run", "arlon@5:s1.5"], "strength lies in (0, 1]"),
+        (["--suite", "short", "--out", "x", "--run", "baseline@30:s0.5"], "arlon runs only"),
         (["--suite", "short", "--out", "x", "--mode", "fast"], "arlon, baseline, ar-only, got"),
         (["--suite", "short", "--out", "x", "--guidance", "-1"], "--guidance: must be 0 or more"),
         (["--suite", "short", "--out", "x", "--steps", "0"], "--steps: must be a positive"),

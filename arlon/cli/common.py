@@ -98,6 +98,10 @@ def run_spec(text: str) -> tuple[str, int | None, float | None, float]:
     strength = 1.0 if m[4] is None else positive_float(m[4])
     if not strength <= 1:
         raise argparse.ArgumentTypeError(f"a strength lies in (0, 1], got {text!r}")
+    if strength < 1 and m[1] != "arlon":
+        raise argparse.ArgumentTypeError(
+            f"a strength starts the DiT from the AR's latent: arlon runs only, got {text!r}"
+        )
     return m[1], steps, guidance, strength
 
 

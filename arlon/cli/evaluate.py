@@ -78,7 +78,7 @@ def _add_suite_args(p: argparse.ArgumentParser) -> None:
         type=run_spec,
         action="append",
         help="instead of every mode x steps x guidance: exactly this run, repeatable (ar-only, "
-        "arlon@5, baseline@30:g4, arlon@5:s0.6: the DiT from the AR's latent noised to t = 0.6)",
+        "arlon@5, baseline@30:g4, arlon@5:s0.6: the last 3 of 5 steps, from the AR's latent)",
     )
     p.add_argument("--frames", type=positive_int, help="frames per video (default: the suite's)")
     p.add_argument("--videos", type=positive_int, help="only the first N videos of the suite")

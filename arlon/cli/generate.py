@@ -73,8 +73,8 @@ def _add_generate(commands) -> None:
         "--strength",
         type=positive_float,
         default=1.0,
-        help="in (0, 1]: below 1 the DiT starts from the AR's coarse latent noised to this time "
-        "instead of from noise, and runs that fraction of --steps (default 1)",
+        help="in (0, 1]: below 1 the DiT runs about that fraction of --steps, the last ones, from "
+        "the AR's coarse latent noised to their first time instead of from noise (default 1)",
     )
     p.add_argument("--height", type=positive_int, help="frame height (default: the model's)")
     p.add_argument("--width", type=positive_int, help="frame width (default: the model's)")

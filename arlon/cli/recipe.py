@@ -37,8 +37,8 @@ def add_parsers(commands) -> None:
     p.add_argument(
         "--embedded-ar",
         action="store_true",
-        help="start the AR from the embedded AR's transformer blocks (its code tables and head "
-        "fresh when the token grid differs) instead of from random weights",
+        help="start the AR from the embedded AR's transformer blocks instead of from random "
+        "weights (its code table and head start fresh, its cell table too on another grid)",
     )
     p.add_argument(
         "--set",

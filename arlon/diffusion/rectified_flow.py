@@ -113,9 +113,10 @@ def guided(model, guidance_scale: float, **kwargs) -> Denoiser:
 
 
 def strength_steps(num_inference_steps: int, strength: float) -> int:
-    """The Euler steps a sampling of `num_inference_steps` runs when it starts at t = `strength`
-    (diffusers' img2img: the last `round(steps * strength)` of them, one at least)."""
-    return max(1, round(num_inference_steps * strength))
+    """How many of its `num_inference_steps` Euler steps a sampling at `strength` runs: the last
+    `steps - int(steps * (1 - strength))` of the schedule, as diffusers' img2img pipelines (one at
+    least; all of them at strength 1)."""
+    return num_inference_steps - int(num_inference_steps - num_inference_steps * strength)
 
 
 @torch.no_grad()
@@ -137,13 +138,22 @@ def sample(
     `frame_mask` `(B, T)` is True are set to `reference` (same shape as `noise`) before every step
     and at the end: they stay exact.
 
-    `strength` < 1 starts from `start` (a clean latent of `noise`'s shape) noised to t = strength
-    and runs only the steps below it (`strength_steps`, as diffusers' img2img): the result keeps
-    `start`'s layout and redraws its detail."""
+    `strength` < 1 runs only the schedule's last `strength_steps` steps, from `start` (a clean
+    latent of `noise`'s shape) noised to the first of their times, as diffusers' img2img pipelines
+    (5 steps at strength 0.6: 3 steps from t = 0.5): the result keeps `start`'s layout and redraws
+    its detail."""
     if not 0 < strength <= 1:
         raise ArlonError(f"the strength must lie in (0, 1], got {strength}")
-    if strength < 1 and start is None:
-        raise ArlonError("a strength below 1 needs the latent to start from")
+    if strength < 1:
+        if start is None or start.shape != noise.shape:
+            raise ArlonError(
+                "a strength below 1 needs a latent to start from, of the noise's shape"
+            )
+        if strength_steps(num_inference_steps, strength) == num_inference_steps:
+            raise ArlonError(
+                f"strength {strength:g} keeps all {num_inference_steps} steps, from pure noise: "
+                "lower it or take more steps"
+            )
     if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
         raise ArlonError(
             f"the number of steps must be a positive integer, got {num_inference_steps}"

@@ -249,7 +249,8 @@ def count_flops(work) -> int:
 def ar_flops(pipe: ARLONPipeline, token_frames: int) -> float:
     """FLOPs of the AR's fast path drawing `token_frames` token frames: the first `max_frames + 1`
     counted one by one (the cache fills, then the window slides for the first time), each later
-    one as the last of those (from there on every frame refills the cache alike)."""
+    one as the last of those (from there on every frame refills the cache alike; Jacobi
+    decoding's forwards, an estimate: their number varies from frame to frame)."""
     sampler = ARSampler(pipe.ar, pipe.text_encoder, seed=0)
     frames = sampler.frames(Timeline.of(PROMPT), token_frames)
     first = min(token_frames, pipe.ar.config.max_frames + 1)
@@ -290,7 +291,7 @@ def ar_speed(pipe: ARLONPipeline, token_frames: int = 12, repeats: int = 3) -> d
     """Ms per code of the AR's fast path and of its reference path (the model's own forward with the
     KV cache, one code per forward) in this process, interleaved, the best of `repeats` each; and
     whether they drew the same codes (`token_frames` token frames, the window sliding from the
-    fifth on)."""
+    fifth on; in float32 they do, in bfloat16 the lookahead's codes are its own)."""
     timeline = Timeline.of(PROMPT)
     seconds: dict[str, list[float]] = {"fast": [], "reference": []}
     codes = {}

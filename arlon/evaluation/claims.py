@@ -39,9 +39,12 @@ def read_summaries(folders: list[Path]) -> list[dict]:
 
 
 def best_runs(summary: dict) -> dict[tuple[str, int | None], dict]:
-    """`(mode, steps) -> run` at the guidance with the highest object accuracy."""
+    """`(mode, steps) -> run` at the guidance with the highest object accuracy (runs at a strength
+    below 1, which run fewer steps than they name, are left out)."""
     best: dict[tuple[str, int | None], dict] = {}
     for run in summary["runs"]:
+        if run.get("strength", 1.0) != 1:
+            continue
         key = (run["mode"], run["steps"])
         if key not in best or (run.get(HEADLINE) or 0) > (best[key].get(HEADLINE) or 0):
             best[key] = run
@@ -55,9 +58,7 @@ def _pct(x: float | None) -> str:
 def _name(run: dict) -> str:
     if run["steps"] is None:
         return run["mode"]
-    strength = run.get("strength", 1.0)
-    settings = f"g{run['guidance']:g}" + ("" if strength == 1 else f", s{strength:g}")
-    return f"{run['mode']}@{run['steps']} ({settings})"
+    return f"{run['mode']}@{run['steps']} (g{run['guidance']:g})"
 
 
 def _arlon_at_few_steps(runs: dict) -> dict | None:

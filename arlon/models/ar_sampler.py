@@ -26,7 +26,9 @@ one-by-one decoding would have drawn, so the AR reads its weights for several co
 With the cache, each step runs through `ARDecoder`, the model's arithmetic in fewer operations;
 `fast=False` runs the model's own forward (the reference the fast path is checked against: bitwise
 the same logits), `use_cache=False` recomputes the whole context for every token (slow, there to
-check the cache). All three give the same codes for the same seed, at any lookahead.
+check the cache). All three give the same codes for the same seed, at any lookahead in float32 (a
+forward of many positions rounds its logits differently from one of a single position: in bfloat16
+enough to change codes, so there the lookahead's codes are its own).
 """
 
 from __future__ import annotations
@@ -54,9 +56,10 @@ LOOKAHEAD = 16
 @dataclass(frozen=True)
 class ARSampling:
     """How the AR draws codes: temperature (0: greedy), top-k (0: off), top-p in (0, 1] and
-    classifier-free guidance on the text (1: none, and faster). How fast, not which codes: the
-    window stride (token frames a full context drops at once) and the lookahead (codes guessed
-    and checked per forward, shared among a batch's videos; 1: one code per forward)."""
+    classifier-free guidance on the text (1: none, and faster); the window stride (token frames a
+    full context drops at once: its cache is refilled less often, with less history at times); and
+    how fast, not which codes: the lookahead (codes guessed and checked per forward, shared among a
+    batch's videos; 1: one code per forward)."""
 
     temperature: float = 1.0
     top_k: int = 0

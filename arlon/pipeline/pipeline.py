@@ -66,9 +66,9 @@ class DiTSampling:
     """How the DiT renders each segment: Euler steps, text guidance (1: none; None: the model's
     own, `ARLONPipeline.config.guidance_scale`), and `mode`: "arlon" (guided by the AR's coarse
     latent), "baseline" (text only, Open-Sora's loop) or "ar-only" (no DiT: the AR's codes decoded
-    straight through the VQ-VAE and the VAE). `strength` < 1 (arlon only): the DiT starts from the
-    AR's coarse latent noised to t = strength, not from noise, and runs the steps below it
-    (`round(steps * strength)`)."""
+    straight through the VQ-VAE and the VAE). `strength` < 1 (arlon only): the DiT runs the last
+    steps of its schedule only (about `steps * strength`: `strength_steps`), from the AR's coarse
+    latent noised to the first of their times instead of from noise."""
 
     num_inference_steps: int = 5
     guidance_scale: float | None = None

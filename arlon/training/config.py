@@ -41,7 +41,8 @@ class TrainConfig:
     keep_best: str | None = None
     # Start from these weights (a model folder an earlier run exported) instead of a random init;
     # init_partial: take only the tensors whose name and shape match (at least half the parameters),
-    # the others start fresh, e.g. an AR on another token grid keeps its transformer blocks.
+    # the others start fresh, e.g. an AR on another token grid keeps its transformer blocks (its
+    # code table and head start fresh: they belong to another VQ-VAE's codes).
     init_from: str | None = None
     init_partial: bool = False
     model: dict = field(default_factory=dict)  # overrides of the model preset

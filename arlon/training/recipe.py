@@ -208,7 +208,8 @@ def run_recipe(
 ) -> Path:
     """Run the recipe's stages (or `only` those) into `out`; the assembled pipeline folder.
     `embedded_vae`: the VAE stage is a copy of the embedded VAE; `embedded_ar`: the AR stage starts
-    from the embedded AR's tensors that fit it (its transformer blocks, on any token grid)."""
+    from the embedded AR's transformer blocks, on any token grid (replacing the stage's own
+    `init_from`)."""
     import torch
     from accelerate import PartialState
 
