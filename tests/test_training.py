@@ -255,7 +255,7 @@ def test_init_partial_keeps_the_blocks_of_an_ar_on_another_token_grid(tmp_path):
     of 64): the tensors whose name and shape match are copied, the code and cell tables and the
     head start fresh."""
     from arlon.models.ar_transformer import ar_transformer
-    from arlon.training.trainer import _load_weights
+    from arlon.training.checkpoint import load_initial_weights
 
     torch.manual_seed(0)
     fine = ar_transformer("smoke", frame_height=4, frame_width=4)
@@ -265,9 +265,9 @@ def test_init_partial_keeps_the_blocks_of_an_ar_on_another_token_grid(tmp_path):
         "smoke"
     )  # the same codebook size: its codes are another VQ's all the same
     before = {k: v.clone() for k, v in coarse.state_dict().items()}
-    assert _load_weights(coarse, tmp_path / "fine", partial=True) == ["cell_embedder.weight"]
-    own = stage("ar").CODE_TENSORS
-    fresh = _load_weights(coarse, tmp_path / "fine", partial=True, own=own)
+    assert load_initial_weights(coarse, tmp_path / "fine", partial=True) == ["cell_embedder.weight"]
+    own = stage("ar").OWN_TENSORS
+    fresh = load_initial_weights(coarse, tmp_path / "fine", partial=True, own=own)
     assert sorted(fresh) == ["cell_embedder.weight", "code_embedder.weight", "head.weight"]
     theirs = fine.state_dict()
     for name, value in coarse.state_dict().items():
@@ -275,10 +275,10 @@ def test_init_partial_keeps_the_blocks_of_an_ar_on_another_token_grid(tmp_path):
             assert torch.equal(value, theirs[name]), name
     assert torch.equal(coarse.cell_embedder.weight, before["cell_embedder.weight"])
     with pytest.raises(ArlonError, match="another architecture"):
-        _load_weights(coarse, tmp_path / "fine")
+        load_initial_weights(coarse, tmp_path / "fine")
     ar_transformer("smoke", hidden_size=48).save_pretrained(tmp_path / "wide")
     with pytest.raises(ArlonError, match="0% of the parameters match"):
-        _load_weights(coarse, tmp_path / "wide", partial=True)
+        load_initial_weights(coarse, tmp_path / "wide", partial=True)
     assert train_config("ar", "smoke", init_partial=True).init_partial is True
     with pytest.raises(ArlonError, match="init_partial must be bool"):
         train_config("ar", "smoke", init_partial="yes")

@@ -1,6 +1,7 @@
 """Checkpoint folders as plain files: weights and RNG states as safetensors, counters as JSON,
-the optimizer through torch's weights-only loader. Nothing here unpickles; every damaged or missing
-file is a one-line `ArlonError` that names it. The layout is in `arlon.training.trainer`'s docstring.
+the optimizer through torch's weights-only loader; and a run's starting weights from a model folder
+(`init_from`). Nothing here unpickles; every damaged or missing file is a one-line `ArlonError` that
+names it. The layout is in `arlon.training.trainer`'s docstring.
 """
 
 from __future__ import annotations
@@ -182,3 +183,31 @@ def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def load_initial_weights(
+    model: torch.nn.Module, folder: Path, partial: bool = False, own: tuple[str, ...] = ()
+) -> list[str]:
+    """Copy the weights of a saved model folder (the same architecture) into `model`; `partial`:
+    only the tensors whose name and shape match, and whose name does not start with one of `own`,
+    at least half of `model`'s parameters. Returns the names of the tensors left as they were."""
+    try:
+        source = type(model).from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise ArlonError(f"cannot start from {folder}: {e}") from None
+    theirs, ours = source.state_dict(), model.state_dict()
+    if partial:
+        theirs = {
+            k: v
+            for k, v in theirs.items()
+            if k in ours and v.shape == ours[k].shape and not k.startswith(own)
+        }
+        share = sum(ours[k].numel() for k in theirs) / sum(v.numel() for v in ours.values())
+        if share < 0.5:
+            raise ArlonError(f"cannot start from {folder}: {share:.0%} of the parameters match")
+    try:
+        model.load_state_dict(theirs, strict=not partial)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ArlonError(f"cannot start from {folder}: another architecture ({first})") from None
+    return [k for k in ours if k not in theirs]

@@ -211,9 +211,9 @@ class ARStage(_CacheStage):
         "code_noise": 0.0,
     }
     HELDOUT = {"accuracy_heldout": "max", "perplexity_heldout": "min"}
-    # Started from another AR's tensors (`init_partial`), these start fresh all the same: their rows
-    # are the codes of the VQ-VAE that AR was trained on, not those of this one's.
-    CODE_TENSORS = ("code_embedder.", "head.")
+    # This stage's own tensors: started from another AR's (`init_partial`), they start fresh all
+    # the same, their rows being the codes of the VQ-VAE that AR was trained on, not this one's.
+    OWN_TENSORS = ("code_embedder.", "head.")
     NEEDS = (
         "a latent cache with fine codes: pass --data DIR (built with 'arlon cache ... --fine-vq')"
     )

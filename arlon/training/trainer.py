@@ -55,6 +55,7 @@ from arlon.training.checkpoint import (
     CHECKPOINT_FORMAT,
     checkpoint_to_resume,
     gather_sharded,
+    load_initial_weights,
     load_optimizer,
     load_rng,
     load_sharded,
@@ -219,8 +220,8 @@ class _Run:
         set_seed(cfg.seed)
         model = stage.build_model(cfg)
         if cfg.init_from is not None and checkpoint is None:
-            own = getattr(stage, "CODE_TENSORS", ()) if cfg.init_partial else ()
-            fresh = _load_weights(model, Path(cfg.init_from), cfg.init_partial, own)
+            own = getattr(stage, "OWN_TENSORS", ()) if cfg.init_partial else ()
+            fresh = load_initial_weights(model, Path(cfg.init_from), cfg.init_partial, own)
             if fresh:
                 self.accelerator.print(f"started from {cfg.init_from}; fresh: {', '.join(fresh)}")
         self.dataset = stage.dataset(cfg)
@@ -566,34 +567,6 @@ def _accelerator(cfg: TrainConfig) -> Accelerator:
 def _whole(tensor: torch.Tensor) -> torch.Tensor:
     """An FSDP2 shard (a DTensor) gathered whole; any other tensor as it is."""
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
-def _load_weights(
-    model: torch.nn.Module, folder: Path, partial: bool = False, own: tuple[str, ...] = ()
-) -> list[str]:
-    """Copy the weights of a saved model folder (the same architecture) into `model`; `partial`:
-    only the tensors whose name and shape match, and whose name does not start with one of `own`,
-    at least half of `model`'s parameters. Returns the names of the tensors left as they were."""
-    try:
-        source = type(model).from_pretrained(folder)
-    except (OSError, ValueError) as e:
-        raise ArlonError(f"cannot start from {folder}: {e}") from None
-    theirs, ours = source.state_dict(), model.state_dict()
-    if partial:
-        theirs = {
-            k: v
-            for k, v in theirs.items()
-            if k in ours and v.shape == ours[k].shape and not k.startswith(own)
-        }
-        share = sum(ours[k].numel() for k in theirs) / sum(v.numel() for v in ours.values())
-        if share < 0.5:
-            raise ArlonError(f"cannot start from {folder}: {share:.0%} of the parameters match")
-    try:
-        model.load_state_dict(theirs, strict=not partial)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise ArlonError(f"cannot start from {folder}: another architecture ({first})") from None
-    return [k for k in ours if k not in theirs]
 
 
 def _to(batch, device):
