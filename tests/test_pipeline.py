@@ -194,6 +194,7 @@ def test_a_strength_starts_each_segment_from_the_ar_latent_in_fewer_steps(pipe, 
         (dict(prompt=PROMPT, mode="fast"), "mode must be"),
         (dict(prompt=PROMPT, strength=0), "strength must lie in"),
         (dict(prompt=PROMPT, strength=0.5, mode="baseline"), "mode arlon"),
+        (dict(prompt=PROMPT, strength=0.9), "keeps all 5 steps"),  # refused before the AR runs
     ],
 )
 def test_pipeline_bad_inputs(pipe, kwargs, message):

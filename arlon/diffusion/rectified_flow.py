@@ -119,6 +119,18 @@ def strength_steps(num_inference_steps: int, strength: float) -> int:
     return num_inference_steps - int(num_inference_steps - num_inference_steps * strength)
 
 
+def check_strength(strength: float, num_inference_steps: int) -> None:
+    """A one-line error unless `strength` lies in (0, 1] and, below 1, leaves out a step at least
+    (one that keeps them all starts from pure noise: the latent it was given is thrown away)."""
+    if not 0 < strength <= 1:
+        raise ArlonError(f"the strength must lie in (0, 1], got {strength}")
+    if strength < 1 and strength_steps(num_inference_steps, strength) == num_inference_steps:
+        raise ArlonError(
+            f"strength {strength:g} keeps all {num_inference_steps} steps, from pure noise: "
+            "lower it or take more steps"
+        )
+
+
 @torch.no_grad()
 def sample(
     velocity: Denoiser,
@@ -142,22 +154,13 @@ def sample(
     latent of `noise`'s shape) noised to the first of their times, as diffusers' img2img pipelines
     (5 steps at strength 0.6: 3 steps from t = 0.5): the result keeps `start`'s layout and redraws
     its detail."""
-    if not 0 < strength <= 1:
-        raise ArlonError(f"the strength must lie in (0, 1], got {strength}")
-    if strength < 1:
-        if start is None or start.shape != noise.shape:
-            raise ArlonError(
-                "a strength below 1 needs a latent to start from, of the noise's shape"
-            )
-        if strength_steps(num_inference_steps, strength) == num_inference_steps:
-            raise ArlonError(
-                f"strength {strength:g} keeps all {num_inference_steps} steps, from pure noise: "
-                "lower it or take more steps"
-            )
     if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
         raise ArlonError(
             f"the number of steps must be a positive integer, got {num_inference_steps}"
         )
+    check_strength(strength, num_inference_steps)
+    if strength < 1 and (start is None or start.shape != noise.shape):
+        raise ArlonError("a strength below 1 needs a latent to start from, of the noise's shape")
     if frame_mask is not None:
         if frame_mask.shape != (noise.shape[0], noise.shape[2]):
             raise ArlonError(

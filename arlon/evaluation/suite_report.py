@@ -125,9 +125,13 @@ def label(run: dict) -> str:
     """A run's short name in plots: `arlon @5 g2`, `arlon @5 g1 s0.6`, `ar-only`."""
     if run["steps"] is None:
         return run["mode"]
-    strength = _setting(run, "strength")
     name = f"{run['mode']} @{run['steps']} g{run['guidance']:g}"
-    return name if strength == 1 else f"{name} s{strength:g}"
+    return name + _strength(_setting(run, "strength"))
+
+
+def _strength(strength: float) -> str:
+    """` s0.6` after a run's name, nothing at strength 1 (from noise, as before strengths)."""
+    return "" if strength == 1 else f" s{strength:g}"
 
 
 def write_report(summary: dict, out: Path) -> None:
@@ -169,7 +173,7 @@ def plot(summary: dict, out: Path) -> list[Path]:
             if points and points[0][0] is None:  # no DiT, no steps: a level to compare with
                 ax.axhline(points[0][1], color="k", ls="--", lw=1, label=mode)
             elif points:
-                name = f"{mode} g{guidance:g}" + ("" if strength == 1 else f" s{strength:g}")
+                name = f"{mode} g{guidance:g}{_strength(strength)}"
                 ax.plot(*zip(*points, strict=True), marker="o", label=name)
         ax.set_xscale("log")
         ax.set_xlabel("denoising steps")

@@ -47,7 +47,7 @@ from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
 from arlon.data.latent_cache import encode_video
-from arlon.diffusion.rectified_flow import guided, sample
+from arlon.diffusion.rectified_flow import check_strength, guided, sample
 from arlon.errors import ArlonError
 from arlon.frames import to_frames
 from arlon.models.ar_sampler import ARSampler, ARSampling
@@ -82,8 +82,7 @@ class DiTSampling:
         _check_guidance(self.guidance_scale)
         if self.mode not in MODES:
             raise ArlonError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if not 0 < self.strength <= 1:
-            raise ArlonError(f"the strength must lie in (0, 1], got {self.strength}")
+        check_strength(self.strength, steps)
         if self.strength < 1 and self.mode != "arlon":
             raise ArlonError("a strength below 1 starts from the AR's coarse latent: mode arlon")
 
