@@ -220,7 +220,7 @@ class _Run:
         set_seed(cfg.seed)
         model = stage.build_model(cfg)
         if cfg.init_from is not None and checkpoint is None:
-            own = getattr(stage, "OWN_TENSORS", ()) if cfg.init_partial else ()
+            own = getattr(stage, "OWN_TENSORS", ())  # read only when partial
             fresh = load_initial_weights(model, Path(cfg.init_from), cfg.init_partial, own)
             if fresh:
                 self.accelerator.print(f"started from {cfg.init_from}; fresh: {', '.join(fresh)}")
