@@ -279,6 +279,30 @@ def test_the_dit_guidance_is_the_models_unless_told_otherwise(
     assert fields["guidance"].value == 2.5
 
 
+def test_the_models_strength_starts_its_arlon_runs_from_the_ar_latent(folder, tmp_path, capsys):
+    """`arlon assemble --strength` gives a pipeline folder the strength its ARLON runs take when a
+    call, a suite run or the CLI leaves it to the model; the other modes start from noise, and a
+    step count that the model's strength would keep whole is refused, saying so."""
+    from arlon.evaluation.suite import SuitePlan
+
+    model = tmp_path / "from-the-ar"
+    parts = [arg for name in ("ar", "vq", "dit", "vae") for arg in (f"--{name}", folder / name)]
+    argv = ["assemble", "--out", model, *parts, "--segment-frames", 3, "--reference-frames", 1]
+    assert cli.main([str(a) for a in [*argv, "--guidance", 2.5, "--strength", 0.6]]) == 0
+    pipe = ARLONPipeline.from_pretrained(model)
+    assert (pipe.config.guidance_scale, pipe.config.strength) == (2.5, 0.6)
+    assert pipe.resolved(DiTSampling(5)).strength == 0.6
+    assert pipe.resolved(DiTSampling(5, strength=1.0)).strength == 1.0  # the call's own
+    assert pipe.resolved(DiTSampling(5, mode="baseline")).strength == 1.0
+    runs = SuitePlan(modes=("arlon", "baseline")).runs(2.5, 0.6)
+    assert [run.label for run in runs] == ["arlon-5-g2.5-s0.6", "baseline-5-g2.5"]
+    args = [PROMPT, "--model", model, "--frames", 9, "-o", tmp_path / "v.mp4"]
+    code, _, err = generate(capsys, *args, "--steps", 2)
+    assert code == 2 and "the model's strength 0.6 keeps all 2 steps" in err
+    assert generate(capsys, *args, "--steps", 3)[0] == 0
+    assert ARLONPipeline.from_pretrained(folder).config.strength == 1.0  # no setting: from noise
+
+
 def test_embedded_default_generates(tmp_path, capsys):
     out = tmp_path / "e.mp4"
     code, stdout, _ = generate(capsys, PROMPT, "--frames", 12, "--steps", 1, "-o", out, "--quiet")

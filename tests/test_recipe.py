@@ -29,7 +29,7 @@ def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(
     assert "flow_loss_heldout" in finished["dit"]["heldout"]  # the curve's end, for its budget
     assert finished["ar"]["best"]["metric"] == "perplexity_heldout"  # the AR's model is its best
     index = json.loads((out / "pipeline" / "model_index.json").read_text())
-    assert index["guidance_scale"] == 2.0  # the DiT's text guidance the recipe chose
+    assert (index["guidance_scale"], index["strength"]) == (2.0, 0.6)  # as the recipe chose
     video = tmp_path / "story.mp4"
     assert (
         cli.main(

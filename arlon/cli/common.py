@@ -84,9 +84,10 @@ def float_list(text: str) -> list[float]:
     return [non_negative_float(part) for part in text.split(",")]
 
 
-def run_spec(text: str) -> tuple[str, int | None, float | None, float]:
-    """One suite run: `ar-only`, `MODE@STEPS` (the model's guidance), `MODE@STEPS:gGUIDANCE`
-    (e.g. `baseline@30:g4`), each DiT run with `:sSTRENGTH` or not (e.g. `arlon@5:s0.6`)."""
+def run_spec(text: str) -> tuple[str, int | None, float | None, float | None]:
+    """One suite run: `ar-only`, `MODE@STEPS` (the model's guidance and, for arlon, strength),
+    `MODE@STEPS:gGUIDANCE` (e.g. `baseline@30:g4`), each DiT run with `:sSTRENGTH` or not (e.g.
+    `arlon@5:s0.6`)."""
     m = re.fullmatch(r"([\w-]+)(?:@(\d+)(?::g([\d.]+))?(?::s([\d.]+))?)?", text.strip())
     if m is None or (m[1] != "ar-only") == (m[2] is None):
         raise argparse.ArgumentTypeError(
@@ -95,10 +96,10 @@ def run_spec(text: str) -> tuple[str, int | None, float | None, float]:
         )
     steps = None if m[2] is None else positive_int(m[2])
     guidance = None if m[3] is None else non_negative_float(m[3])
-    strength = 1.0 if m[4] is None else positive_float(m[4])
-    if not strength <= 1:
+    strength = None if m[4] is None else positive_float(m[4])
+    if strength is not None and not strength <= 1:
         raise argparse.ArgumentTypeError(f"a strength lies in (0, 1], got {text!r}")
-    if strength < 1 and m[1] != "arlon":
+    if strength is not None and strength < 1 and m[1] != "arlon":
         raise argparse.ArgumentTypeError(
             f"a strength starts the DiT from the AR's latent: arlon runs only, got {text!r}"
         )

@@ -72,9 +72,9 @@ def _add_generate(commands) -> None:
     p.add_argument(
         "--strength",
         type=positive_float,
-        default=1.0,
         help="in (0, 1]: below 1 the DiT runs about that fraction of --steps, the last ones, from "
-        "the AR's coarse latent noised to their first time instead of from noise (default 1)",
+        "the AR's coarse latent noised to their first time instead of from noise (default: the "
+        "model's, 1 for the embedded model)",
     )
     p.add_argument("--height", type=positive_int, help="frame height (default: the model's)")
     p.add_argument("--width", type=positive_int, help="frame width (default: the model's)")
@@ -232,18 +232,34 @@ def _add_assemble(commands) -> None:
     )
     p.add_argument("--shift", type=positive_float, default=1.0, help="sampling timestep shift")
     p.add_argument("--fps", type=positive_float, default=8.0, help="frames per second (8)")
+    p.add_argument(
+        "--guidance",
+        type=non_negative_float,
+        default=1.0,
+        help="the DiT's text guidance when a call leaves it to the model (default 1)",
+    )
+    p.add_argument(
+        "--strength",
+        type=positive_float,
+        default=1.0,
+        help="in (0, 1]: the DiT's strength in mode arlon when a call leaves it to the model "
+        "(default 1: from noise)",
+    )
     p.set_defaults(run=run_assemble)
 
 
 def run_assemble(args: argparse.Namespace) -> None:
     if args.reference_frames >= args.segment_frames:
         raise ArlonError("--reference-frames must be fewer than --segment-frames")
+    if not args.strength <= 1:
+        raise ArlonError(f"--strength lies in (0, 1], got {args.strength}")
     from arlon.pipeline import ARLONPipeline
     from arlon.pipeline.folders import MODELS, assemble
     from arlon.weights import embedded
 
     folders = {name: getattr(args, name) or embedded(name) for name in MODELS}
     settings = {k: getattr(args, k) for k in ("segment_frames", "reference_frames", "fps")}
+    settings |= {"guidance_scale": args.guidance, "strength": args.strength}
     out = assemble(args.out, folders, args.text_encoder, args.shift, settings)
     ARLONPipeline.from_pretrained(out)  # it loads, or the error says which part does not
     print(f"wrote the pipeline {out}")

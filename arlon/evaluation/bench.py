@@ -147,7 +147,7 @@ def generation_speed(
     overlap = overlap and sampling.mode != "baseline"  # no AR: nothing to overlap
     torch.set_num_threads(generation_threads(overlap, cores))
     pipe = ARLONPipeline.from_pretrained(model or ROOT)
-    sampling = pipe.resolved(sampling)  # the model's text guidance, unless given
+    sampling = pipe.resolved(sampling)  # the model's text guidance and strength, unless given
     loaded = peak_rss_mib()
     stream = pipe.stream(
         PROMPT, num_frames=frames, sampling=sampling, progress=False, overlap=overlap
@@ -178,6 +178,7 @@ def generation_speed(
         "mode": sampling.mode,
         "steps": sampling.num_inference_steps,
         "guidance": sampling.guidance_scale,
+        "strength": sampling.strength,
         "overlap": overlap,
         "threads": torch.get_num_threads(),
         "seconds": round(seconds, 2),

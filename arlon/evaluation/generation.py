@@ -88,6 +88,7 @@ def generation_eval(
     mode = sampling.mode
     report = {"mode": mode, "steps": sampling.num_inference_steps, "frames": num_frames}
     report["guidance"] = sampling.guidance_scale
+    report["strength"] = sampling.strength
     if mode != "baseline":
         report["ar_guidance"] = ar_sampling.guidance_scale
     score = dict(ar_sampling=ar_sampling, batch=batch, progress=progress)

@@ -268,20 +268,20 @@ def score_one(
 
 @dataclass(frozen=True)
 class Run:
-    """One way of making a suite's videos: a mode, and for the DiT its steps, text guidance (None:
-    the model's, filled in by `SuitePlan.runs`) and strength (`DiTSampling.strength`)."""
+    """One way of making a suite's videos: a mode, and for the DiT its steps, text guidance and
+    strength (`DiTSampling.strength`; None: the model's, filled in by `SuitePlan.runs`)."""
 
     mode: str
     steps: int | None = None
     guidance: float | None = None
-    strength: float = 1.0
+    strength: float | None = None
 
     @property
     def label(self) -> str:
         if self.steps is None:
             return self.mode
         label = f"{self.mode}-{self.steps}-g{self.guidance:g}"
-        return label if self.strength == 1 else f"{label}-s{self.strength:g}"
+        return label if self.strength in (None, 1) else f"{label}-s{self.strength:g}"
 
     @property
     def sampling(self) -> DiTSampling:
@@ -312,8 +312,9 @@ class SuitePlan:
         if not self.steps or min(self.steps) < 1 or not self.guidance or min(scales, default=0) < 0:
             raise ArlonError("steps must be positive integers, guidance scales 0 or more")
 
-    def runs(self, model_guidance: float = 1.0) -> list[Run]:
-        """The runs; those that leave the DiT's guidance to the model at `model_guidance`."""
+    def runs(self, model_guidance: float = 1.0, model_strength: float = 1.0) -> list[Run]:
+        """The runs; those that leave the DiT's guidance to the model at `model_guidance`, and
+        their strength at `model_strength` (arlon) or 1 (baseline: from noise)."""
         runs = list(self.only)
         if not runs:
             for mode in self.modes:
@@ -321,12 +322,14 @@ class SuitePlan:
                     runs.append(Run(mode))
                 else:
                     runs += [Run(mode, s, g) for s in self.steps for g in self.guidance]
-        return [
-            replace(run, guidance=model_guidance)
-            if run.steps is not None and run.guidance is None
-            else run
-            for run in runs
-        ]
+        resolved = []
+        for run in runs:
+            if run.steps is not None and run.guidance is None:
+                run = replace(run, guidance=model_guidance)
+            if run.steps is not None and run.strength is None:
+                run = replace(run, strength=model_strength if run.mode == "arlon" else 1.0)
+            resolved.append(run)
+        return resolved
 
 
 def run_suite(
@@ -349,7 +352,7 @@ def run_suite(
     ]
     settings = {"suite": suite.name, "frames": frames, "backbone": backbone.name}
     _check_out(out, settings | {"model": weights_digest(pipe)})
-    runs = plan.runs(pipe.config.guidance_scale)
+    runs = plan.runs(pipe.config.guidance_scale, pipe.config.strength)
     todo = [
         (run, i)
         for run in runs

@@ -22,7 +22,7 @@ from arlon.utils import read_json, write_json
 
 MODELS = ("ar", "vq", "dit", "vae")
 COMPONENTS = ("text_encoder", *MODELS, "scheduler")
-SETTINGS = ("segment_frames", "reference_frames", "fps", "guidance_scale")
+SETTINGS = ("segment_frames", "reference_frames", "fps", "guidance_scale", "strength")
 PACKAGED_TEXT_ENCODER = "packaged_text_encoder.json"
 # `model_index.json`'s [module, class] entries this project accepts, per component.
 ALLOWED = {
@@ -105,7 +105,8 @@ def assemble(
     """Write a pipeline folder from trained component folders `folders` (`ar`, `vq`, `dit`,
     `vae`), copied as they are stored (a folder already at its place in `out` is kept).
     `text_encoder` None: the packaged MiniLM. `settings`: segment_frames, reference_frames, fps,
-    and guidance_scale (the DiT's text guidance when a call leaves it to the model)."""
+    guidance_scale and strength (the DiT's text guidance and, in mode arlon, its strength, when a
+    call leaves them to the model)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     index: dict = {"_class_name": "ARLONPipeline"}

@@ -47,7 +47,7 @@ from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
 from arlon.data.latent_cache import encode_video
-from arlon.diffusion.rectified_flow import check_strength, guided, sample
+from arlon.diffusion.rectified_flow import check_strength, guided, sample, strength_steps
 from arlon.errors import ArlonError
 from arlon.frames import to_frames
 from arlon.models.ar_sampler import ARSampler, ARSampling
@@ -68,12 +68,13 @@ class DiTSampling:
     latent), "baseline" (text only, Open-Sora's loop) or "ar-only" (no DiT: the AR's codes decoded
     straight through the VQ-VAE and the VAE). `strength` < 1 (arlon only): the DiT runs the last
     steps of its schedule only (about `steps * strength`: `strength_steps`), from the AR's coarse
-    latent noised to the first of their times instead of from noise."""
+    latent noised to the first of their times instead of from noise (None: the model's own,
+    `ARLONPipeline.config.strength`, in mode arlon; 1 in the others)."""
 
     num_inference_steps: int = 5
     guidance_scale: float | None = None
     mode: str = "arlon"
-    strength: float = 1.0
+    strength: float | None = None
 
     def __post_init__(self):
         steps = self.num_inference_steps
@@ -82,6 +83,8 @@ class DiTSampling:
         _check_guidance(self.guidance_scale)
         if self.mode not in MODES:
             raise ArlonError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.strength is None:
+            return
         check_strength(self.strength, steps)
         if self.strength < 1 and self.mode != "arlon":
             raise ArlonError("a strength below 1 starts from the AR's coarse latent: mode arlon")
@@ -156,6 +159,7 @@ class ARLONPipeline(DiffusionPipeline):
         reference_frames: int = 2,
         fps: float = 8.0,
         guidance_scale: float = 1.0,
+        strength: float = 1.0,
     ):
         super().__init__()
         if not 0 < reference_frames < segment_frames:
@@ -166,6 +170,8 @@ class ARLONPipeline(DiffusionPipeline):
         if not fps > 0:
             raise ArlonError(f"fps must be positive, got {fps}")
         _check_guidance(guidance_scale)
+        if not 0 < strength <= 1:
+            raise ArlonError(f"the model's strength must lie in (0, 1], got {strength}")
         self.register_modules(
             text_encoder=text_encoder, ar=ar, vq=vq, dit=dit, scheduler=scheduler, vae=vae
         )
@@ -174,6 +180,7 @@ class ARLONPipeline(DiffusionPipeline):
             reference_frames=reference_frames,
             fps=fps,
             guidance_scale=guidance_scale,
+            strength=strength,
         )
         self.last_times = StageTimes()
 
@@ -201,10 +208,20 @@ class ARLONPipeline(DiffusionPipeline):
         return cls(**parts, **overrides, **settings).set_eval()
 
     def resolved(self, sampling: DiTSampling) -> DiTSampling:
-        """`sampling` with this model's text guidance where it leaves the choice to the model."""
-        if sampling.guidance_scale is not None:
-            return sampling
-        return replace(sampling, guidance_scale=self.config.guidance_scale)
+        """`sampling` with this model's text guidance and strength where it leaves the choice to
+        the model (its strength in mode arlon only: the others start from noise)."""
+        if sampling.guidance_scale is None:
+            sampling = replace(sampling, guidance_scale=self.config.guidance_scale)
+        if sampling.strength is None:
+            strength = self.config.strength if sampling.mode == "arlon" else 1.0
+            steps = sampling.num_inference_steps
+            if strength < 1 and strength_steps(steps, strength) == steps:
+                raise ArlonError(
+                    f"the model's strength {strength:g} keeps all {steps} steps, from pure noise: "
+                    "take more steps or give a strength of 1"
+                )
+            sampling = replace(sampling, strength=strength)
+        return sampling
 
     def set_eval(self) -> ARLONPipeline:
         for name in MODELS:
@@ -510,7 +527,7 @@ class ARLONPipeline(DiffusionPipeline):
         num_inference_steps: int = 5,
         guidance_scale: float | None = None,
         mode: str = "arlon",
-        strength: float = 1.0,
+        strength: float | None = None,
         ar_sampling: ARSampling = ARSampling(),
         generator: torch.Generator | int | None = None,
         output_type: str = "np",
