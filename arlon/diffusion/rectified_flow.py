@@ -119,15 +119,16 @@ def strength_steps(num_inference_steps: int, strength: float) -> int:
     return num_inference_steps - int(num_inference_steps - num_inference_steps * strength)
 
 
-def check_strength(strength: float, num_inference_steps: int) -> None:
+def check_strength(strength: float, num_inference_steps: int, whose: str = "the") -> None:
     """A one-line error unless `strength` lies in (0, 1] and, below 1, leaves out a step at least
-    (one that keeps them all starts from pure noise: the latent it was given is thrown away)."""
+    (one that keeps them all starts from pure noise: the latent it was given is thrown away).
+    `whose` names it in the message ("the model's")."""
     if not 0 < strength <= 1:
-        raise ArlonError(f"the strength must lie in (0, 1], got {strength}")
+        raise ArlonError(f"{whose} strength must lie in (0, 1], got {strength}")
     if strength < 1 and strength_steps(num_inference_steps, strength) == num_inference_steps:
         raise ArlonError(
-            f"strength {strength:g} keeps all {num_inference_steps} steps, from pure noise: "
-            "lower it or take more steps"
+            f"{whose} strength {strength:g} keeps all {num_inference_steps} steps, from pure "
+            "noise: lower it or take more steps"
         )
 
 

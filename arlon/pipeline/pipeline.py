@@ -47,7 +47,7 @@ from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
 from arlon.data.latent_cache import encode_video
-from arlon.diffusion.rectified_flow import check_strength, guided, sample, strength_steps
+from arlon.diffusion.rectified_flow import check_strength, guided, sample
 from arlon.errors import ArlonError
 from arlon.frames import to_frames
 from arlon.models.ar_sampler import ARSampler, ARSampling
@@ -214,12 +214,7 @@ class ARLONPipeline(DiffusionPipeline):
             sampling = replace(sampling, guidance_scale=self.config.guidance_scale)
         if sampling.strength is None:
             strength = self.config.strength if sampling.mode == "arlon" else 1.0
-            steps = sampling.num_inference_steps
-            if strength < 1 and strength_steps(steps, strength) == steps:
-                raise ArlonError(
-                    f"the model's strength {strength:g} keeps all {steps} steps, from pure noise: "
-                    "take more steps or give a strength of 1"
-                )
+            check_strength(strength, sampling.num_inference_steps, whose="the model's")
             sampling = replace(sampling, strength=strength)
         return sampling
 
