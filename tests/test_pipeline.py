@@ -272,7 +272,7 @@ def test_the_dit_guidance_is_the_models_unless_told_otherwise(
     pipe = ARLONPipeline.from_pretrained(model)
     assert pipe.config.guidance_scale == 2.5
     assert ARLONPipeline.from_pretrained(folder).config.guidance_scale == 1.0  # no setting: none
-    runs = SuitePlan(modes=("arlon", "ar-only"), guidance=(None, 4.0)).runs(2.5)
+    runs = SuitePlan(modes=("arlon", "ar-only"), guidance=(None, 4.0)).runs(pipe.resolved)
     assert [run.label for run in runs] == ["arlon-5-g2.5", "arlon-5-g4", "ar-only"]
     page = build(pipe, tmp_path / "page")
     fields = {c.elem_id: c for c in page.blocks.values() if getattr(c, "elem_id", None)}
@@ -283,7 +283,7 @@ def test_the_models_strength_starts_its_arlon_runs_from_the_ar_latent(folder, tm
     """`arlon assemble --strength` gives a pipeline folder the strength its ARLON runs take when a
     call, a suite run or the CLI leaves it to the model; the other modes start from noise, and a
     step count that the model's strength would keep whole is refused, saying so."""
-    from arlon.evaluation.suite import SuitePlan
+    from arlon.evaluation.suite import Run, SuitePlan
 
     model = tmp_path / "from-the-ar"
     parts = [arg for name in ("ar", "vq", "dit", "vae") for arg in (f"--{name}", folder / name)]
@@ -294,8 +294,11 @@ def test_the_models_strength_starts_its_arlon_runs_from_the_ar_latent(folder, tm
     assert pipe.resolved(DiTSampling(5)).strength == 0.6
     assert pipe.resolved(DiTSampling(5, strength=1.0)).strength == 1.0  # the call's own
     assert pipe.resolved(DiTSampling(5, mode="baseline")).strength == 1.0
-    runs = SuitePlan(modes=("arlon", "baseline")).runs(2.5, 0.6)
+    runs = SuitePlan(modes=("arlon", "baseline")).runs(pipe.resolved)
     assert [run.label for run in runs] == ["arlon-5-g2.5-s0.6", "baseline-5-g2.5"]
+    only = (Run("arlon", 5), Run("baseline", 30, 1.0))
+    runs = SuitePlan(only=only).runs(pipe.resolved)
+    assert [run.label for run in runs] == ["arlon-5-g2.5-s0.6", "baseline-30-g1"]
     args = [PROMPT, "--model", model, "--frames", 9, "-o", tmp_path / "v.mp4"]
     code, _, err = generate(capsys, *args, "--steps", 2)
     assert code == 2 and "the model's strength 0.6 keeps all 2 steps" in err

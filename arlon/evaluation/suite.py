@@ -30,6 +30,7 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -269,7 +270,7 @@ def score_one(
 @dataclass(frozen=True)
 class Run:
     """One way of making a suite's videos: a mode, and for the DiT its steps, text guidance and
-    strength (`DiTSampling.strength`; None: the model's, filled in by `SuitePlan.runs`)."""
+    strength (`DiTSampling.strength`); None: the model's, filled in by `SuitePlan.runs`."""
 
     mode: str
     steps: int | None = None
@@ -282,6 +283,11 @@ class Run:
             return self.mode
         label = f"{self.mode}-{self.steps}-g{self.guidance:g}"
         return label if self.strength in (None, 1) else f"{label}-s{self.strength:g}"
+
+    @classmethod
+    def of(cls, sampling: DiTSampling) -> Run:
+        s = sampling
+        return cls(s.mode, s.num_inference_steps, s.guidance_scale, s.strength)
 
     @property
     def sampling(self) -> DiTSampling:
@@ -312,9 +318,9 @@ class SuitePlan:
         if not self.steps or min(self.steps) < 1 or not self.guidance or min(scales, default=0) < 0:
             raise ArlonError("steps must be positive integers, guidance scales 0 or more")
 
-    def runs(self, model_guidance: float = 1.0, model_strength: float = 1.0) -> list[Run]:
-        """The runs; those that leave the DiT's guidance to the model at `model_guidance`, and
-        their strength at `model_strength` (arlon) or 1 (baseline: from noise)."""
+    def runs(self, resolve: Callable[[DiTSampling], DiTSampling] | None = None) -> list[Run]:
+        """The runs; with `resolve` (a model's `ARLONPipeline.resolved`), those that leave the DiT's
+        guidance or strength to the model get the model's."""
         runs = list(self.only)
         if not runs:
             for mode in self.modes:
@@ -322,14 +328,9 @@ class SuitePlan:
                     runs.append(Run(mode))
                 else:
                     runs += [Run(mode, s, g) for s in self.steps for g in self.guidance]
-        resolved = []
-        for run in runs:
-            if run.steps is not None and run.guidance is None:
-                run = replace(run, guidance=model_guidance)
-            if run.steps is not None and run.strength is None:
-                run = replace(run, strength=model_strength if run.mode == "arlon" else 1.0)
-            resolved.append(run)
-        return resolved
+        if resolve is None:
+            return runs
+        return [run if run.steps is None else Run.of(resolve(run.sampling)) for run in runs]
 
 
 def run_suite(
@@ -352,7 +353,7 @@ def run_suite(
     ]
     settings = {"suite": suite.name, "frames": frames, "backbone": backbone.name}
     _check_out(out, settings | {"model": weights_digest(pipe)})
-    runs = plan.runs(pipe.config.guidance_scale, pipe.config.strength)
+    runs = plan.runs(pipe.resolved)
     todo = [
         (run, i)
         for run in runs
