@@ -155,6 +155,42 @@ def test_baseline_mode_runs_without_the_ar(pipe, monkeypatch):
     assert wide.frames.shape == (1, 5, 32, 48, 3)  # the DiT alone takes other sizes
 
 
+def test_mode_baseline_runs_the_folders_baseline_where_the_dit_trained_its_backbone(
+    pipe, folder, tmp_path
+):
+    """An ARLON DiT whose backbone was trained with its condition is not its baseline without it:
+    mode baseline refuses it, saying what to do, and runs the folder's `baseline` DiT once
+    `arlon assemble --baseline` gives it one (and it travels with the folder when saved)."""
+    from arlon.models.stdit import STDiT
+
+    trained = STDiT.from_baseline(pipe.dit, injection_blocks=1)  # its own backbone, then moved
+    with torch.no_grad():
+        for p in trained.backbone_parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    trained.register_to_config(backbone_trained=True)
+    trained.save_pretrained(tmp_path / "trained")
+    parts = [arg for name in ("ar", "vq", "vae") for arg in (f"--{name}", folder / name)]
+    argv = [*parts, "--dit", tmp_path / "trained", "--segment-frames", 3, "--reference-frames", 1]
+    assert cli.main([str(a) for a in ["assemble", "--out", tmp_path / "alone", *argv]]) == 0
+    alone = ARLONPipeline.from_pretrained(tmp_path / "alone")
+    with pytest.raises(ArlonError, match="arlon assemble --baseline DIR"):
+        alone(PROMPT, num_frames=5, num_inference_steps=1, mode="baseline", progress=False)
+    alone(PROMPT, num_frames=5, num_inference_steps=1, progress=False)  # mode arlon: its own DiT
+    with_baseline = [*argv, "--baseline", folder / "dit"]
+    assert cli.main([str(a) for a in ["assemble", "--out", tmp_path / "both", *with_baseline]]) == 0
+    both = ARLONPipeline.from_pretrained(tmp_path / "both")
+    both.save_pretrained(tmp_path / "saved")
+    assert ARLONPipeline.from_pretrained(tmp_path / "saved").models[-1] == "baseline"
+    run = dict(num_frames=FRAMES, num_inference_steps=2, mode="baseline", progress=False)
+    frames = both(PROMPT, **run).frames
+    assert np.array_equal(frames, pipe(PROMPT, **run).frames)  # the baseline's own frames
+    unmarked = STDiT.from_pretrained(tmp_path / "trained")
+    unmarked.register_to_config(backbone_trained=False)
+    assert not np.array_equal(
+        frames, ARLONPipeline.from_pretrained(folder, dit=unmarked)(PROMPT, **run).frames
+    )  # the trained backbone without F draws others
+
+
 def test_a_strength_starts_each_segment_from_the_ar_latent_in_fewer_steps(pipe, monkeypatch):
     """Below 1, every DiT segment starts from its coarse latent (the AR's, as ARLON's condition)
     and runs round(steps * strength) of the steps."""

@@ -16,6 +16,7 @@ import arlon.weights
 from arlon import cli
 from arlon.errors import ArlonError
 from arlon.models.ar_transformer import ar_transformer
+from arlon.pipeline import ARLONPipeline
 from arlon.training.recipe import plan, read_recipe
 
 
@@ -30,6 +31,8 @@ def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(
     assert finished["ar"]["best"]["metric"] == "perplexity_heldout"  # the AR's model is its best
     index = json.loads((out / "pipeline" / "model_index.json").read_text())
     assert (index["guidance_scale"], index["strength"]) == (2.0, 0.6)  # as the recipe chose
+    pipe = ARLONPipeline.from_pretrained(out / "pipeline")
+    assert pipe.dit.config.backbone_trained and pipe.baseline is not None  # mode baseline's own
     video = tmp_path / "story.mp4"
     assert (
         cli.main(

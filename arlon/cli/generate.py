@@ -220,6 +220,12 @@ def _add_assemble(commands) -> None:
     p.add_argument("--out", required=True, type=Path, help="pipeline folder to write")
     add_component_args(p)
     p.add_argument("--dit", type=Path, help="DiT folder, baseline or ARLON (default: embedded)")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="a text-only DiT folder for mode baseline, where the ARLON DiT trained its backbone "
+        "(default: none; the DiT without its condition)",
+    )
     p.add_argument("--text-encoder", type=Path, help="text encoder folder (default: MiniLM)")
     p.add_argument(
         "--segment-frames", type=positive_int, default=9, help="latent frames per DiT segment (9)"
@@ -258,6 +264,7 @@ def run_assemble(args: argparse.Namespace) -> None:
     from arlon.weights import embedded
 
     folders = {name: getattr(args, name) or embedded(name) for name in MODELS}
+    folders["baseline"] = args.baseline
     settings = {k: getattr(args, k) for k in ("segment_frames", "reference_frames", "fps")}
     settings |= {"guidance_scale": args.guidance, "strength": args.strength}
     out = assemble(args.out, folders, args.text_encoder, args.shift, settings)

@@ -417,7 +417,7 @@ def weights_digest(pipe) -> str:
     videos of one model only."""
     settings = {**pipe.config, "scheduler": dict(pipe.scheduler.config)}
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    for name in ("ar", "vq", "dit", "vae"):
+    for name in pipe.models:
         for key, tensor in getattr(pipe, name).state_dict().items():
             h.update(f"{name}.{key}".encode())
             h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())

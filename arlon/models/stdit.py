@@ -337,6 +337,9 @@ class STDiT(ModelMixin, ConfigMixin):
     rate embedding `fps_embedder`, added to the timestep's, at this frame rate; Open-Sora samples
     at 24). `gelu` is the MLPs' GELU: "tanh", its approximation (Open-Sora's, and the default), or
     "none", the exact one (the shapes-tiny preset's: 5 times as fast on a CPU).
+
+    `backbone_trained`: an ARLON model whose backbone was trained with its condition path (not
+    frozen, as in the paper): without the condition it no longer computes its baseline.
     """
 
     _no_split_modules = ["STDiTBlock"]  # FSDP wrapping unit (read by accelerate)
@@ -361,6 +364,7 @@ class STDiT(ModelMixin, ConfigMixin):
         position_grid: int = 0,
         fps_conditioning: float = 0.0,
         gelu: str = "tanh",
+        backbone_trained: bool = False,
     ):
         super().__init__()
         if gelu not in ("tanh", "none"):

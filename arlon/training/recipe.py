@@ -42,9 +42,9 @@ INPUTS = {
     "train": ("data", "baseline", "init_from"),
     "cache": ("vae", "manifest"),
     "codes": ("cache", "vq"),
-    "assemble": ("ar", "vq", "dit", "vae"),
+    "assemble": ("ar", "vq", "dit", "vae", "baseline"),
 }
-REQUIRED = {**INPUTS, "train": ("stage", "preset")}
+REQUIRED = {**INPUTS, "train": ("stage", "preset"), "assemble": ("ar", "vq", "dit", "vae")}
 
 
 @dataclass
@@ -398,19 +398,19 @@ def _assemble(stage: Stage, out: Path) -> None:
     import torch
 
     from arlon.models.loading import model_class
-    from arlon.pipeline.folders import SETTINGS, assemble
+    from arlon.pipeline.folders import MODELS, OPTIONAL, SETTINGS, assemble, optional_in
 
     s = stage.settings
     folder = out / stage.name
     parts = folder / "parts"  # each component as the pipeline stores it (fp16 where asked)
     components = {}
-    for role in ("ar", "vq", "dit", "vae"):
-        source = out / s[role] / "model"
-        if role in s.get("float16", ()):
-            cls = model_class(source, role)
-            cls.from_pretrained(source, torch_dtype=torch.float16).save_pretrained(parts / role)
-            source = parts / role
-        components[role] = source
+    for name in [*MODELS, *optional_in(s)]:
+        source = out / s[name] / "model"
+        if name in s.get("float16", ()):
+            cls = model_class(source, OPTIONAL.get(name, name))
+            cls.from_pretrained(source, torch_dtype=torch.float16).save_pretrained(parts / name)
+            source = parts / name
+        components[name] = source
     settings = {k: s[k] for k in SETTINGS if k in s}
     assemble(folder, components, settings=settings)
     shutil.rmtree(parts, ignore_errors=True)

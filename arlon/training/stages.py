@@ -418,7 +418,9 @@ class ARLONStage(DiTStage):
             raise ArlonError(f"{folder} is not a trained DiT folder (no config.json)")
         baseline = STDiT.from_pretrained(folder, torch_dtype=torch.float32)
         model = STDiT.from_baseline(baseline, **{**INJECTION_PRESETS[cfg.preset], **cfg.model})
-        if not data["train_backbone"]:
+        if data["train_backbone"]:  # without F it is no longer the baseline: its config says so
+            model.register_to_config(backbone_trained=True)
+        else:
             for p in model.backbone_parameters():
                 p.requires_grad_(False)
         return model
