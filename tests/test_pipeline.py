@@ -184,6 +184,11 @@ def test_mode_baseline_runs_the_folders_baseline_where_the_dit_trained_its_backb
     run = dict(num_frames=FRAMES, num_inference_steps=2, mode="baseline", progress=False)
     frames = both(PROMPT, **run).frames
     assert np.array_equal(frames, pipe(PROMPT, **run).frames)  # the baseline's own frames
+    with pytest.raises(ArlonError, match="trained its backbone with a condition"):
+        ARLONPipeline.from_pretrained(folder, baseline=trained)  # a baseline is a baseline
+    wider = STDiT.from_config({**pipe.dit.config, "in_channels": 8})
+    with pytest.raises(ArlonError, match="in_channels is 8, the DiT's 4"):
+        ARLONPipeline.from_pretrained(folder, baseline=wider)
     unmarked = STDiT.from_pretrained(tmp_path / "trained")
     unmarked.register_to_config(backbone_trained=False)
     assert not np.array_equal(

@@ -260,11 +260,11 @@ def run_assemble(args: argparse.Namespace) -> None:
     if not args.strength <= 1:
         raise ArlonError(f"--strength lies in (0, 1], got {args.strength}")
     from arlon.pipeline import ARLONPipeline
-    from arlon.pipeline.folders import MODELS, assemble
+    from arlon.pipeline.folders import MODELS, OPTIONAL, assemble
     from arlon.weights import embedded
 
     folders = {name: getattr(args, name) or embedded(name) for name in MODELS}
-    folders["baseline"] = args.baseline
+    folders |= {name: getattr(args, name) for name in OPTIONAL}
     settings = {k: getattr(args, k) for k in ("segment_frames", "reference_frames", "fps")}
     settings |= {"guidance_scale": args.guidance, "strength": args.strength}
     out = assemble(args.out, folders, args.text_encoder, args.shift, settings)

@@ -279,10 +279,11 @@ def stage_flops(pipe: ARLONPipeline, frames: int, sampling: DiTSampling) -> dict
         flops["ar"] = ar_flops(pipe, token_frames) + vq
     if sampling.mode != "ar-only":
         batch = 1 if sampling.guidance_scale == 1 else 2
-        args, kwargs = dit_inputs(pipe.dit, batch, s, height, width)
+        dit = pipe.baseline_dit() if sampling.mode == "baseline" else pipe.dit
+        args, kwargs = dit_inputs(dit, batch, s, height, width)
         if sampling.mode == "baseline":
             kwargs = {}
-        forward = count_flops(lambda: pipe.dit(*args, **kwargs))
+        forward = count_flops(lambda: dit(*args, **kwargs))
         steps = strength_steps(sampling.num_inference_steps, sampling.strength)
         flops["dit"] = forward * steps * segments
     return flops

@@ -318,9 +318,9 @@ class SuitePlan:
         if not self.steps or min(self.steps) < 1 or not self.guidance or min(scales, default=0) < 0:
             raise ArlonError("steps must be positive integers, guidance scales 0 or more")
 
-    def runs(self, resolve: Callable[[DiTSampling], DiTSampling] | None = None) -> list[Run]:
-        """The runs; with `resolve` (a model's `ARLONPipeline.resolved`), those that leave the DiT's
-        guidance or strength to the model get the model's."""
+    def runs(self, resolve: Callable[[DiTSampling], DiTSampling]) -> list[Run]:
+        """The runs, those that leave the DiT's guidance or strength to the model given the model's
+        by `resolve` (its `ARLONPipeline.resolved`)."""
         runs = list(self.only)
         if not runs:
             for mode in self.modes:
@@ -328,8 +328,6 @@ class SuitePlan:
                     runs.append(Run(mode))
                 else:
                     runs += [Run(mode, s, g) for s in self.steps for g in self.guidance]
-        if resolve is None:
-            return runs
         return [run if run.steps is None else Run.of(resolve(run.sampling)) for run in runs]
 
 
@@ -354,6 +352,8 @@ def run_suite(
     settings = {"suite": suite.name, "frames": frames, "backbone": backbone.name}
     _check_out(out, settings | {"model": weights_digest(pipe)})
     runs = plan.runs(pipe.resolved)
+    if any(run.mode == "baseline" for run in runs):
+        pipe.baseline_dit()  # a model without one is refused now, not after hours of other runs
     todo = [
         (run, i)
         for run in runs

@@ -1,6 +1,6 @@
 """A suite's report: mean scores per run, a markdown table, and PNG plots.
 
-summary = summarise_suite(out, "short", plan.runs(), videos=50, frames=120, backbone="thumbnail")
+summary = summarise_suite(out, "short", plan.runs(pipe.resolved), videos=50, frames=120, backbone="thumbnail")
 write_report(summary, out)              # out/metrics.json, metrics.md, *.png
 """
 

@@ -119,6 +119,9 @@ def assemble(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     index: dict = {"_class_name": "ARLONPipeline"}
+    for name in OPTIONAL:  # a baseline left out of a folder written again is gone from it
+        if not folders.get(name):
+            shutil.rmtree(out / name, ignore_errors=True)
     for name in [*MODELS, *optional_in(folders)]:
         source = Path(folders[name])
         cls = model_class(source, OPTIONAL.get(name, name))  # the role's allow-list

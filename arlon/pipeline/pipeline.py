@@ -96,6 +96,20 @@ def _check_guidance(scale: float | None) -> None:
         raise ArlonError(f"the DiT guidance scale must be >= 0, got {scale}")
 
 
+def _check_baseline(baseline, dit) -> None:
+    """A baseline DiT renders the same latents from the same text as `dit`, and is a baseline."""
+    if baseline.config.backbone_trained:
+        raise ArlonError(
+            "the baseline DiT trained its backbone with a condition: it is no baseline"
+        )
+    for name in ("in_channels", "patch_size", "text_dim"):
+        if tuple(np.atleast_1d(baseline.config[name])) != tuple(np.atleast_1d(dit.config[name])):
+            raise ArlonError(
+                f"the baseline DiT's {name} is {baseline.config[name]}, the DiT's "
+                f"{dit.config[name]}: they must render the same latents from the same text"
+            )
+
+
 @dataclass
 class ARLONPipelineOutput(BaseOutput):
     """`frames`: `(1, T, H, W, 3)` uint8 for output_type "np", or a list of one list of PIL images."""
@@ -149,8 +163,6 @@ class ARLONPipeline(DiffusionPipeline):
     """Text-to-long-video with an AR transformer guiding a DiT (ARLON). See the module docstring.
     `baseline`, optional: the text-only DiT that mode baseline runs (`baseline_dit()`)."""
 
-    _optional_components = ["baseline"]
-
     def __init__(
         self,
         text_encoder: TextEncoder,
@@ -188,6 +200,7 @@ class ARLONPipeline(DiffusionPipeline):
         # registered only where there is one: the config of a folder without one stays as it was
         self.baseline = None
         if baseline is not None:
+            _check_baseline(baseline, dit)
             self.register_modules(baseline=baseline)
         self.register_to_config(
             segment_frames=segment_frames,
@@ -525,7 +538,7 @@ class ARLONPipeline(DiffusionPipeline):
             if previous is not None:
                 reference[:, :, :r] = previous[:, :, -r:]
                 frame_mask[:, :r] = True
-            dit = self.dit if condition is not None else self.baseline_dit()
+            dit = self.baseline_dit() if job.sampling.mode == "baseline" else self.dit
             velocity = guided(dit, job.sampling.guidance_scale, condition=condition)
             steps = job.sampling.num_inference_steps
             x = sample(

@@ -44,6 +44,7 @@ INPUTS = {
     "codes": ("cache", "vq"),
     "assemble": ("ar", "vq", "dit", "vae", "baseline"),
 }
+# (an assembly's baseline DiT is optional)
 REQUIRED = {**INPUTS, "train": ("stage", "preset"), "assemble": ("ar", "vq", "dit", "vae")}
 
 
