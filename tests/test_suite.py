@@ -197,6 +197,19 @@ def test_a_suite_runs_scores_plots_and_resumes(folder, tmp_path, monkeypatch):
         run_suite(pipe, read_suite(path), plan, out, progress=False)
 
 
+def test_a_suite_refuses_mode_baseline_without_a_baseline_before_any_video(folder, tmp_path):
+    """A model whose DiT trained its backbone, and holds no baseline DiT, has no mode baseline: a
+    plan that asks for it is refused at once, not after the runs before it."""
+    path = tmp_path / "mine.txt"
+    path.write_text(SUITE)
+    pipe = ARLONPipeline.from_pretrained(folder)
+    pipe.dit.register_to_config(backbone_trained=True)
+    out = tmp_path / "eval"
+    with pytest.raises(ArlonError, match="arlon assemble --baseline DIR"):
+        run_suite(pipe, read_suite(path), SuitePlan(modes=("arlon", "baseline")), out)
+    assert not list(out.glob("videos/*/*.json"))  # not one video made
+
+
 def test_ar_only_and_arlon_share_the_ar_codes(folder, tmp_path, monkeypatch):
     """The AR's codes of a video are drawn once, for ARLON (at every steps and guidance) and
     AR-only alike, and AR-only's video is those codes decoded without the DiT."""
