@@ -279,7 +279,7 @@ def stage_flops(pipe: ARLONPipeline, frames: int, sampling: DiTSampling) -> dict
         flops["ar"] = ar_flops(pipe, token_frames) + vq
     if sampling.mode != "ar-only":
         batch = 1 if sampling.guidance_scale == 1 else 2
-        dit = pipe.baseline_dit() if sampling.mode == "baseline" else pipe.dit
+        dit = pipe.dit_for(sampling.mode)
         args, kwargs = dit_inputs(dit, batch, s, height, width)
         if sampling.mode == "baseline":
             kwargs = {}

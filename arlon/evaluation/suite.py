@@ -353,7 +353,7 @@ def run_suite(
     _check_out(out, settings | {"model": weights_digest(pipe)})
     runs = plan.runs(pipe.resolved)
     if any(run.mode == "baseline" for run in runs):
-        pipe.baseline_dit()  # a model without one is refused now, not after hours of other runs
+        pipe.dit_for("baseline")  # a model without one is refused now, not after other runs
     todo = [
         (run, i)
         for run in runs

@@ -1,6 +1,7 @@
 """A suite's report: mean scores per run, a markdown table, and PNG plots.
 
-summary = summarise_suite(out, "short", plan.runs(pipe.resolved), videos=50, frames=120, backbone="thumbnail")
+runs = plan.runs(pipe.resolved)
+summary = summarise_suite(out, "short", runs, videos=50, frames=120, backbone="thumbnail")
 write_report(summary, out)              # out/metrics.json, metrics.md, *.png
 """
 

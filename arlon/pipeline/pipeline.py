@@ -55,7 +55,7 @@ from arlon.models.ar_sampler import ARSampler, ARSampling
 from arlon.models.text_encoder import TextEncoder
 from arlon.pipeline.coarse import LiveTokens, coarse_latents, latent_frame, sample_codes
 from arlon.pipeline.folders import MODELS, SETTINGS, assemble, load_components
-from arlon.pipeline.threads import read_ahead, timed
+from arlon.pipeline.threads import StageTimes, read_ahead, timed
 from arlon.timeline import LiveTimeline, Timeline
 from arlon.utils import check_seed
 
@@ -118,33 +118,6 @@ class ARLONPipelineOutput(BaseOutput):
 
 
 @dataclass
-class StageTimes:
-    """Seconds spent per stage during a generation (AR includes the fine VQ-VAE's decoding), and
-    the work done so far: token frames drawn, DiT segments rendered, video frames decoded.
-    `waited`: the seconds the DiT and the VAE waited on the AR (its whole time when the stages do
-    not overlap); `total`: the generation's own seconds, the time between frames spent by whoever
-    consumes them not counted."""
-
-    ar: float = 0.0
-    dit: float = 0.0
-    vae: float = 0.0
-    waited: float = 0.0
-    total: float = 0.0
-    frames: int = 0
-    segments: int = 0
-    token_frames: int = 0
-
-    def as_dict(self) -> dict:
-        seconds = {"ar": self.ar, "dit": self.dit, "vae": self.vae, "waited": self.waited}
-        return {
-            "frames": self.frames,
-            "segments": self.segments,
-            "token_frames": self.token_frames,
-            "seconds": {**seconds, "total": self.total},
-        }
-
-
-@dataclass
 class _Job:
     """One generation's inputs, checked, as the stages read them."""
 
@@ -157,6 +130,7 @@ class _Job:
     segments: int
     new_latents: int
     init: torch.Tensor | None  # the continued video's reference latents (1, C, r, h, w)
+    dit: torch.nn.Module  # the DiT that renders it (`ARLONPipeline.dit_for`: checked up front)
 
 
 class ARLONPipeline(DiffusionPipeline):
@@ -250,6 +224,10 @@ class ARLONPipeline(DiffusionPipeline):
         """The trained components this pipeline holds: `MODELS`, and `baseline` if it has one."""
         return [*MODELS, *(["baseline"] if self.baseline is not None else [])]
 
+    def dit_for(self, mode: str):
+        """The DiT that renders `mode`: `baseline_dit()` in mode baseline, else `dit`."""
+        return self.baseline_dit() if mode == "baseline" else self.dit
+
     def baseline_dit(self):
         """The DiT of mode baseline: the folder's `baseline` where it has one, else the DiT without
         its condition, which computes its baseline while its backbone is the baseline's (frozen)."""
@@ -288,9 +266,7 @@ class ARLONPipeline(DiffusionPipeline):
             raise ArlonError(
                 f"height and width must be positive multiples of {s}, got {height}x{width}"
             )
-        if sampling.mode == "baseline":
-            self.baseline_dit()  # refused here, before any work, where the folder has none
-        elif (height, width) != self.default_size():
+        if sampling.mode != "baseline" and (height, width) != self.default_size():
             raise ArlonError(
                 "this AR transformer draws {}x{} videos, not {}x{} (mode baseline takes other "
                 "sizes)".format(*self.default_size(), height, width)
@@ -401,6 +377,7 @@ class ARLONPipeline(DiffusionPipeline):
             segments,
             new_latents,
             init,
+            self.dit_for(sampling.mode),
         )
 
     def _decode(self, job: _Job, latents, times: StageTimes, bars) -> Iterator[np.ndarray]:
@@ -533,8 +510,7 @@ class ARLONPipeline(DiffusionPipeline):
             if previous is not None:
                 reference[:, :, :r] = previous[:, :, -r:]
                 frame_mask[:, :r] = True
-            dit = self.baseline_dit() if job.sampling.mode == "baseline" else self.dit
-            velocity = guided(dit, job.sampling.guidance_scale, condition=condition)
+            velocity = guided(job.dit, job.sampling.guidance_scale, condition=condition)
             steps = job.sampling.num_inference_steps
             x = sample(
                 velocity,

@@ -7,8 +7,36 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage during a generation (AR includes the fine VQ-VAE's decoding), and
+    the work done so far: token frames drawn, DiT segments rendered, video frames decoded.
+    `waited`: the seconds the DiT and the VAE waited on the AR (its whole time when the stages do
+    not overlap); `total`: the generation's own seconds, the time between frames spent by whoever
+    consumes them not counted."""
+
+    ar: float = 0.0
+    dit: float = 0.0
+    vae: float = 0.0
+    waited: float = 0.0
+    total: float = 0.0
+    frames: int = 0
+    segments: int = 0
+    token_frames: int = 0
+
+    def as_dict(self) -> dict:
+        seconds = {"ar": self.ar, "dit": self.dit, "vae": self.vae, "waited": self.waited}
+        return {
+            "frames": self.frames,
+            "segments": self.segments,
+            "token_frames": self.token_frames,
+            "seconds": {**seconds, "total": self.total},
+        }
 
 
 def generation_threads(overlap: bool, cores: int | None = None) -> int:
