@@ -123,6 +123,31 @@ def test_a_timeline_switch_reaches_the_ar_and_the_dit(pipe, monkeypatch):
     assert used == [0, 1, 1]  # the segment that holds the switch already renders the new prompt
 
 
+def test_a_prompt_that_states_a_change_is_read_as_the_whole_scene(pipe, monkeypatch):
+    """A change after PROMPT ("the circle turns blue"): the AR and the DiT are told the scene it asks for,
+    so the video is the one the whole scene makes."""
+    whole = "A blue circle moves right on a black background"
+    ar_prompts = []
+    original = ARSampler._prefix
+
+    def prefix(self, prompts):
+        ar_prompts.extend(prompts)
+        return original(self, prompts)
+
+    monkeypatch.setattr(ARSampler, "_prefix", prefix)
+    videos = [
+        pipe(
+            timeline=[(0, PROMPT), (12, second)],
+            num_frames=FRAMES + 8,
+            num_inference_steps=1,
+            progress=False,
+        )
+        for second in ("the circle turns blue", whole)
+    ]
+    assert ar_prompts == [PROMPT, whole] * 2
+    assert np.array_equal(videos[0].frames[0], videos[1].frames[0])
+
+
 def test_codes_sampled_as_a_batch_give_each_video_its_own_frames(pipe):
     timelines = [[(0, PROMPT)], [(0, PROMPT), (12, "a blue square moves up on a gray background")]]
     batch = pipe.sample_codes(timelines, FRAMES + 8, seeds=[5, 6])
@@ -564,6 +589,10 @@ def test_words_the_model_never_saw_are_named(folder, tmp_path, capsys):
     assert code == 0 and "warning" not in err
     code, _, err = generate(capsys, " ".join([PROMPT] * 20), *argv)
     assert code == 0 and "is cut to its first 64 tokens" in err and "never saw" not in err
+    story = ["--prompt", PROMPT, "--prompt", "the circle turns blue", "--switch-every", 5]
+    code, _, err = generate(capsys, *story, *argv)
+    read = "A blue circle moves right on a black background"
+    assert code == 0 and f"frame 5: 'the circle turns blue' is read as '{read}'" in err
 
 
 def test_the_same_seed_writes_the_same_bytes(folder, tmp_path, capsys):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from arlon.errors import ArlonError
+from arlon.timeline import Timeline
 from arlon.world import vocab
 from arlon.world.captions import (
     EVAL_ONLY_TEMPLATES,
@@ -23,6 +24,7 @@ from arlon.world.captions import (
 )
 from arlon.world.detect import Detector
 from arlon.world.metrics import compare_to_truth
+from arlon.world.prompts import whole_scenes
 from arlon.world.render import degrade, render_frame, render_states
 from arlon.world.scene import FrameState, ObjectSpec, SceneSpec, WorldObject
 from arlon.world.simulate import (
@@ -191,6 +193,47 @@ def test_a_story_of_change_prompts_resolves_to_its_scenes():
         assert [(o.colour, o.shape, o.motion) for o in resolved.objects] == [
             (o.colour, o.shape, o.motion) for o in truth.objects
         ]
+
+
+def test_a_change_is_read_as_the_whole_scene_it_asks_for():
+    """What the models read: each prompt of a story that states only a change becomes a prompt of
+    the whole scene, which alone means what the change meant after the prompts before it; a
+    whole-scene prompt is read as written."""
+    rewritten = []
+    for seed in range(20):
+        timeline = Timeline(random_episode(seed, 2000, deltas=0.5).timeline)
+        read = whole_scenes(timeline)
+        assert read.starts == timeline.starts
+        # each prompt as read, alone, is its scene: so none that states only a change is kept
+        assert [parse_caption(p) for p in read.prompts] == resolve(timeline.prompts)
+        rewritten += [
+            told != seen for told, seen in zip(timeline.prompts[1:], read.prompts[1:], strict=True)
+        ]
+    assert 0.3 < np.mean(rewritten) < 0.7  # the changes: about half the later prompts
+
+
+def test_whole_scenes_stop_at_the_first_prompt_not_in_the_worlds_words():
+    """After a prompt the world cannot read, the scene is unknown: it and the prompts after it are
+    read as written; and a prompt's reading depends only on the prompts before it, so a prompt
+    directed later changes nothing already read."""
+    timeline = Timeline(
+        [
+            (0, "a red circle moves right"),
+            (50, "the circle turns blue"),
+            (90, "a dog barks"),
+            (120, "the circle stops"),
+        ]
+    )
+    read = whole_scenes(timeline)
+    assert read.prompts == [
+        "a red circle moves right",
+        "A blue circle moves right",
+        "a dog barks",
+        "the circle stops",
+    ]
+    assert all(whole_scenes(Timeline(timeline[:k])) == read[:k] for k in range(1, 5))
+    impossible = Timeline([(0, "a red circle moves right"), (9, "the square turns blue")])
+    assert whole_scenes(impossible) == impossible
 
 
 def test_the_language_has_the_words_people_use_and_keeps_eval_only_words_out_of_training():

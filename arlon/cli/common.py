@@ -16,6 +16,7 @@ from arlon.errors import ArlonError
 from arlon.timeline import Timeline
 from arlon.utils import check_seed, write_json
 from arlon.world.captions import unknown_words
+from arlon.world.prompts import whole_scenes
 
 # What `arlon generate` writes (the video writer's formats, without importing it and torch).
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -169,10 +170,13 @@ def timeline_of(prompts: list[str], every: int | None, file: Path | None) -> Tim
     return Timeline.of(prompts[0])
 
 
-def warn_unknown_words(timeline: Timeline) -> None:
-    """Say which words of each prompt no training caption used: the model knows nothing of them."""
+def report_prompts(timeline: Timeline) -> None:
+    """Say which words of each prompt no training caption used (the model knows nothing of them),
+    and how each prompt that states only a change is read."""
     for message in unknown_word_warnings(timeline):
         warn(message)
+    for message in reading_notes(timeline):
+        note(message)
 
 
 def unknown_word_warnings(timeline: Timeline) -> list[str]:
@@ -187,6 +191,17 @@ def unknown_word_warnings(timeline: Timeline) -> list[str]:
     return messages
 
 
+def reading_notes(timeline: Timeline) -> list[str]:
+    """How each prompt that states only a change is read: as the whole scene it asks for, which is
+    what the models are told (`arlon.world.prompts.whole_scenes`)."""
+    read = whole_scenes(timeline)
+    return [
+        f"frame {start}: {told!r} is read as {seen!r}"
+        for (start, told), (_, seen) in zip(timeline, read, strict=True)
+        if told != seen
+    ]
+
+
 def cut_prompt_warnings(timeline: Timeline, text_encoder) -> list[str]:
     """A warning for each prompt longer than the text encoder reads."""
     limit = text_encoder.max_length
@@ -199,6 +214,10 @@ def cut_prompt_warnings(timeline: Timeline, text_encoder) -> list[str]:
 
 def warn(message: str) -> None:
     print(f"arlon: warning: {message}", file=sys.stderr)
+
+
+def note(message: str) -> None:
+    print(f"arlon: {message}", file=sys.stderr)
 
 
 # -- AR sampling ----------------------------------------------------------------------------------

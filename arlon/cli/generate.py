@@ -16,10 +16,10 @@ from arlon.cli.common import (
     output_file,
     positive_float,
     positive_int,
+    report_prompts,
     seed,
     timeline_of,
     warn,
-    warn_unknown_words,
 )
 from arlon.errors import ArlonError
 
@@ -106,7 +106,7 @@ def run_generate(args: argparse.Namespace) -> None:
     if args.init_video is not None:
         input_file(args.init_video, "video to continue")
     settings = ar_settings(args, prefix="ar_")
-    warn_unknown_words(timeline)
+    report_prompts(timeline)
 
     # Only now the heavy imports (torch, diffusers): every mistake above is reported at once.
     import torch
@@ -194,7 +194,7 @@ def run_coarse(args: argparse.Namespace) -> None:
     timeline = timeline_of(args.prompt, args.switch_every, args.timeline)
     output_file(args.out, VIDEO_SUFFIXES)
     settings = ar_settings(args)
-    warn_unknown_words(timeline)
+    report_prompts(timeline)
 
     from arlon.models.ar_sampler import ARSampler, ARSampling
     from arlon.models.text_encoder import TextEncoder

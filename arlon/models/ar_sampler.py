@@ -16,7 +16,7 @@ has its own generator, so it gets the codes it would get alone; on this CPU a ba
 about 10 times one video, not 25. Classifier-free guidance runs the prompts and the null prompt as
 one batch and mixes their logits, `null + scale * (prompt - null)`; the pipeline and the CLI
 default to `GUIDANCE_SCALE`, the best scale measured on shapes-tiny (docs/RESULTS.md). Timelines
-here count token frames, not video frames (`arlon.pipeline.coarse.token_timeline` converts); the
+here count token frames, not video frames (`arlon.pipeline.coarse.read_tokens` converts); the
 sampler asks each for the prompt that starts at every token frame as it comes to it (`switch_at`),
 so a timeline that changes while the codes stream (`arlon.pipeline.coarse.LiveTokens`) directs
 them live.

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from arlon.errors import ArlonError
 from arlon.frames import to_frames
 from arlon.timeline import LiveTimeline, Timeline
+from arlon.world.prompts import whole_scenes
 
 # Token frames of the neighbouring windows each window is decoded with. On the seventh AR run's
 # 600-frame timelines, 2 gains 0.0-0.7 points of identity over 0 on three draws of it (0.3 on
@@ -49,6 +50,12 @@ def token_timeline(timeline: Timeline, temporal_ratio: int, r_t: int) -> Timelin
     return Timeline(sorted(by_start.items()))
 
 
+def read_tokens(timeline: Timeline, temporal_ratio: int, r_t: int) -> Timeline:
+    """A timeline in video frames as the AR reads it: in token frames, each prompt that states
+    only a change told as the whole scene (`whole_scenes`)."""
+    return token_timeline(whole_scenes(Timeline.of(timeline)), temporal_ratio, r_t)
+
+
 def token_start(token: int, temporal_ratio: int, r_t: int) -> int:
     """The first video frame of token frame `token` (the inverse of `token_timeline`'s mapping)."""
     return 0 if token == 0 else temporal_ratio * (token * r_t - 1) + 1
@@ -64,7 +71,7 @@ class LiveTokens:
 
     def switch_at(self, frame: int) -> str | None:
         self.live.take(token_start(frame, self.temporal_ratio, self.r_t))
-        return token_timeline(self.live.timeline, self.temporal_ratio, self.r_t).switch_at(frame)
+        return read_tokens(self.live.timeline, self.temporal_ratio, self.r_t).switch_at(frame)
 
 
 @torch.inference_mode()
@@ -120,7 +127,7 @@ def sample_codes(
     """`token_frames` token frames `(h, w)` for each of `timelines` (in video frames), drawn
     together by a sampler with one seed per timeline (`ARSampler(..., seed=[...])`); `bar`: tqdm's
     arguments for a progress bar over token frames."""
-    tokens = [token_timeline(t, temporal_ratio, r_t) for t in timelines]
+    tokens = [read_tokens(t, temporal_ratio, r_t) for t in timelines]
     frames = list(tqdm(sampler.batch_frames(tokens, token_frames), total=token_frames, **bar))
     return [[frame[i] for frame in frames] for i in range(len(timelines))]
 
@@ -133,7 +140,7 @@ def coarse_video(sampler, vq, vae, timeline: Timeline, num_frames: int) -> Itera
     code_window = sampler.model.config.code_window
     r_t = vq.ratio[0]
     windows = windows_for(num_frames, vae.temporal_ratio, r_t, code_window)
-    codes = sampler.frames(token_timeline(timeline, vae.temporal_ratio, r_t), windows * code_window)
+    codes = sampler.frames(read_tokens(timeline, vae.temporal_ratio, r_t), windows * code_window)
     return coarse_frames(codes, vq, vae, code_window, num_frames)
 
 

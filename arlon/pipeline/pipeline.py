@@ -6,7 +6,9 @@
 
 The stages, each holding a bounded window:
 
-1. the text encoder turns each prompt of the timeline into token states (cached per prompt);
+1. the text encoder turns each prompt of the timeline into token states (cached per prompt), a
+   prompt that states only a change read as the whole scene it asks for
+   (`arlon.world.prompts.whole_scenes`: "the circle turns blue" after "a red circle moves right");
 2. the AR transformer streams codes token frame by token frame (sliding window, KV cache,
    classifier-free guidance: `ARSampling`), its prefix switching at the timeline's boundaries; the
    fine VQ-VAE decodes each window of codes into the coarse latent F (with a little of the windows
@@ -58,6 +60,7 @@ from arlon.pipeline.folders import MODELS, SETTINGS, assemble, load_components
 from arlon.pipeline.threads import StageTimes, read_ahead, timed
 from arlon.timeline import LiveTimeline, Timeline
 from arlon.utils import check_seed
+from arlon.world.prompts import whole_scenes
 
 MODES = ("arlon", "baseline", "ar-only")
 
@@ -503,7 +506,7 @@ class ARLONPipeline(DiffusionPipeline):
                 last = self.vae.video_frames(k * (s - r) + s) - 1
             else:  # continued: new latent j holds frames 4j .. 4j + 3
                 last = (k + 1) * (s - r) * self.temporal_ratio - 1
-            text = self.text_encoder.encode([job.live.timeline.prompt_at(last)])
+            text = self.text_encoder.encode([whole_scenes(job.live.timeline).prompt_at(last)])
             noise = torch.randn(shape, generator=generator)
             reference = torch.zeros_like(noise)
             frame_mask = torch.zeros(1, s, dtype=torch.bool)

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import gradio as gr
 import numpy as np
 
-from arlon.cli.common import cut_prompt_warnings, unknown_word_warnings
+from arlon.cli.common import cut_prompt_warnings, reading_notes, unknown_word_warnings
 from arlon.errors import ArlonError
 from arlon.evaluation.suite import read_suite
 from arlon.models.ar_sampler import GUIDANCE_SCALE
@@ -48,6 +48,7 @@ CSS = """
 .arlon-progress .status { margin-top: .4em; opacity: .8; }
 #messages .error { color: #c0392b; font-weight: 600; }
 #messages .warning { color: #b9770e; }
+#messages .note { color: #555; }
 .arlon-strip { position: relative; height: 2.2em; border-radius: 4px; margin: .4em 0 .2em; }
 .arlon-strip .part { position: absolute; top: 0; bottom: 0; overflow: hidden; white-space: nowrap;
   font-size: .8em; padding: .45em .4em; color: #fff; border-left: 2px solid #fff; }
@@ -89,7 +90,8 @@ class Handlers:
         run = Generation(self.pipe, settings, self.workdir / f"run-{next(self._ids):04d}")
         for old in sorted(self.workdir.glob("run-*"))[:-KEEP_RUNS]:  # the page holds its copies
             shutil.rmtree(old, ignore_errors=True)
-        return _messages(warnings=warnings), queued, run, True
+        notes = reading_notes(settings.timeline)
+        return _messages(warnings=warnings, notes=notes), queued, run, True
 
     @staticmethod
     def gate(ok: bool) -> None:
@@ -393,7 +395,8 @@ def _made_html(timeline: Timeline, planned: Timeline, frames: int, fps: float) -
     )
 
 
-def _messages(error: str = "", warnings: list[str] = ()) -> str:
+def _messages(error: str = "", warnings: list[str] = (), notes: list[str] = ()) -> str:
     lines = [f'<div class="error">error: {html.escape(error)}</div>'] if error else []
     lines += [f'<div class="warning">warning: {html.escape(w)}</div>' for w in warnings]
+    lines += [f'<div class="note">{html.escape(n)}</div>' for n in notes]
     return "".join(lines)
