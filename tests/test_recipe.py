@@ -157,6 +157,11 @@ def test_dry_run_lists_every_stage_with_its_budget(tmp_path, capsys):
         ),
         ("stages:\n  a: {kind: train, stage: ar}\n", "needs 'stage' and 'preset'"),
         ("stages:\n  a: {kind: dataset}\n  b: {kind: codes, cache: a}\n", "needs 'cache' and 'vq'"),
+        (
+            "stages:\n  d: {kind: dataset}\n"
+            "  a: {kind: assemble, ar: d, vq: d, dit: d, vae: d, float16: [ar, baseline]}\n",
+            r"stores \['baseline'\] in float16, which are not its components",
+        ),
         ("stages: [1, 2]\n", "a recipe is a mapping"),
         ("stages: {a: [\n", "not valid YAML"),
     ],

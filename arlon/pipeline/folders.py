@@ -75,6 +75,11 @@ def optional_in(given: dict) -> list[str]:
     return [name for name in OPTIONAL if given.get(name)]
 
 
+def role(name: str) -> str:
+    """The role a component loads in: its name's, or an optional one's (a baseline is a DiT)."""
+    return OPTIONAL.get(name, name)
+
+
 def load_components(folder: str | Path, skip: tuple[str, ...] = ()) -> tuple[dict, dict]:
     """`(components by name, pipeline settings)` of a pipeline folder, leaving out `skip`."""
     folder = Path(folder)
@@ -101,7 +106,7 @@ def _load(sub: Path, name: str):
         if (sub / PACKAGED_TEXT_ENCODER).is_file():
             return TextEncoder.from_pretrained()
         return TextEncoder.from_pretrained(sub)
-    return load_model(sub, OPTIONAL.get(name, name))
+    return load_model(sub, role(name))
 
 
 def assemble(
@@ -125,7 +130,7 @@ def assemble(
             shutil.rmtree(out / name, ignore_errors=True)
     for name in [*MODELS, *optional_in(folders)]:
         source = Path(folders[name])
-        cls = model_class(source, OPTIONAL.get(name, name))  # the role's allow-list
+        cls = model_class(source, role(name))  # the role's allow-list
         index[name] = [cls.__module__, cls.__name__]
         if source.resolve() != (out / name).resolve():
             shutil.rmtree(out / name, ignore_errors=True)

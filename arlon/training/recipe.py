@@ -140,6 +140,14 @@ def _check(recipe: Recipe, path: Path) -> None:
         if missing:
             needs = " and ".join(repr(k) for k in REQUIRED[stage.kind])
             raise ArlonError(f"{path}: {stage.kind} stage {stage.name!r} needs {needs}")
+        if stage.kind == "assemble":
+            components = [k for k in INPUTS["assemble"] if stage.settings.get(k)]
+            unknown = [k for k in stage.settings.get("float16", ()) if k not in components]
+            if unknown:
+                raise ArlonError(
+                    f"{path}: stage {stage.name!r} stores {unknown} in float16, which are not "
+                    f"its components ({', '.join(components)})"
+                )
         seen.add(stage.name)
 
 
@@ -399,7 +407,7 @@ def _assemble(stage: Stage, out: Path) -> None:
     import torch
 
     from arlon.models.loading import model_class
-    from arlon.pipeline.folders import MODELS, OPTIONAL, SETTINGS, assemble, optional_in
+    from arlon.pipeline.folders import MODELS, SETTINGS, assemble, optional_in, role
 
     s = stage.settings
     folder = out / stage.name
@@ -408,7 +416,7 @@ def _assemble(stage: Stage, out: Path) -> None:
     for name in [*MODELS, *optional_in(s)]:
         source = out / s[name] / "model"
         if name in s.get("float16", ()):
-            cls = model_class(source, OPTIONAL.get(name, name))
+            cls = model_class(source, role(name))
             cls.from_pretrained(source, torch_dtype=torch.float16).save_pretrained(parts / name)
             source = parts / name
         components[name] = source
