@@ -28,6 +28,7 @@ from arlon.evaluation.suite import read_suite
 from arlon.models.ar_sampler import GUIDANCE_SCALE
 from arlon.serve.session import Form, Generation, Progress, Result, read_form, start_frame
 from arlon.timeline import Timeline
+from arlon.world.prompts import whole_scenes
 
 MODES = [("ARLON", "arlon"), ("baseline (DiT alone)", "baseline"), ("AR only", "ar-only")]
 # (key, name, unit) of each stage the progress panel shows
@@ -368,10 +369,12 @@ def _progress_html(
 
 
 def _made_html(timeline: Timeline, planned: Timeline, frames: int, fps: float) -> str:
-    """The prompts under the player: a strip with each switch point, then a table of them."""
+    """The prompts under the player: a strip with each switch point, then a table of them, with
+    how a prompt that states only a change was read."""
     live = set(timeline) - set(planned)
     parts, rows = [], []
-    for k, (start, prompt) in enumerate(timeline):
+    read_as = whole_scenes(timeline).prompts
+    for k, ((start, prompt), read) in enumerate(zip(timeline, read_as, strict=True)):
         if start >= frames:
             break
         end = timeline.starts[k + 1] if k + 1 < len(timeline) else frames
@@ -386,9 +389,9 @@ def _made_html(timeline: Timeline, planned: Timeline, frames: int, fps: float) -
         how = "directed live" if tag else "planned"
         rows.append(
             f'<tr data-start="{start}"><td>{start}</td><td>{start / fps:.1f} s</td><td>{how}</td>'
-            f"<td>{text}</td></tr>"
+            f'<td>{text}</td><td class="read">{"" if read == prompt else html.escape(read)}</td></tr>'
         )
-    head = "<tr><th>frame</th><th>time</th><th></th><th>prompt</th></tr>"
+    head = "<tr><th>frame</th><th>time</th><th></th><th>prompt</th><th>read as</th></tr>"
     return (
         f'<div class="arlon-strip">{"".join(parts)}</div>'
         f'<table class="arlon-switches">{head}{"".join(rows)}</table>'
