@@ -57,7 +57,7 @@ from arlon.models.ar_sampler import ARSampler, ARSampling
 from arlon.models.text_encoder import TextEncoder
 from arlon.pipeline.coarse import LiveTokens, coarse_latents, latent_frame, sample_codes
 from arlon.pipeline.folders import MODELS, SETTINGS, assemble, load_components
-from arlon.pipeline.threads import StageTimes, read_ahead, timed
+from arlon.pipeline.threads import StageTimes, counted, read_ahead, timed
 from arlon.timeline import LiveTimeline, Timeline
 from arlon.utils import check_seed
 from arlon.world.prompts import whole_scenes
@@ -477,7 +477,7 @@ class ARLONPipeline(DiffusionPipeline):
             yield self.vq.decode_codes(torch.stack(history)[None], num_frames=job.init.shape[2])
         if codes is None:
             codes = self.draw_codes(job.live, job.num_frames, ar_sampling, job.seed, history)
-        codes = _counted(codes, times, stop)
+        codes = counted(codes, times, stop)
         chunks = coarse_latents(codes, self.vq, self.ar.config.code_window, history=history)
         yield from timed(chunks, times, "ar")
 
@@ -581,17 +581,6 @@ class ARLONPipeline(DiffusionPipeline):
 
             return ARLONPipelineOutput(frames=[[Image.fromarray(f) for f in frames]])
         return ARLONPipelineOutput(frames=np.stack(frames)[None])
-
-
-def _counted(
-    codes: Iterable[torch.Tensor], times: StageTimes, stop: threading.Event
-) -> Iterator[torch.Tensor]:
-    """`codes` as they are pulled, counted in `times.token_frames`; none more once `stop` is set."""
-    for frame in codes:
-        if stop.is_set():
-            return
-        times.token_frames += 1
-        yield frame
 
 
 class _Bars:

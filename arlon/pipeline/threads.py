@@ -6,7 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +64,15 @@ def timed(items: Iterator, times, field: str) -> Iterator:
 
 
 _END = object()
+
+
+def counted(codes: Iterable, times: StageTimes, stop: threading.Event) -> Iterator:
+    """`codes` as they are pulled, counted in `times.token_frames`; none more once `stop` is set."""
+    for frame in codes:
+        if stop.is_set():
+            return
+        times.token_frames += 1
+        yield frame
 
 
 def read_ahead(items: Iterator, depth: int = 1, closed: threading.Event | None = None) -> Iterator:
