@@ -97,16 +97,21 @@ def test_save_and_load_round_trip(pipe, folder):
     assert np.array_equal(loaded(PROMPT, **settings).frames, pipe(PROMPT, **settings).frames)
 
 
-def test_a_timeline_switch_reaches_the_ar_and_the_dit(pipe, monkeypatch):
-    second = "a blue square moves up on a gray background"
-    ar_prompts, dit_states = [], []
-    original = ARSampler._prefix
+def _ar_prompts(monkeypatch) -> list[str]:
+    """The prompts the AR sampler is told from now on, in order, as it reads them."""
+    told, original = [], ARSampler._prefix
 
     def prefix(self, prompts):
-        ar_prompts.extend(prompts)
+        told.extend(prompts)
         return original(self, prompts)
 
     monkeypatch.setattr(ARSampler, "_prefix", prefix)
+    return told
+
+
+def test_a_timeline_switch_reaches_the_ar_and_the_dit(pipe, monkeypatch):
+    second = "a blue square moves up on a gray background"
+    ar_prompts, dit_states = _ar_prompts(monkeypatch), []
     forward = pipe.dit.forward
 
     def spy(x, timestep, text_states=None, text_mask=None, **kwargs):
@@ -127,14 +132,7 @@ def test_a_prompt_that_states_a_change_is_read_as_the_whole_scene(pipe, monkeypa
     """A change after PROMPT ("the circle turns blue"): the AR and the DiT are told the scene it asks for,
     so the video is the one the whole scene makes."""
     whole = "A blue circle moves right on a black background"
-    ar_prompts = []
-    original = ARSampler._prefix
-
-    def prefix(self, prompts):
-        ar_prompts.extend(prompts)
-        return original(self, prompts)
-
-    monkeypatch.setattr(ARSampler, "_prefix", prefix)
+    ar_prompts = _ar_prompts(monkeypatch)
     videos = [
         pipe(
             timeline=[(0, PROMPT), (12, second)],
