@@ -6,7 +6,7 @@ import torch
 from arlon.errors import ArlonError
 from arlon.models.ar_decoder import ARDecoder
 from arlon.models.ar_sampler import ARSampler, ARSampling, sample_logits
-from arlon.models.ar_transformer import ARTransformer, ar_transformer
+from arlon.models.ar_transformer import ARTransformer, ar_transformer, level_nll
 from arlon.models.text_encoder import TextEncoder
 
 
@@ -303,6 +303,25 @@ def test_fsq_codes_are_embedded_and_predicted_level_by_level():
     both = ar_transformer("smoke", codebook_size=1000, code_levels=levels, code_head="levels+joint")
     both.head.proj.load_state_dict(model.head.proj.state_dict())
     assert torch.allclose(both.head(x), model.head(x) + both.head.joint(x), atol=1e-6)
+
+
+def test_by_level_loss_is_the_cross_entropy_over_every_code():
+    """Trained by level, the loss and accuracy are those over all prod(levels) codes, without
+    their logits: the head's distribution is the product of the dimensions'."""
+    levels = [4, 4, 4]
+    model = ar_transformer("smoke", code_levels=levels).eval()
+    x = codes()
+    with torch.no_grad():
+        logits = model(None, None, x)  # (B, N, 64)
+        nll, right = level_nll(model(None, None, x, by_level=True), x.flatten(1), levels)
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x.flatten(1), reduction="none")
+    assert torch.allclose(nll, ce, atol=1e-5)
+    assert torch.equal(right, logits.argmax(-1) == x.flatten(1))
+    joint = ar_transformer("smoke", code_levels=levels, code_head="levels+joint")
+    with pytest.raises(ArlonError, match="by level alone"):
+        joint(None, None, x, by_level=True)
+    with pytest.raises(ArlonError, match="need a by-level head"):
+        ar_transformer("smoke")(None, None, x, by_level=True)
 
 
 def test_sample_logits():

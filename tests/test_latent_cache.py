@@ -221,8 +221,8 @@ def test_ar_code_noise_changes_what_the_model_reads_not_what_it_predicts(dataset
     model = stage.build_model(cfg).eval()  # no dropout: the loss is a function of what it reads
     read = []
     forward = model.forward
-    model.forward = lambda text, mask, codes, first: (
-        read.append(codes) or forward(text, mask, codes, first)
+    model.forward = lambda text, mask, codes, first, by_level: (
+        read.append(codes) or forward(text, mask, codes, first, by_level)
     )
     torch.manual_seed(0)
     stage.loss(model, batch, cfg)
@@ -234,7 +234,7 @@ def test_ar_code_noise_changes_what_the_model_reads_not_what_it_predicts(dataset
     assert 0.15 < changed < 0.3  # 30% redrawn, a few of them to the same code
     assert torch.equal(batch["codes"], truth)  # the targets stay the true codes
     model.forward = forward
-    logits = stage._logits(model, {**batch, "codes": read[-1]}, cfg, dropout=0.0)
+    logits = stage._logits(model, {**batch, "codes": read[-1]}, cfg, 0.0, 0.0, by_level=False)
     codes, weights = stage._targets(batch)
     ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), codes, reduction="none")
     assert loss.item() == pytest.approx(((ce * weights).sum() / weights.sum()).item(), rel=1e-5)

@@ -173,13 +173,37 @@ class FSQHead(_FSQLevels):
         self.proj = nn.Linear(hidden_size, sum(levels), bias=False)
         self.joint = nn.Linear(hidden_size, math.prod(levels), bias=False) if joint else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, by_level: bool = False) -> torch.Tensor:
+        """Logits `(..., K)`; `by_level`: each dimension's `(..., sum(levels))` instead, which
+        `level_nll` scores without the K logits (training: K times the dimensions' work saved)."""
+        if by_level:
+            if self.joint is not None:
+                raise ArlonError("a head with a logit per code has no logits by level alone")
+            return self.proj(x)
         joint = 0 if self.joint is None else self.joint(x)
         rows, levels = x[..., 0].numel(), self.rows.shape[1]
         if rows * levels < x.shape[-1]:  # decoding a code or a few: gather the levels' logits
             return self.proj(x)[..., self.rows].sum(-1) + joint  # (..., K)
         # many rows (training): the head is linear, one (K, C) weight, not a (..., K, D) gather
         return F.linear(x, self.proj.weight[self.rows].sum(1)) + joint
+
+
+def level_nll(
+    logits: torch.Tensor, codes: torch.Tensor, levels: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A by-level head's logits `(B, N, sum(levels))` and codes `(B, N)` -> each code's negative
+    log-likelihood `(B, N)`, the cross-entropy over all prod(levels) codes (their distribution is the
+    product of the dimensions'), and whether it is the likeliest code (every dimension's likeliest
+    level is its own) `(B, N)`."""
+    nll = torch.zeros(codes.shape, dtype=logits.dtype, device=logits.device)
+    right = torch.ones(codes.shape, dtype=torch.bool, device=codes.device)
+    basis = 1
+    for logit, size in zip(logits.split(list(levels), dim=-1), levels, strict=True):
+        level = codes // basis % size
+        nll = nll + F.cross_entropy(logit.transpose(1, 2), level, reduction="none")
+        right &= logit.argmax(-1) == level
+        basis *= size
+    return nll, right
 
 
 # ------------------------------------------------------------------------------------------------
@@ -323,9 +347,10 @@ class ARTransformer(ModelMixin, ConfigMixin):
     # -- forward ----------------------------------------------------------------------------------
 
     def forward_embeddings(
-        self, x: torch.Tensor, cache: KVCache | None = None, start: int = 0
+        self, x: torch.Tensor, cache: KVCache | None = None, start: int = 0, by_level: bool = False
     ) -> torch.Tensor:
-        """Embeddings `(B, N, C)` at positions `start..start+N-1` -> logits `(B, N, K)`.
+        """Embeddings `(B, N, C)` at positions `start..start+N-1` -> logits `(B, N, K)`
+        (`by_level`: a by-level head's `(B, N, sum(levels))`, see `FSQHead`).
 
         With a cache, its `length` must equal `start`: the keys and values are appended to it.
         """
@@ -342,7 +367,8 @@ class ARTransformer(ModelMixin, ConfigMixin):
             x = block(x, cos, sin, cache, i)
         if cache is not None:
             cache.length += x.shape[1]
-        return self.head(self.norm_out(x))  # (B, N, K)
+        x = self.norm_out(x)
+        return self.head(x, by_level) if by_level else self.head(x)  # (B, N, K)
 
     def forward(
         self,
@@ -350,9 +376,11 @@ class ARTransformer(ModelMixin, ConfigMixin):
         text_mask: torch.Tensor | None,
         codes: torch.Tensor,
         first_frame: torch.Tensor | int = 0,
+        by_level: bool = False,
     ) -> torch.Tensor:
         """Teacher-forced logits: codes `(B, t, h, w)` (t <= max_frames) whose first token frame is
-        frame `first_frame` of its video -> logits `(B, t*h*w, K)`, entry i predicting code i."""
+        frame `first_frame` of its video -> logits `(B, t*h*w, K)`, entry i predicting code i
+        (`by_level`: a by-level head's, `(B, t*h*w, sum(levels))`, for `level_nll`)."""
         b, t, h, w = codes.shape
         cfg = self.config
         if (h, w) != (cfg.frame_height, cfg.frame_width) or t > cfg.max_frames:
@@ -368,7 +396,9 @@ class ARTransformer(ModelMixin, ConfigMixin):
             ],
             dim=1,
         )  # (B, P + 1 + N - 1, C)
-        logits = self.forward_embeddings(x)
+        if by_level and not isinstance(self.head, FSQHead):
+            raise ArlonError("by-level logits need a by-level head (code_levels)")
+        logits = self.forward_embeddings(x, by_level=by_level)
         return logits[:, cfg.max_text_tokens :]  # (B, N, K): from BOS on
 
 

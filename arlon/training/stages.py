@@ -25,7 +25,7 @@ from arlon.data.world_clips import WorldClips
 from arlon.diffusion.rectified_flow import flow_loss, resolution_shift
 from arlon.errors import ArlonError
 from arlon.frames import psnr
-from arlon.models.ar_transformer import AR_PRESETS, ar_transformer
+from arlon.models.ar_transformer import AR_PRESETS, ar_transformer, level_nll
 from arlon.models.latent_vqvae import latent_vqvae
 from arlon.models.stdit import INJECTION_PRESETS, STDiT, stdit
 from arlon.models.text_encoder import TextEncoder
@@ -268,7 +268,18 @@ class ARStage(_CacheStage):
         )
         return ar_transformer(cfg.preset, **{**sizes, **cfg.model})
 
-    def _logits(self, model, batch, cfg: TrainConfig, dropout: float, noise: float = 0.0):
+    @staticmethod
+    def _levels(cfg: TrainConfig) -> list[int] | None:
+        """An FSQ codebook's levels when the head predicts by level alone (no logit per code): the
+        loss is then taken dimension by dimension, without the codebook's logits."""
+        model = {**AR_PRESETS[cfg.preset], **cfg.model}
+        if model.get("code_levels") is None or model.get("code_head", "levels") != "levels":
+            return None
+        return list(model["code_levels"])
+
+    def _logits(
+        self, model, batch, cfg: TrainConfig, dropout: float, noise: float, by_level: bool
+    ) -> torch.Tensor:
         text = self.text_encoder(cfg).encode(list(batch["caption"]))
         codes = batch["codes"]
         device = codes.device
@@ -280,7 +291,20 @@ class ARStage(_CacheStage):
             codebook = self._windows(cfg, held_out=False).cache.codebook_size
             drawn = torch.randint_like(codes, codebook)
             codes = torch.where(torch.rand(codes.shape, device=device) < noise, drawn, codes)
-        return model(text.states.to(device), mask, codes, batch["first_frame"])
+        return model(text.states.to(device), mask, codes, batch["first_frame"], by_level)
+
+    def _scores(self, model, batch, cfg: TrainConfig, dropout: float, noise: float = 0.0):
+        """Each code's negative log-likelihood and whether it was the likeliest, and which codes
+        are targets, all `(B, N)`."""
+        levels = self._levels(cfg)
+        logits = self._logits(model, batch, cfg, dropout, noise, levels is not None).float()
+        codes, weights = self._targets(batch)
+        if levels is not None:
+            ce, right = level_nll(logits, codes, levels)
+        else:
+            ce = F.cross_entropy(logits.transpose(1, 2), codes, reduction="none")
+            right = logits.argmax(-1) == codes
+        return ce, right, weights
 
     @staticmethod
     def _targets(batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -292,13 +316,11 @@ class ARStage(_CacheStage):
 
     def loss(self, model, batch, cfg: TrainConfig):
         data = {**self.DEFAULTS, **cfg.data}
-        logits = self._logits(  # (B, N, K)
+        ce, right, weights = self._scores(
             model, batch, cfg, data["caption_dropout"], data["code_noise"]
-        ).float()
-        codes, weights = self._targets(batch)
-        ce = F.cross_entropy(logits.transpose(1, 2), codes, reduction="none")  # (B, N)
+        )
         loss = (ce * weights).sum() / weights.sum()
-        accuracy = ((logits.argmax(-1) == codes).float() * weights).sum() / weights.sum()
+        accuracy = (right.float() * weights).sum() / weights.sum()
         return loss, {"accuracy": accuracy.item()}
 
     @torch.no_grad()
@@ -309,11 +331,9 @@ class ARStage(_CacheStage):
         nll, right, total = 0.0, 0, 0
         for first in range(0, len(picks), 32):
             batch = default_collate([windows[i] for i in picks[first : first + 32]])
-            logits = self._logits(model, batch, cfg, dropout=0.0).float()
-            codes, weights = self._targets(batch)
-            ce = F.cross_entropy(logits.transpose(1, 2), codes, reduction="none")
+            ce, hit, weights = self._scores(model, batch, cfg, dropout=0.0)
             nll += (ce * weights).sum().item()
-            right += ((logits.argmax(-1) == codes) & weights).sum().item()
+            right += (hit & weights).sum().item()
             total += weights.sum().item()
         return {"accuracy_heldout": right / total, "perplexity_heldout": math.exp(nll / total)}
 
