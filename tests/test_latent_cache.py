@@ -14,6 +14,7 @@ from arlon.data.latent_cache import (
     LatentCache,
     LatentWindows,
     build_cache,
+    code_dtype,
     encode_video,
     vq_many,
     vq_windows,
@@ -316,6 +317,20 @@ def test_codes_of_many_videos_at_once_equal_each_videos_own(models):
             assert torch.allclose(
                 got["coarse"].float(), alone["coarse"].float(), atol=2e-3, rtol=1e-3
             )
+
+
+def test_codes_of_a_large_codebook_are_kept_whole():
+    """Codes past int16 (an FSQ codebook of 8^6 codes) are stored as they are, not wrapped."""
+
+    class Large:
+        codebook_size = 8**6
+
+        def encode(self, x):
+            return torch.full((x.shape[0], x.shape[2], 2, 2), self.codebook_size - 1)
+
+    (got,) = vq_many([torch.randn(4, 3, 4, 4)], 3, Large())
+    assert got["codes"].min().item() == Large.codebook_size - 1
+    assert code_dtype(1000) == torch.int16 and code_dtype(2**15) == torch.int16
 
 
 def test_append_grows_a_cache_as_one_build_would(dataset, models, tmp_path, capsys):

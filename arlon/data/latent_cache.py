@@ -79,6 +79,12 @@ def vq_windows(
     return vq_many([latents], window, fine, coarse)[0]
 
 
+def code_dtype(codebook_size: int) -> torch.dtype:
+    """The cache's integer type for codes of a codebook: int16 (half of int32's memory for the
+    AR's windows) where every code fits in it."""
+    return torch.int16 if codebook_size <= torch.iinfo(torch.int16).max + 1 else torch.int32
+
+
 @torch.inference_mode()
 def vq_many(
     latents: list[torch.Tensor], window: int, fine=None, coarse=None, batch_size: int = 8
@@ -100,7 +106,7 @@ def vq_many(
         counts = [len(windows[i]) for i in members]
         batches = torch.cat([windows[i] for i in members]).split(batch_size)
         if fine is not None:
-            codes = torch.cat([fine.encode(b) for b in batches]).to(torch.int16)
+            codes = torch.cat([fine.encode(b) for b in batches]).to(code_dtype(fine.codebook_size))
             for i, part in zip(members, codes.split(counts), strict=True):
                 results[i]["codes"] = part  # (n, t, h', w')
         if coarse is not None:
