@@ -383,6 +383,8 @@ class ARTransformer(ModelMixin, ConfigMixin):
         (`by_level`: a by-level head's, `(B, t*h*w, sum(levels))`, for `level_nll`)."""
         b, t, h, w = codes.shape
         cfg = self.config
+        if by_level and not isinstance(self.head, FSQHead):
+            raise ArlonError("by-level logits need a by-level head (code_levels)")
         if (h, w) != (cfg.frame_height, cfg.frame_width) or t > cfg.max_frames:
             raise ArlonError(
                 f"codes {tuple(codes.shape)} do not fit: token frames are "
@@ -396,8 +398,6 @@ class ARTransformer(ModelMixin, ConfigMixin):
             ],
             dim=1,
         )  # (B, P + 1 + N - 1, C)
-        if by_level and not isinstance(self.head, FSQHead):
-            raise ArlonError("by-level logits need a by-level head (code_levels)")
         logits = self.forward_embeddings(x, by_level=by_level)
         return logits[:, cfg.max_text_tokens :]  # (B, N, K): from BOS on
 
