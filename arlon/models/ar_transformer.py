@@ -135,17 +135,21 @@ class DecoderBlock(nn.Module):
 # ------------------------------------------------------------------------------------------------
 
 
+def fsq_levels(codes: torch.Tensor, levels: list[int]) -> torch.Tensor:
+    """Codes `(...)` of an FSQ codebook with `levels` (L_1, ..., L_D) -> each code's level in every
+    dimension `(..., D)`: code k = sum_d l_d * prod(L_<d) (vector-quantize-pytorch's order)."""
+    basis = torch.tensor([math.prod(levels[:d]) for d in range(len(levels))], device=codes.device)
+    return codes[..., None] // basis % torch.tensor(levels, device=codes.device)
+
+
 class _FSQLevels(nn.Module):
-    """Each code of an FSQ codebook as its level in every dimension: `levels` (L_1, ..., L_D), code
-    k = sum_d l_d * prod(L_<d) (vector-quantize-pytorch's order), level l_d of dimension d at row
-    `offset_d + l_d` of a table of sum(levels) rows."""
+    """Each code of an FSQ codebook as its level in every dimension (`fsq_levels`), level l_d of
+    dimension d at row `offset_d + l_d` of a table of sum(levels) rows."""
 
     def __init__(self, levels: list[int]):
         super().__init__()
-        basis = torch.tensor([math.prod(levels[:d]) for d in range(len(levels))])
         offsets = torch.tensor([sum(levels[:d]) for d in range(len(levels))])
-        codes = torch.arange(math.prod(levels))[:, None]
-        rows = codes // basis % torch.tensor(levels) + offsets  # (K, D)
+        rows = fsq_levels(torch.arange(math.prod(levels)), levels) + offsets  # (K, D)
         self.register_buffer("rows", rows, persistent=False)
 
 
@@ -197,12 +201,10 @@ def level_nll(
     level is its own) `(B, N)`."""
     nll = torch.zeros(codes.shape, dtype=logits.dtype, device=logits.device)
     right = torch.ones(codes.shape, dtype=torch.bool, device=codes.device)
-    basis = 1
-    for logit, size in zip(logits.split(list(levels), dim=-1), levels, strict=True):
-        level = codes // basis % size
+    targets = fsq_levels(codes, levels).unbind(-1)
+    for logit, level in zip(logits.split(list(levels), dim=-1), targets, strict=True):
         nll = nll + F.cross_entropy(logit.transpose(1, 2), level, reduction="none")
         right &= logit.argmax(-1) == level
-        basis *= size
     return nll, right
 
 
