@@ -5,8 +5,8 @@ import torch
 
 from arlon.errors import ArlonError
 from arlon.models.ar_decoder import ARDecoder
-from arlon.models.ar_sampler import ARSampler, ARSampling, sample_logits
-from arlon.models.ar_transformer import ARTransformer, ar_transformer, level_nll
+from arlon.models.ar_sampler import ARSampler, ARSampling, sample_levels, sample_logits
+from arlon.models.ar_transformer import ARTransformer, FSQHead, ar_transformer, level_nll
 from arlon.models.text_encoder import TextEncoder
 
 
@@ -250,10 +250,10 @@ def test_prompt_switch_changes_the_prefix_and_keeps_the_history(model, text_enco
     refills = []
     forward = ARTransformer.forward_embeddings
 
-    def spy(self, x, cache=None, start=0):
+    def spy(self, x, cache=None, start=0, by_level=False):
         if x.shape[1] > 1:
             refills.append((start, x.clone()))
-        return forward(self, x, cache, start)
+        return forward(self, x, cache, start, by_level)
 
     monkeypatch.setattr(ARTransformer, "forward_embeddings", spy)
     timeline = [(0, "a red circle"), (3, "a blue square")]
@@ -332,6 +332,21 @@ def test_sample_logits():
     assert sample_logits(logits, top_p=0.01, generator=g).tolist() == [1, 0]
     draws = torch.stack([sample_logits(logits, top_k=2, generator=g) for _ in range(200)])
     assert set(draws[:, 0].tolist()) == {1, 3}  # only the two likeliest
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+def test_drawing_by_level_draws_the_codebooks_code(temperature):
+    """A by-level head's code drawn dimension by dimension is the one drawn from its prod(levels)
+    logits with the same uniform number (up to float rounding at the bins' edges)."""
+    levels = [8, 5, 5, 5]
+    head = FSQHead(16, levels)
+    x = 3 * torch.randn(4000, 16, generator=torch.Generator().manual_seed(0))
+    uniform = torch.rand(4000, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        joint = sample_logits(head(x), temperature, uniform=uniform)
+        by_level = sample_levels(head(x, by_level=True), levels, temperature, uniform=uniform)
+    assert (by_level == joint).float().mean() > 0.999
+    assert joint.unique().numel() > (200 if temperature else 1)  # many codes, not a few
 
 
 def test_save_load_round_trip(model, tmp_path):

@@ -73,11 +73,16 @@ class ARDecoder:
 
     @torch.inference_mode()
     def __call__(
-        self, x: torch.Tensor, cache: KVCache, start: int, every: bool = False
+        self,
+        x: torch.Tensor,
+        cache: KVCache,
+        start: int,
+        every: bool = False,
+        by_level: bool = False,
     ) -> torch.Tensor:
         """Embeddings `(B, N, C)` at positions `start..start+N-1`, appended to `cache` (whose
         `length` must be `start`) -> the logits of the last position `(B, K)`, or of every
-        position `(B, N, K)`."""
+        position `(B, N, K)` (`by_level`: a by-level head's, `sum(levels)` of them, see `FSQHead`)."""
         if cache.length != start:
             raise ArlonError(f"the KV cache holds {cache.length} positions, not {start}")
         b, n, c = x.shape
@@ -102,5 +107,6 @@ class ARDecoder:
             x = x + (F.silu(hidden @ gate_w) * (hidden @ up_w)) @ down_w
         cache.length = end
         # the head over every position, as the model's forward: one row alone rounds differently
-        logits = self.model.head(self.model.norm_out(x))
+        x = self.model.norm_out(x)
+        logits = self.model.head(x, by_level) if by_level else self.model.head(x)
         return logits if every else logits[:, -1]

@@ -33,6 +33,7 @@ enough to change codes, so there the lookahead's codes are its own).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -41,7 +42,7 @@ import torch
 
 from arlon.errors import ArlonError
 from arlon.models.ar_decoder import ARDecoder
-from arlon.models.ar_transformer import ARTransformer, KVCache
+from arlon.models.ar_transformer import ARTransformer, FSQHead, KVCache
 from arlon.timeline import Timeline
 
 # Classifier-free guidance on the AR by default: on shapes-tiny, scale 3 beats 1, 2 and 5 on every
@@ -125,6 +126,43 @@ def sample_logits(
     return torch.searchsorted(cdf, target).clamp_max_(probs.shape[-1] - 1).squeeze(-1)
 
 
+def sample_levels(
+    logits: torch.Tensor,
+    levels: list[int],
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    uniform: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One code per row of a by-level head's logits `(B, sum(levels))` -> `(B,)` long: the code that
+    `sample_logits` draws with the same uniform number from the codebook's logits (each code's the
+    sum of its levels', `FSQHead`), drawn from sum(levels) numbers instead of prod(levels).
+
+    The codebook's distribution is the product of the dimensions', and in the codes' order the last
+    dimension is the most significant (`fsq_levels`); so inverting its cumulative distribution picks
+    the last dimension's level by inverting that dimension's, then the next one's with the uniform
+    number rescaled to the span of the level picked, and so on (up to float rounding)."""
+    per_level = logits.float().split(list(levels), dim=-1)
+    if temperature == 0:  # the likeliest code: every dimension's likeliest level
+        picked = [logit.argmax(-1) for logit in per_level]
+    else:
+        per_level = [logit / temperature for logit in per_level]
+        if uniform is None:
+            uniform = torch.rand(logits.shape[0], generator=generator, device=logits.device)
+        target = 1 - uniform  # in (0, 1]: where the draw falls in what is left
+        picked = [None] * len(levels)
+        for d in reversed(range(len(levels))):
+            probs = per_level[d].softmax(-1)
+            cdf = probs.cumsum(-1)
+            point = (target * cdf[:, -1])[:, None]
+            level = torch.searchsorted(cdf, point).clamp_max_(levels[d] - 1)
+            width = probs.gather(-1, level)
+            below = cdf.gather(-1, level) - width
+            target = ((point - below) / width).clamp_(0, 1).squeeze(-1)
+            picked[d] = level.squeeze(-1)
+    basis = [math.prod(levels[:d]) for d in range(len(levels))]
+    return sum(level * b for level, b in zip(picked, basis, strict=True))
+
+
 class ARSampler:
     """Streams codes from an `ARTransformer` for a prompt timeline (in token frames), or for a batch
     of timelines at once (one seed each: `seed=[...]`, and `batch_frames`).
@@ -163,6 +201,13 @@ class ARSampler:
         self.cache: KVCache | None = model.new_cache(self.batch) if use_cache else None
         self.decoder = ARDecoder(model) if use_cache and fast else None
         self.prefix_logits: torch.Tensor | None = None  # the first code's, after the prefix alone
+        # A by-level head's codes are drawn by level (`sample_levels`: its sum(levels) logits, not
+        # prod(levels)), unless top-k or top-p must rank the whole codebook.
+        head = model.head
+        by_level = isinstance(head, FSQHead) and head.joint is None
+        self.levels = (
+            head.levels if by_level and sampling.top_k == 0 and sampling.top_p == 1 else None
+        )
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -183,8 +228,11 @@ class ARSampler:
             cond, null = logits[: self.videos], logits[self.videos :]
             logits = null + self.sampling.guidance_scale * (cond - null)
         s = self.sampling
-        rows = logits.flatten(0, -2)
-        codes = sample_logits(rows, s.temperature, s.top_k, s.top_p, uniform=uniform.flatten())
+        rows, uniform_rows = logits.flatten(0, -2), uniform.flatten()
+        if self.levels is not None:
+            codes = sample_levels(rows, self.levels, s.temperature, uniform=uniform_rows)
+        else:
+            codes = sample_logits(rows, s.temperature, s.top_k, s.top_p, uniform=uniform_rows)
         return codes.view(uniform.shape)
 
     def _embed(self, codes: list[torch.Tensor], first_frame: int) -> torch.Tensor:
@@ -195,10 +243,11 @@ class ARSampler:
 
     def _forward(self, x: torch.Tensor, every: bool = False) -> torch.Tensor:
         """Embeddings `(batch, N, C)` appended to the cache -> the last position's logits
-        `(batch, K)`, or every position's `(batch, N, K)`."""
+        `(batch, K)`, or every position's `(batch, N, K)` (K: sum(levels) when drawn by level)."""
+        by_level = self.levels is not None
         if self.decoder is not None:
-            return self.decoder(x, self.cache, self.cache.length, every)
-        logits = self.model.forward_embeddings(x, self.cache, self.cache.length)
+            return self.decoder(x, self.cache, self.cache.length, every, by_level)
+        logits = self.model.forward_embeddings(x, self.cache, self.cache.length, by_level)
         return logits if every else logits[:, -1]
 
     def _embed_run(self, codes: torch.Tensor, first_cell: int, frame: int) -> torch.Tensor:
@@ -353,9 +402,8 @@ class ARSampler:
                 frame: list[torch.Tensor] = []  # (videos, 1) each
                 for j in range(per_frame):
                     x = torch.cat([prefix, self._embed([*context, *frame], first)], dim=1)
-                    frame.append(
-                        self._next(model.forward_embeddings(x)[:, -1], uniform[:, j])[:, None]
-                    )
+                    logits = model.forward_embeddings(x, by_level=self.levels is not None)
+                    frame.append(self._next(logits[:, -1], uniform[:, j])[:, None])
                 codes = torch.cat(frame, dim=1)  # (videos, h * w)
             context.append(codes)
             yield codes.view(self.videos, cfg.frame_height, cfg.frame_width)

@@ -148,6 +148,7 @@ class _FSQLevels(nn.Module):
 
     def __init__(self, levels: list[int]):
         super().__init__()
+        self.levels = list(levels)
         offsets = torch.tensor([sum(levels[:d]) for d in range(len(levels))])
         rows = fsq_levels(torch.arange(math.prod(levels)), levels) + offsets  # (K, D)
         self.register_buffer("rows", rows, persistent=False)
