@@ -229,6 +229,28 @@ def test_ar_only_and_arlon_share_the_ar_codes(folder, tmp_path, monkeypatch):
     assert len(drawn) == 2  # two videos, each drawn once
 
 
+def test_true_tokens_stand_in_for_the_ar_and_draw_the_scene(tmp_path, monkeypatch):
+    """With true tokens, each video is its own held-out scene rendered and encoded: the AR draws
+    nothing, and the embedded decoders draw the asked objects from them (the chain's ceiling)."""
+    from arlon.weights import ROOT
+
+    def no_ar(*args, **kwargs):
+        raise AssertionError("the AR draws no tokens when the true ones are given")
+
+    monkeypatch.setattr(ARLONPipeline, "sample_codes", no_ar)
+    pipe = ARLONPipeline.from_pretrained(ROOT)
+    plan = SuitePlan(modes=("ar-only",), frames=33, videos=3, tokens="truth")
+    summary = run_suite(pipe, read_suite("short"), plan, tmp_path / "truth", progress=False)
+    (run,) = summary["runs"]
+    assert run["videos"] == run["world_videos"] == 3 and run["object_accuracy"] >= 0.8
+    mine = tmp_path / "mine.txt"
+    mine.write_text(SUITE)
+    with pytest.raises(ArlonError, match="held-out scenes"):
+        run_suite(pipe, read_suite(mine), plan, tmp_path / "mine", progress=False)
+    with pytest.raises(ArlonError, match="tokens are ar or truth"):
+        SuitePlan(tokens="oracle")
+
+
 def test_eval_suite_cli(folder, tmp_path, capsys):
     path = tmp_path / "mine.txt"
     path.write_text(SUITE)

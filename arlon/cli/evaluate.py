@@ -80,6 +80,13 @@ def _add_suite_args(p: argparse.ArgumentParser) -> None:
         help="instead of every mode x steps x guidance: exactly this run, repeatable (ar-only, "
         "arlon@5, baseline@30:g4, arlon@5:s0.6: the last 3 of 5 steps, from the AR's latent)",
     )
+    p.add_argument(
+        "--tokens",
+        choices=("ar", "truth"),
+        default="ar",
+        help="ar: the AR draws the tokens (default); truth: each video's own scene, rendered and "
+        "encoded, in place of the AR's (the chain's ceiling; suites of held-out scenes only)",
+    )
     p.add_argument("--frames", type=positive_int, help="frames per video (default: the suite's)")
     p.add_argument("--videos", type=positive_int, help="only the first N videos of the suite")
     p.add_argument("--model", type=Path, help=MODEL_HELP)
@@ -121,6 +128,7 @@ def run_suite(args: argparse.Namespace) -> None:
         args.videos,
         args.suite_batch,
         tuple(Run(*run) for run in args.runs or ()),
+        args.tokens,
     )
     backbone = vbench.load_backbone(args.backbone, args.backbone_path)
     summary = run(

@@ -8,7 +8,9 @@
 Three modes are compared on the same videos (video i from seed i): ARLON, the baseline DiT, and
 AR-only (the AR's codes decoded without the DiT, which shows what the DiT adds); ARLON and AR-only
 share the AR's codes. The DiT's runs are made at every step count and text-guidance scale asked,
-so each mode can be judged at its best guidance.
+so each mode can be judged at its best guidance. With true tokens (`SuitePlan.tokens="truth"`, the
+world's held-out suites only) each video's own scene, rendered and encoded, stands in for the AR's
+tokens: what the decoders make of a perfect AR's, the chain's ceiling.
 
 Each video is scored with the world metrics (when its prompts are in the world's vocabulary: other
 prompts, such as VBench's, still run and get the VBench-style dimensions only), each world metric
@@ -53,9 +55,21 @@ from arlon.timeline import Timeline
 from arlon.utils import atomic_path
 from arlon.world.captions import describe, describe_change
 from arlon.world.metrics import Expected, score_video
+from arlon.world.render import render_states
 from arlon.world.simulate import random_episode
 
 SUITES = Path(__file__).parent / "suites"
+# The packaged suites made of the world's held-out episodes: (seed, whether they have events).
+# Their true tokens (`SuitePlan.tokens`) are those episodes rendered and encoded.
+SCENES = {
+    "short": (HELDOUT_SEED, False),
+    "everyday": (HELDOUT_SEED, False),
+    "paraphrase": (HELDOUT_SEED, False),
+    "long-600": (HELDOUT_SEED + 1, True),
+    "stories": (HELDOUT_SEED + 5, True),
+    "long-2400": (HELDOUT_SEED + 3, True),
+}
+TOKENS = ("ar", "truth")
 
 
 @dataclass
@@ -172,21 +186,21 @@ def build_packaged_suites() -> dict[str, str]:
         "short": text(
             "50 prompts in the world's canonical words (held-out scenes)",
             120,
-            prompts(HELDOUT_SEED, 50, "canonical"),
+            prompts(SCENES["short"][0], 50, "canonical"),
             "\n",
         ),
         "everyday": text(
             "the 50 scenes of `short` in everyday words and sentence shapes of the training "
             "vocabulary, never the canonical ones",
             120,
-            prompts(HELDOUT_SEED, 50, "everyday"),
+            prompts(SCENES["everyday"][0], 50, "everyday"),
             "\n",
         ),
         "paraphrase": text(
             "the 50 scenes of `short` in evaluation-only words and sentence shapes (never in a "
             "training caption)",
             120,
-            prompts(HELDOUT_SEED, 50, "eval-only"),
+            prompts(SCENES["paraphrase"][0], 50, "eval-only"),
             "\n",
         ),
         "static": text(
@@ -198,20 +212,20 @@ def build_packaged_suites() -> dict[str, str]:
         "long-600": text(
             "20 timelines with caption changes, 600 frames",
             600,
-            timelines(HELDOUT_SEED + 1, 20, 600),
+            timelines(SCENES["long-600"][0], 20, 600),
             "\n\n",
         ),
         "stories": text(
             "20 stories of 600 frames: later prompts state only the change ('the circle turns "
             "blue'); what they do not mention must stay as it was",
             600,
-            timelines(HELDOUT_SEED + 5, 20, 600, changes=True),
+            timelines(SCENES["stories"][0], 20, 600, changes=True),
             "\n\n",
         ),
         "long-2400": text(
             "10 timelines with caption changes, 2,400 frames",
             2400,
-            timelines(HELDOUT_SEED + 3, 10, 2400),
+            timelines(SCENES["long-2400"][0], 10, 2400),
             "\n\n",
         ),
     }
@@ -309,8 +323,13 @@ class SuitePlan:
     videos: int | None = None
     batch: int = 25  # videos whose AR codes are drawn together
     only: tuple[Run, ...] = ()
+    # "truth": each video's true tokens (its scene rendered, through the VAE's and the VQ-VAE's
+    # encoders) in place of the AR's: what the decoders make of a perfect AR's, the chain's ceiling
+    tokens: str = "ar"
 
     def __post_init__(self):
+        if self.tokens not in TOKENS:
+            raise ArlonError(f"tokens are {' or '.join(TOKENS)}, got {self.tokens!r}")
         for mode in (*self.modes, *(run.mode for run in self.only)):
             if mode not in MODES:
                 raise ArlonError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
@@ -350,6 +369,8 @@ def run_suite(
         Timeline([(s, p) for s, p in t if s < frames]) for t in suite.videos[: plan.videos]
     ]
     settings = {"suite": suite.name, "frames": frames, "backbone": backbone.name}
+    if plan.tokens != "ar":
+        settings["tokens"] = plan.tokens
     _check_out(out, settings | {"model": weights_digest(pipe)})
     runs = plan.runs(pipe.resolved)
     if any(run.mode == "baseline" for run in runs):
@@ -360,7 +381,10 @@ def run_suite(
         for i in range(len(timelines))
         if not video_path(out, run.label, i).exists()
     ]
-    codes = _Codes(pipe, timelines, frames, plan.batch, todo, progress)
+    if plan.tokens == "truth":
+        codes = _TrueCodes(pipe, suite, frames)
+    else:
+        codes = _Codes(pipe, timelines, frames, plan.batch, todo, progress)
     dit_seams = pipe.seams(frames)
     for run, i in tqdm(todo, desc=f"suite {suite.name}", unit="video", disable=not progress):
         video_codes, shared = codes.of(i) if run.mode != "baseline" else (None, 0.0)
@@ -410,6 +434,41 @@ class _Codes:
             self.codes |= dict(zip(chunk, drawn, strict=True))
             self.seconds |= dict.fromkeys(chunk, share)
         return self.codes[i], self.seconds[i]
+
+
+class _TrueCodes:
+    """The true tokens of a suite's videos: each video's scene, rendered by the world and encoded
+    through the pipeline's VAE and VQ-VAE (in the VQ-VAE's windows), as many token frames as the
+    AR would draw."""
+
+    def __init__(self, pipe, suite: Suite, frames: int):
+        if suite.name not in SCENES:
+            raise ArlonError(
+                f"true tokens need a suite of the world's held-out scenes ({', '.join(SCENES)}), "
+                f"not {suite.name!r}"
+            )
+        self.pipe, self.frames = pipe, frames
+        self.seed, self.events = SCENES[suite.name]
+        # an episode's changes depend on its length: rendered at the suite's, then cut or held
+        self.length = suite.frames if self.events else frames
+
+    @torch.inference_mode()
+    def of(self, i: int) -> tuple[list, float]:
+        pipe = self.pipe
+        token_frames = pipe.token_frames(pipe.plan(self.frames)[1])
+        needed = pipe.vae.video_frames(token_frames * pipe.vq.ratio[0])
+        height, width = pipe.default_size()
+        episode = random_episode((self.seed, i), self.length, height, width, events=self.events)
+        video = np.stack(list(render_states(episode.frames(), height, width)))[:needed]
+        video = np.concatenate([video, np.repeat(video[-1:], needed - len(video), axis=0)])
+        clip = torch.from_numpy(video).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        latents = pipe.vae.encode(clip)
+        window = pipe.ar.config.code_window * pipe.vq.ratio[0]
+        codes = [
+            pipe.vq.encode(latents[:, :, start : start + window])[0]
+            for start in range(0, latents.shape[2], window)
+        ]
+        return list(torch.cat(codes)), 0.0
 
 
 def weights_digest(pipe) -> str:
