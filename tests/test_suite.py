@@ -243,7 +243,7 @@ def test_true_tokens_stand_in_for_the_ar_and_draw_the_scene(tmp_path, monkeypatc
     summary = run_suite(pipe, read_suite("short"), plan, tmp_path / "truth", progress=False)
     (run,) = summary["runs"]
     assert run["videos"] == run["world_videos"] == 3 and run["object_accuracy"] >= 0.8
-    mine = tmp_path / "mine.txt"
+    mine = tmp_path / "short.txt"  # named as a packaged suite, but other scenes
     mine.write_text(SUITE)
     with pytest.raises(ArlonError, match="held-out scenes"):
         run_suite(pipe, read_suite(mine), plan, tmp_path / "mine", progress=False)

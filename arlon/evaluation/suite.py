@@ -442,7 +442,10 @@ class _TrueCodes:
     AR would draw."""
 
     def __init__(self, pipe, suite: Suite, frames: int):
-        if suite.name not in SCENES:
+        if (
+            suite.name not in SCENES
+            or suite.videos != read_suite(SUITES / f"{suite.name}.txt").videos
+        ):
             raise ArlonError(
                 f"true tokens need a suite of the world's held-out scenes ({', '.join(SCENES)}), "
                 f"not {suite.name!r}"
