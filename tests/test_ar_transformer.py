@@ -6,7 +6,13 @@ import torch
 from arlon.errors import ArlonError
 from arlon.models.ar_decoder import ARDecoder
 from arlon.models.ar_sampler import ARSampler, ARSampling, sample_levels, sample_logits
-from arlon.models.ar_transformer import ARTransformer, FSQHead, ar_transformer, level_nll
+from arlon.models.ar_transformer import (
+    ARTransformer,
+    FSQHead,
+    ar_transformer,
+    fsq_codes,
+    level_nll,
+)
 from arlon.models.text_encoder import TextEncoder
 
 
@@ -289,6 +295,7 @@ def test_fsq_codes_are_embedded_and_predicted_level_by_level():
     expected = FSQ(levels=levels, dim=4).indices_to_level_indices(codes)  # (5, 4)
     offsets = torch.tensor([0, 8, 13, 18])
     assert torch.equal(model.head.rows[codes], expected + offsets)
+    assert torch.equal(fsq_codes(expected, levels), codes)  # the inverse of fsq_levels
     x = torch.randn(3, model.config.hidden_size)
     per_dim = model.head.proj(x).split(levels, dim=-1)
     factored = sum(p.log_softmax(-1)[:, expected[:, d]] for d, p in enumerate(per_dim))

@@ -42,8 +42,8 @@ class CacheEntry:
     has_codes: bool = False
 
 
-def _frames_to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
-    """List of (H, W, 3) uint8 -> (1, 3, T, H, W) in [-1, 1]."""
+def frames_to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
+    """Frames (H, W, 3) uint8, a list or a (T, H, W, 3) array -> (1, 3, T, H, W) in [-1, 1]."""
     video = torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2).float() / 127.5 - 1
     return video[None]
 
@@ -59,11 +59,11 @@ def encode_video(vae, path: str | Path, chunk_latents: int = 16) -> torch.Tensor
             buffer.append(frame)
             size = 1 + r * (chunk_latents - 1) if first else r * chunk_latents
             if len(buffer) == size:
-                yield _frames_to_tensor(buffer)
+                yield frames_to_tensor(buffer)
                 buffer, first = [], False
         usable = len(buffer) - (len(buffer) - 1) % r if first else len(buffer) - len(buffer) % r
         if usable > 0:
-            yield _frames_to_tensor(buffer[:usable])
+            yield frames_to_tensor(buffer[:usable])
 
     return torch.cat(list(vae.encode_stream(chunks())), dim=2)[0]
 

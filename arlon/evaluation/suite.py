@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from arlon.data.latent_cache import frames_to_tensor
 from arlon.errors import ArlonError
 from arlon.evaluation import vbench
 from arlon.evaluation.heldout import HELDOUT_SEED
@@ -450,26 +451,26 @@ class _TrueCodes:
                 f"true tokens need a suite of the world's held-out scenes ({', '.join(SCENES)}), "
                 f"not {suite.name!r}"
             )
-        self.pipe, self.frames = pipe, frames
+        self.pipe = pipe
         self.seed, self.events = SCENES[suite.name]
         # an episode's changes depend on its length: rendered at the suite's, then cut or held
         self.length = suite.frames if self.events else frames
+        # the video frames whose latents the AR's token frames cover
+        token_frames = pipe.token_frames(pipe.plan(frames)[1])
+        self.needed = pipe.vae.video_frames(token_frames * pipe.vq.ratio[0])
+        self.size = pipe.default_size()
+        self.window = pipe.ar.config.code_window * pipe.vq.ratio[0]  # latent frames a VQ window
 
     @torch.inference_mode()
     def of(self, i: int) -> tuple[list, float]:
-        pipe = self.pipe
-        token_frames = pipe.token_frames(pipe.plan(self.frames)[1])
-        needed = pipe.vae.video_frames(token_frames * pipe.vq.ratio[0])
-        height, width = pipe.default_size()
-        episode = random_episode((self.seed, i), self.length, height, width, events=self.events)
-        video = np.stack(list(render_states(episode.frames(), height, width)))[:needed]
+        pipe, needed = self.pipe, self.needed
+        episode = random_episode((self.seed, i), self.length, *self.size, events=self.events)
+        video = np.stack(list(render_states(episode.frames(), *self.size)))[:needed]
         video = np.concatenate([video, np.repeat(video[-1:], needed - len(video), axis=0)])
-        clip = torch.from_numpy(video).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-        latents = pipe.vae.encode(clip)
-        window = pipe.ar.config.code_window * pipe.vq.ratio[0]
+        latents = pipe.vae.encode(frames_to_tensor(video))
         codes = [
-            pipe.vq.encode(latents[:, :, start : start + window])[0]
-            for start in range(0, latents.shape[2], window)
+            pipe.vq.encode(latents[:, :, start : start + self.window])[0]
+            for start in range(0, latents.shape[2], self.window)
         ]
         return list(torch.cat(codes)), 0.0
 

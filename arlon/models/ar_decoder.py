@@ -107,6 +107,5 @@ class ARDecoder:
             x = x + (F.silu(hidden @ gate_w) * (hidden @ up_w)) @ down_w
         cache.length = end
         # the head over every position, as the model's forward: one row alone rounds differently
-        x = self.model.norm_out(x)
-        logits = self.model.head(x, by_level) if by_level else self.model.head(x)
+        logits = self.model.logits(x, by_level)
         return logits if every else logits[:, -1]

@@ -33,7 +33,6 @@ enough to change codes, so there the lookahead's codes are its own).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -42,7 +41,7 @@ import torch
 
 from arlon.errors import ArlonError
 from arlon.models.ar_decoder import ARDecoder
-from arlon.models.ar_transformer import ARTransformer, FSQHead, KVCache
+from arlon.models.ar_transformer import ARTransformer, FSQHead, KVCache, fsq_codes
 from arlon.timeline import Timeline
 
 # Classifier-free guidance on the AR by default: on shapes-tiny, scale 3 beats 1, 2 and 5 on every
@@ -159,8 +158,7 @@ def sample_levels(
             below = cdf.gather(-1, level) - width
             target = ((point - below) / width).clamp_(0, 1).squeeze(-1)
             picked[d] = level.squeeze(-1)
-    basis = [math.prod(levels[:d]) for d in range(len(levels))]
-    return sum(level * b for level, b in zip(picked, basis, strict=True))
+    return fsq_codes(torch.stack(picked, dim=-1), levels)
 
 
 class ARSampler:

@@ -135,11 +135,22 @@ class DecoderBlock(nn.Module):
 # ------------------------------------------------------------------------------------------------
 
 
+def _fsq_basis(levels: list[int], device) -> torch.Tensor:
+    """prod(L_<d) for each dimension d: code k = sum_d l_d * prod(L_<d) (vector-quantize-pytorch's
+    order)."""
+    return torch.tensor([math.prod(levels[:d]) for d in range(len(levels))], device=device)
+
+
 def fsq_levels(codes: torch.Tensor, levels: list[int]) -> torch.Tensor:
     """Codes `(...)` of an FSQ codebook with `levels` (L_1, ..., L_D) -> each code's level in every
-    dimension `(..., D)`: code k = sum_d l_d * prod(L_<d) (vector-quantize-pytorch's order)."""
-    basis = torch.tensor([math.prod(levels[:d]) for d in range(len(levels))], device=codes.device)
+    dimension `(..., D)`."""
+    basis = _fsq_basis(levels, codes.device)
     return codes[..., None] // basis % torch.tensor(levels, device=codes.device)
+
+
+def fsq_codes(level_indices: torch.Tensor, levels: list[int]) -> torch.Tensor:
+    """The inverse of `fsq_levels`: each dimension's level `(..., D)` -> codes `(...)`."""
+    return (level_indices * _fsq_basis(levels, level_indices.device)).sum(-1)
 
 
 class _FSQLevels(nn.Module):
@@ -370,8 +381,13 @@ class ARTransformer(ModelMixin, ConfigMixin):
             x = block(x, cos, sin, cache, i)
         if cache is not None:
             cache.length += x.shape[1]
+        return self.logits(x, by_level)
+
+    def logits(self, x: torch.Tensor, by_level: bool = False) -> torch.Tensor:
+        """The last block's output `(B, N, C)` -> logits `(B, N, K)` (`by_level`: a by-level
+        head's, `(B, N, sum(levels))`)."""
         x = self.norm_out(x)
-        return self.head(x, by_level) if by_level else self.head(x)  # (B, N, K)
+        return self.head(x, by_level) if by_level else self.head(x)
 
     def forward(
         self,
