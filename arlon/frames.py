@@ -28,6 +28,14 @@ def to_frames(video: torch.Tensor) -> np.ndarray:
     return to_uint8(video.detach().float().movedim(-4, -1).cpu().numpy())
 
 
+def from_frames(frames) -> torch.Tensor:
+    """uint8 `(T, H, W, 3)` (or `(B, T, H, W, 3)`), an array or a tensor -> `(3, T, H, W)` (or
+    `(B, 3, T, H, W)`) float32 in [-1, 1]: the inverse of `to_frames`."""
+    import torch  # here, not above: scoring a video does not need it
+
+    return torch.as_tensor(frames).movedim(-1, -4).float() / 127.5 - 1
+
+
 def psnr(a, b, peak: float = 255.0) -> float:
     """PSNR (dB) of two arrays or tensors of the same shape whose values span `peak` (255 for
     uint8, 2 for [-1, 1]); identical inputs give `PSNR_CAP`."""

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from arlon.data.manifest import read_manifest
 from arlon.data.video_io import iter_frames
 from arlon.errors import ArlonError
+from arlon.frames import from_frames
 
 
 @dataclass
@@ -42,12 +43,6 @@ class CacheEntry:
     has_codes: bool = False
 
 
-def frames_to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
-    """Frames (H, W, 3) uint8, a list or a (T, H, W, 3) array -> (1, 3, T, H, W) in [-1, 1]."""
-    video = torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2).float() / 127.5 - 1
-    return video[None]
-
-
 @torch.inference_mode()
 def encode_video(vae, path: str | Path, chunk_latents: int = 16) -> torch.Tensor:
     """All latents `(C, T', h, w)` of a video, encoded causally in chunks of `chunk_latents`."""
@@ -59,11 +54,11 @@ def encode_video(vae, path: str | Path, chunk_latents: int = 16) -> torch.Tensor
             buffer.append(frame)
             size = 1 + r * (chunk_latents - 1) if first else r * chunk_latents
             if len(buffer) == size:
-                yield frames_to_tensor(buffer)
+                yield from_frames(np.stack(buffer))[None]
                 buffer, first = [], False
         usable = len(buffer) - (len(buffer) - 1) % r if first else len(buffer) - len(buffer) % r
         if usable > 0:
-            yield frames_to_tensor(buffer[:usable])
+            yield from_frames(np.stack(buffer[:usable]))[None]
 
     return torch.cat(list(vae.encode_stream(chunks())), dim=2)[0]
 

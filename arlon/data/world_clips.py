@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
+from arlon.frames import from_frames
 from arlon.world.render import render_states
 from arlon.world.simulate import random_episode
 
@@ -37,5 +37,4 @@ class WorldClips(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         frames = np.stack(list(render_states(self.episode(i).frames(), self.height, self.width)))
-        video = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1  # (3, T, H, W)
-        return {"video": video}
+        return {"video": from_frames(frames)}  # (3, T, H, W)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from arlon.diffusion.rectified_flow import guided, sample
 from arlon.evaluation.heldout import HELDOUT_SEED
-from arlon.frames import psnr, to_frames
+from arlon.frames import from_frames, psnr, to_frames
 from arlon.world.metrics import Expected, mean_judged, score_video
 from arlon.world.render import render_states
 from arlon.world.simulate import random_episode
@@ -64,8 +64,7 @@ def teacher_forced(
     bar = tqdm(total=len(steps) * clips, desc="teacher-forced", unit="clip", disable=not progress)
     for start in range(0, clips, batch_size):
         batch = data[start : start + batch_size]
-        video = torch.from_numpy(np.stack([f for _, f in batch])).permute(0, 4, 1, 2, 3)
-        latents = vae.encode(video.float() / 127.5 - 1)  # (B, C, T', h, w)
+        latents = vae.encode(from_frames(np.stack([f for _, f in batch])))  # (B, C, T', h, w)
         text = text_encoder.encode([e.timeline[0][1] for e, _ in batch])
         cond = None
         if use_condition:

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from arlon.data.video_io import read_clip
 from arlon.errors import ArlonError
 from arlon.evaluation.heldout import HELDOUT_SEED
-from arlon.frames import psnr, to_frames
+from arlon.frames import from_frames, psnr, to_frames
 from arlon.models.autoencoder import VideoAutoencoder
 from arlon.world.detect import Detector
 from arlon.world.metrics import compare_to_truth
@@ -81,11 +81,6 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------------
 
 
-def _to_video(frames: np.ndarray) -> torch.Tensor:
-    """uint8 `(B, T, H, W, 3)` -> `(B, 3, T, H, W)` in [-1, 1]."""
-    return torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
-
-
 def _device(vae: VideoAutoencoder) -> torch.device:
     if isinstance(vae, torch.nn.Module):
         for p in vae.parameters():
@@ -112,7 +107,7 @@ def round_trip(
     """Encode, apply `codec`, decode a batch of uint8 clips `(B, T, H, W, 3)`; returns the
     reconstructed uint8 clips and the seconds spent (encode + codec + decode)."""
     device = _device(vae)
-    video = _to_video(frames).to(device)
+    video = from_frames(frames).to(device)
     vae.check_video(video)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -251,7 +246,7 @@ def code_stability(
     )
     with _evaluating(vae):
         for _, frames in batches:  # frames (B, T, H, W, 3)
-            codes = vq.encode(vae.encode(_to_video(frames).to(device))).cpu()  # (B, t, h, w)
+            codes = vq.encode(vae.encode(from_frames(frames).to(device))).cpu()  # (B, t, h, w)
             b, t, h, w = codes.shape
             video = frames.astype(np.int16)
             for k in range(1, t):

@@ -40,7 +40,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from arlon.data.latent_cache import frames_to_tensor
 from arlon.errors import ArlonError
 from arlon.evaluation import vbench
 from arlon.evaluation.heldout import HELDOUT_SEED
@@ -51,6 +50,7 @@ from arlon.evaluation.suite_report import (
     video_path,
     write_report,
 )
+from arlon.frames import from_frames
 from arlon.pipeline.pipeline import MODES, DiTSampling
 from arlon.timeline import Timeline
 from arlon.utils import atomic_path
@@ -467,7 +467,7 @@ class _TrueCodes:
         episode = random_episode((self.seed, i), self.length, *self.size, events=self.events)
         video = np.stack(list(render_states(episode.frames(), *self.size)))[:needed]
         video = np.concatenate([video, np.repeat(video[-1:], needed - len(video), axis=0)])
-        latents = pipe.vae.encode(frames_to_tensor(video))
+        latents = pipe.vae.encode(from_frames(video)[None])
         codes = [
             pipe.vq.encode(latents[:, :, start : start + self.window])[0]
             for start in range(0, latents.shape[2], self.window)

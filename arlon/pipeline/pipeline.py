@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from arlon.data.latent_cache import encode_video
 from arlon.diffusion.rectified_flow import check_strength, guided, sample
 from arlon.errors import ArlonError
-from arlon.frames import to_frames
+from arlon.frames import from_frames, to_frames
 from arlon.models.ar_sampler import ARSampler, ARSampling
 from arlon.models.text_encoder import TextEncoder
 from arlon.pipeline.coarse import LiveTokens, coarse_latents, latent_frame, sample_codes
@@ -414,8 +414,7 @@ class ARLONPipeline(DiffusionPipeline):
         else:
             frames = torch.as_tensor(np.asarray(video))
             usable = 1 + (len(frames) - 1) // self.temporal_ratio * self.temporal_ratio
-            clip = frames[len(frames) - usable :].permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-            latents = self.vae.encode(clip)
+            latents = self.vae.encode(from_frames(frames[len(frames) - usable :])[None])
         if latents.shape[2] < r:
             need = self.vae.video_frames(r)
             raise ArlonError(f"the video to continue needs at least {need} frames")
