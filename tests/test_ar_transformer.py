@@ -11,6 +11,7 @@ from arlon.models.ar_transformer import (
     FSQHead,
     ar_transformer,
     fsq_codes,
+    fsq_levels,
     level_nll,
 )
 from arlon.models.text_encoder import TextEncoder
@@ -354,6 +355,47 @@ def test_drawing_by_level_draws_the_codebooks_code(temperature):
         by_level = sample_levels(head(x, by_level=True), levels, temperature, uniform=uniform)
     assert (by_level == joint).float().mean() > 0.999
     assert joint.unique().numel() > (200 if temperature else 1)  # many codes, not a few
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_sampler_draws_by_level_the_codes_of_the_whole_codebook(text_encoder, fast):
+    """A by-level head's codes, drawn level by level (the default) and from its prod(levels)
+    logits, on the fast and the reference path, under guidance, across a prompt switch."""
+    torch.manual_seed(0)
+    model = ar_transformer("smoke", code_levels=[4, 4, 4], code_head="levels").eval()
+    drawn = []
+    for by_level in (True, False):
+        sampler = ARSampler(model, text_encoder, ARSampling(guidance_scale=3.0), 0, fast=fast)
+        assert sampler.levels == [4, 4, 4]  # drawn by level unless told otherwise
+        if not by_level:
+            sampler.levels = None
+        drawn.append(torch.stack(list(sampler.frames(TIMELINE, 8))))
+    assert torch.equal(*drawn)
+    assert drawn[0].unique().numel() > 8  # many codes, not a few
+
+
+def test_a_draw_at_a_bins_edge_never_lands_on_an_impossible_code():
+    """Uniform numbers on (and one float either side of) every edge of the most significant
+    dimension's bins: the code drawn never has the level of probability 0."""
+    levels = [3, 3]
+    generator = torch.Generator().manual_seed(0)
+    impossible = torch.tensor([-200.0, 0.0, 0.0])  # level 0 of the first dimension: probability 0
+    logits, uniform = [], []
+    for _ in range(100):
+        last = 3 * torch.randn(3, generator=generator)
+        for edge in last.softmax(-1).cumsum(-1)[:-1]:
+            for target in (
+                edge,
+                edge.nextafter(torch.tensor(2.0)),
+                edge.nextafter(torch.tensor(-1.0)),
+            ):
+                logits.append(torch.cat([impossible, last]))
+                uniform.append(1 - target)
+    logits, uniform = torch.stack(logits), torch.stack(uniform)
+    by_level = sample_levels(logits, levels, uniform=uniform)
+    assert (fsq_levels(by_level, levels)[:, 0] != 0).all()
+    joint = logits[:, FSQHead(1, levels).rows].sum(-1)  # each code's logit: its levels' sum
+    assert (fsq_levels(sample_logits(joint, uniform=uniform), levels)[:, 0] != 0).all()
 
 
 def test_save_load_round_trip(model, tmp_path):

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 
 from arlon.errors import ArlonError
 from arlon.models.ar_decoder import ARDecoder
@@ -120,9 +121,20 @@ def sample_logits(
         probs = probs / probs.sum(-1, keepdim=True)
     if uniform is None:
         uniform = torch.rand(probs.shape[0], generator=generator, device=probs.device)
+    return _invert_cdf(probs, 1 - uniform)[0]  # 1 - u lies in (0, 1]
+
+
+def _invert_cdf(probs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where `target` `(B,)` in (0, 1] falls in each row's cumulative distribution of `probs`
+    `(B, K)` (rows need not sum to 1): the index `(B,)` whose span holds it, never one of
+    probability 0, and how far into that span it falls `(B,)`, in (0, 1]."""
     cdf = probs.cumsum(-1)
-    target = (1 - uniform[:, None]) * cdf[:, -1:]  # 1 - u lies in (0, 1]
-    return torch.searchsorted(cdf, target).clamp_max_(probs.shape[-1] - 1).squeeze(-1)
+    point = target[:, None] * cdf[:, -1:]
+    index = torch.searchsorted(cdf, point).clamp_max_(probs.shape[-1] - 1)
+    # the span's start from the shifted sum, not cdf - p: that can round past the point
+    below = F.pad(cdf, (1, 0)).gather(-1, index)
+    within = (point - below) / (cdf.gather(-1, index) - below)
+    return index.squeeze(-1), within.clamp_(0, 1).squeeze(-1)
 
 
 def sample_levels(
@@ -150,14 +162,7 @@ def sample_levels(
         target = 1 - uniform  # in (0, 1]: where the draw falls in what is left
         picked = [None] * len(levels)
         for d in reversed(range(len(levels))):
-            probs = per_level[d].softmax(-1)
-            cdf = probs.cumsum(-1)
-            point = (target * cdf[:, -1])[:, None]
-            level = torch.searchsorted(cdf, point).clamp_max_(levels[d] - 1)
-            width = probs.gather(-1, level)
-            below = cdf.gather(-1, level) - width
-            target = ((point - below) / width).clamp_(0, 1).squeeze(-1)
-            picked[d] = level.squeeze(-1)
+            picked[d], target = _invert_cdf(per_level[d].softmax(-1), target)
     return fsq_codes(torch.stack(picked, dim=-1), levels)
 
 
