@@ -51,7 +51,7 @@ def main() -> None:
         per_code = 1000 * best / frames.numel()
         print(f"{math.prod(levels)} codes {levels}, {mode}: {per_code:.2f} ms per code")
     same = torch.equal(*codes.values())
-    print("same codes" if same else "the codes differ (float rounding at a bin's edge)")
+    print("same codes" if same else "the codes differ")
 
 
 if __name__ == "__main__":

@@ -374,6 +374,14 @@ def test_a_sampler_draws_by_level_the_codes_of_the_whole_codebook(text_encoder, 
     assert drawn[0].unique().numel() > 8  # many codes, not a few
 
 
+def test_by_level_logits_need_a_by_level_head():
+    model = ar_transformer("smoke").eval()  # one logit per code, no levels
+    with pytest.raises(ArlonError, match="need a by-level head"):
+        model(None, None, codes(), by_level=True)
+    with pytest.raises(ArlonError, match="need a by-level head"):
+        ARDecoder(model)(model.embed_prefix(None, None, 2), model.new_cache(2), 0, by_level=True)
+
+
 def test_a_draw_at_a_bins_edge_never_lands_on_an_impossible_code():
     """Uniform numbers on (and one float either side of) every edge of the most significant
     dimension's bins: the code drawn never has the level of probability 0."""

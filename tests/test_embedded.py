@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from arlon.errors import ArlonError
+from arlon.frames import from_frames, to_frames
 from arlon.weights import embedded, load_embedded
 from arlon.world.detect import Detector
 from arlon.world.metrics import compare_to_truth
@@ -17,14 +18,11 @@ def clip():
     episode = random_episode((7919, 3), 17, events=False)  # a held-out clip
     states = list(episode.frames())
     frames = np.stack(list(render_states(states)))
-    video = (
-        torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-    )  # (1, 3, T, H, W)
-    return states, video
+    return states, from_frames(frames)[None]  # (1, 3, T, H, W)
 
 
 def _found_fraction(states, video) -> float:
-    frames = ((video[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+    frames = to_frames(video[0])
     detector = Detector()
     pairs = [
         p

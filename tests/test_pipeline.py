@@ -12,6 +12,7 @@ from conftest import smoke_pipeline
 from arlon import cli
 from arlon.data.video_io import video_info
 from arlon.errors import ArlonError
+from arlon.frames import from_frames
 from arlon.models.ar_sampler import GUIDANCE_SCALE, LOOKAHEAD, ARSampler, ARSampling
 from arlon.pipeline import ARLONPipeline, DiTSampling
 
@@ -504,8 +505,9 @@ def test_continuation_starts_from_the_given_video(pipe, monkeypatch):
     monkeypatch.setattr(pipe.dit, "forward", dit_spy)
     out = pipe(PROMPT, num_frames=8, num_inference_steps=1, init_video=video, progress=False)
     assert out.frames.shape == (1, 8, 32, 32, 3)
-    clip = torch.from_numpy(video).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-    tail = pipe.vae.encode(clip)[:, :, -1:]  # the last latent frame: the reference
+    tail = pipe.vae.encode(from_frames(video)[None])[
+        :, :, -1:
+    ]  # the last latent frame: the reference
     assert torch.equal(histories[0][0], pipe.vq.encode(tail)[0, 0])  # the AR's history
     x, frame_mask = calls[0]
     assert frame_mask[0].tolist() == [True, False, False]
@@ -515,6 +517,9 @@ def test_continuation_starts_from_the_given_video(pipe, monkeypatch):
     assert longer.frames.shape == (1, 40, 32, 32, 3)
     with pytest.raises(ArlonError, match="no such video"):
         pipe(PROMPT, num_frames=8, init_video="missing.mp4")
+    for bad in (video / 255.0, video[..., 0], video[:0]):  # floats, no colour, no frames
+        with pytest.raises(ArlonError, match=r"uint8 frames \(T, H, W, 3\)"):
+            pipe(PROMPT, num_frames=8, init_video=bad)
 
 
 def test_eval_generate_scores_whole_generations(folder, tmp_path, capsys):

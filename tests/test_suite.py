@@ -3,6 +3,7 @@ rebuilt from their seeds, the seam ratio, a whole suite run with its report and 
 bad input as one-line errors."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from arlon.evaluation.suite import (
     run_suite,
     seam_ratio,
 )
+from arlon.models.ar_sampler import ARSampler
 from arlon.models.ar_transformer import ar_transformer
 from arlon.models.latent_vqvae import latent_vqvae
 from arlon.models.stdit import stdit
@@ -237,16 +239,21 @@ def test_true_tokens_stand_in_for_the_ar_and_draw_the_scene(tmp_path, monkeypatc
     def no_ar(*args, **kwargs):
         raise AssertionError("the AR draws no tokens when the true ones are given")
 
-    monkeypatch.setattr(ARLONPipeline, "sample_codes", no_ar)
+    monkeypatch.setattr(ARSampler, "batch_frames", no_ar)  # both the AR's paths go through it
     pipe = ARLONPipeline.from_pretrained(ROOT)
     plan = SuitePlan(modes=("ar-only",), frames=33, videos=3, tokens="truth")
     summary = run_suite(pipe, read_suite("short"), plan, tmp_path / "truth", progress=False)
     (run,) = summary["runs"]
     assert run["videos"] == run["world_videos"] == 3 and run["object_accuracy"] >= 0.8
+    assert summary["tokens"] == "truth"  # a ceiling says so in its report
+    assert "a ceiling, not a result" in (tmp_path / "truth" / "metrics.md").read_text()
     mine = tmp_path / "short.txt"  # named as a packaged suite, but other scenes
     mine.write_text(SUITE)
-    with pytest.raises(ArlonError, match="held-out scenes"):
-        run_suite(pipe, read_suite(mine), plan, tmp_path / "mine", progress=False)
+    longer = replace(read_suite("long-600"), frames=900)  # its scenes' changes fall elsewhere
+    for suite in (read_suite(mine), longer):
+        with pytest.raises(ArlonError, match="held-out scenes"):
+            run_suite(pipe, suite, plan, tmp_path / "mine", progress=False)
+    assert not (tmp_path / "mine").exists()  # refused before anything is written
     with pytest.raises(ArlonError, match="tokens are ar or truth"):
         SuitePlan(tokens="oracle")
 

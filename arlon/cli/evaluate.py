@@ -121,14 +121,14 @@ def run_suite(args: argparse.Namespace) -> None:
 
     suite = read_suite(args.suite)
     plan = SuitePlan(
-        tuple(args.mode),
-        tuple(args.suite_steps),
-        tuple(args.guidance or [None]),
-        args.frames,
-        args.videos,
-        args.suite_batch,
-        tuple(Run(*run) for run in args.runs or ()),
-        args.tokens,
+        modes=tuple(args.mode),
+        steps=tuple(args.suite_steps),
+        guidance=tuple(args.guidance or [None]),
+        frames=args.frames,
+        videos=args.videos,
+        batch=args.suite_batch,
+        only=tuple(Run(*run) for run in args.runs or ()),
+        tokens=args.tokens,
     )
     backbone = vbench.load_backbone(args.backbone, args.backbone_path)
     summary = run(

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,14 +43,21 @@ class CacheEntry:
     has_codes: bool = False
 
 
-@torch.inference_mode()
 def encode_video(vae, path: str | Path, chunk_latents: int = 16) -> torch.Tensor:
-    """All latents `(C, T', h, w)` of a video, encoded causally in chunks of `chunk_latents`."""
+    """All latents `(C, T', h, w)` of a video file, encoded causally in chunks of `chunk_latents`."""
+    return encode_frames(vae, iter_frames(path), chunk_latents)
+
+
+@torch.inference_mode()
+def encode_frames(vae, frames: Iterable[np.ndarray], chunk_latents: int = 16) -> torch.Tensor:
+    """All latents `(C, T', h, w)` of uint8 frames `(H, W, 3)` (a `(T, H, W, 3)` array, or frames
+    as they come), encoded causally in chunks of `chunk_latents` latent frames: the memory of one
+    chunk, not of the whole video. Frames past the last whole latent frame are dropped."""
     r = vae.temporal_ratio
 
     def chunks():
         buffer, first = [], True
-        for frame in iter_frames(path):
+        for frame in frames:
             buffer.append(frame)
             size = 1 + r * (chunk_latents - 1) if first else r * chunk_latents
             if len(buffer) == size:

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from arlon.data.latent_cache import encode_frames, vq_windows
 from arlon.errors import ArlonError
 from arlon.evaluation import vbench
 from arlon.evaluation.heldout import HELDOUT_SEED
@@ -50,7 +51,6 @@ from arlon.evaluation.suite_report import (
     video_path,
     write_report,
 )
-from arlon.frames import from_frames
 from arlon.pipeline.pipeline import MODES, DiTSampling
 from arlon.timeline import Timeline
 from arlon.utils import atomic_path
@@ -372,6 +372,8 @@ def run_suite(
     settings = {"suite": suite.name, "frames": frames, "backbone": backbone.name}
     if plan.tokens != "ar":
         settings["tokens"] = plan.tokens
+    # another suite is refused before anything is written
+    truth = _TrueCodes(pipe, suite, frames) if plan.tokens == "truth" else None
     _check_out(out, settings | {"model": weights_digest(pipe)})
     runs = plan.runs(pipe.resolved)
     if any(run.mode == "baseline" for run in runs):
@@ -382,10 +384,7 @@ def run_suite(
         for i in range(len(timelines))
         if not video_path(out, run.label, i).exists()
     ]
-    if plan.tokens == "truth":
-        codes = _TrueCodes(pipe, suite, frames)
-    else:
-        codes = _Codes(pipe, timelines, frames, plan.batch, todo, progress)
+    codes = truth or _Codes(pipe, timelines, frames, plan.batch, todo, progress)
     dit_seams = pipe.seams(frames)
     for run, i in tqdm(todo, desc=f"suite {suite.name}", unit="video", disable=not progress):
         video_codes, shared = codes.of(i) if run.mode != "baseline" else (None, 0.0)
@@ -407,7 +406,9 @@ def run_suite(
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(report))
-    summary = summarise_suite(out, suite.name, runs, len(timelines), frames, backbone.name)
+    summary = summarise_suite(
+        out, suite.name, runs, len(timelines), frames, backbone.name, plan.tokens
+    )
     write_report(summary, out)
     return summary
 
@@ -443,21 +444,19 @@ class _TrueCodes:
     AR would draw."""
 
     def __init__(self, pipe, suite: Suite, frames: int):
-        if (
-            suite.name not in SCENES
-            or suite.videos != read_suite(SUITES / f"{suite.name}.txt").videos
-        ):
+        if suite.name not in SCENES or suite != read_suite(SUITES / f"{suite.name}.txt"):
             raise ArlonError(
                 f"true tokens need a suite of the world's held-out scenes ({', '.join(SCENES)}), "
                 f"not {suite.name!r}"
             )
         self.pipe = pipe
         self.seed, self.events = SCENES[suite.name]
-        # an episode's changes depend on its length: rendered at the suite's, then cut or held
-        self.length = suite.frames if self.events else frames
         # the video frames whose latents the AR's token frames cover
         token_frames = pipe.token_frames(pipe.plan(frames)[1])
         self.needed = pipe.vae.video_frames(token_frames * pipe.vq.ratio[0])
+        # an episode's changes depend on its length: rendered at the suite's, then cut or held; a
+        # scene without changes goes on as the same scene
+        self.length = suite.frames if self.events else self.needed
         self.size = pipe.default_size()
         self.window = pipe.ar.config.code_window * pipe.vq.ratio[0]  # latent frames a VQ window
 
@@ -467,12 +466,8 @@ class _TrueCodes:
         episode = random_episode((self.seed, i), self.length, *self.size, events=self.events)
         video = np.stack(list(render_states(episode.frames(), *self.size)))[:needed]
         video = np.concatenate([video, np.repeat(video[-1:], needed - len(video), axis=0)])
-        latents = pipe.vae.encode(from_frames(video)[None])
-        codes = [
-            pipe.vq.encode(latents[:, :, start : start + self.window])[0]
-            for start in range(0, latents.shape[2], self.window)
-        ]
-        return list(torch.cat(codes)), 0.0
+        codes = vq_windows(encode_frames(pipe.vae, video), self.window, pipe.vq)["codes"]
+        return list(codes.flatten(0, 1).long()), 0.0
 
 
 def weights_digest(pipe) -> str:

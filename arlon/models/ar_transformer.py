@@ -387,7 +387,11 @@ class ARTransformer(ModelMixin, ConfigMixin):
         """The last block's output `(B, N, C)` -> logits `(B, N, K)` (`by_level`: a by-level
         head's, `(B, N, sum(levels))`)."""
         x = self.norm_out(x)
-        return self.head(x, by_level) if by_level else self.head(x)
+        if not by_level:
+            return self.head(x)
+        if not isinstance(self.head, FSQHead):
+            raise ArlonError("by-level logits need a by-level head (code_levels)")
+        return self.head(x, by_level)
 
     def forward(
         self,
@@ -402,8 +406,6 @@ class ARTransformer(ModelMixin, ConfigMixin):
         (`by_level`: a by-level head's, `(B, t*h*w, sum(levels))`, for `level_nll`)."""
         b, t, h, w = codes.shape
         cfg = self.config
-        if by_level and not isinstance(self.head, FSQHead):
-            raise ArlonError("by-level logits need a by-level head (code_levels)")
         if (h, w) != (cfg.frame_height, cfg.frame_width) or t > cfg.max_frames:
             raise ArlonError(
                 f"codes {tuple(codes.shape)} do not fit: token frames are "

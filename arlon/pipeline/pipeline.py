@@ -49,10 +49,10 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
-from arlon.data.latent_cache import encode_video
+from arlon.data.latent_cache import encode_frames, encode_video
 from arlon.diffusion.rectified_flow import check_strength, guided, sample
 from arlon.errors import ArlonError
-from arlon.frames import from_frames, to_frames
+from arlon.frames import to_frames
 from arlon.models.ar_sampler import ARSampler, ARSampling
 from arlon.models.text_encoder import TextEncoder
 from arlon.pipeline.coarse import LiveTokens, coarse_latents, latent_frame, sample_codes
@@ -412,9 +412,20 @@ class ARLONPipeline(DiffusionPipeline):
                 raise ArlonError(f"no such video to continue: {video}")
             latents = encode_video(self.vae, video)[None]
         else:
-            frames = torch.as_tensor(np.asarray(video))
+            frames = np.asarray(video)
+            if (
+                frames.dtype != np.uint8
+                or frames.ndim != 4
+                or frames.shape[-1] != 3
+                or not len(frames)
+            ):
+                raise ArlonError(
+                    "a video to continue is uint8 frames (T, H, W, 3), "
+                    f"got {frames.dtype} of shape {frames.shape}"
+                )
+            # its last frames make the latents: those before the first whole latent frame go
             usable = 1 + (len(frames) - 1) // self.temporal_ratio * self.temporal_ratio
-            latents = self.vae.encode(from_frames(frames[len(frames) - usable :])[None])
+            latents = encode_frames(self.vae, frames[len(frames) - usable :])[None]
         if latents.shape[2] < r:
             need = self.vae.video_frames(r)
             raise ArlonError(f"the video to continue needs at least {need} frames")
