@@ -16,7 +16,7 @@ from arlon.evaluation.recon import (
     ssim,
     world_recon,
 )
-from arlon.frames import PSNR_CAP, from_frames, psnr, to_frames
+from arlon.frames import PSNR_CAP, psnr
 from arlon.models.autoencoder import VideoAutoencoder
 
 
@@ -112,17 +112,6 @@ def test_codec_is_applied_between_encode_and_decode():
         IdentityAutoencoder(), clips=2, num_frames=5, codec=lambda z: z + 0.1, progress=False
     )
     assert noisy["psnr"] < 30
-
-
-def test_frames_go_into_the_models_and_back_unchanged():
-    frames = np.arange(2 * 4 * 8 * 4 * 3, dtype=np.int64).reshape(2, 4, 8, 4, 3) % 256
-    frames = frames.astype(np.uint8)  # every uint8 value, (B, T, H, W, 3)
-    video = from_frames(frames)
-    assert video.shape == (2, 3, 4, 8, 4) and video.dtype == torch.float32
-    assert video.min() == -1 and video.max() == 1
-    assert torch.equal(video[1, :, 2, 5, 3], from_frames(torch.from_numpy(frames[1]))[:, 2, 5, 3])
-    np.testing.assert_array_equal(to_frames(video), frames)
-    np.testing.assert_array_equal(to_frames(from_frames(frames[0])), frames[0])
 
 
 def test_psnr_and_ssim():

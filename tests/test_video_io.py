@@ -19,6 +19,7 @@ from arlon.data.video_io import (
     write_video,
 )
 from arlon.errors import ArlonError
+from arlon.frames import from_frames, to_frames
 
 
 def moving_gradients(num_frames: int, height: int = 64, width: int = 64) -> np.ndarray:
@@ -393,3 +394,14 @@ def test_the_errors_say_what_is_wrong(tmp_path):
     assert "unknown video codec" in one_line_error(lambda: video_info(codec))
     header = make_bad_file(tmp_path, "a gif header and garbage")
     assert "no frame size" in one_line_error(lambda: video_info(header))
+
+
+def test_frames_go_into_the_models_and_back_unchanged():
+    frames = np.arange(2 * 4 * 8 * 4 * 3, dtype=np.int64).reshape(2, 4, 8, 4, 3) % 256
+    frames = frames.astype(np.uint8)  # every uint8 value, (B, T, H, W, 3)
+    video = from_frames(frames)
+    assert video.shape == (2, 3, 4, 8, 4) and video.dtype == torch.float32
+    assert video.min() == -1 and video.max() == 1
+    assert torch.equal(video[1, :, 2, 5, 3], from_frames(torch.from_numpy(frames[1]))[:, 2, 5, 3])
+    np.testing.assert_array_equal(to_frames(video), frames)
+    np.testing.assert_array_equal(to_frames(from_frames(frames[0])), frames[0])
