@@ -333,6 +333,7 @@ def dit_inputs(model, batch: int, frames: int, height: int, width: int) -> tuple
 
 
 @torch.inference_mode()
+@torch.inference_mode()  # as generation runs it: no autograd records
 def dit_step(model, batch: int, frames: int, height: int, width: int, repeats: int) -> dict:
     """FLOPs and seconds of one forward of the DiT on a latent `(batch, C, frames, height, width)`."""
     args, kwargs = dit_inputs(model, batch, frames, height, width)
