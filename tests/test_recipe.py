@@ -100,6 +100,7 @@ def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(
     state["progress"]["seconds"] += 600  # as if the paused process had trained for ten minutes
     state_file.write_text(json.dumps(state))
     assert cli.main([*paused, "--set", "ar.max_steps=50", "ar.max_minutes="]) == 0
+    assert "resumed with another setting: max_minutes: 0.001 -> None" in capsys.readouterr().out
     assert 10 < json.loads((out / "ar" / "done.json").read_text())["minutes"] < 12
 
     # --embedded-ar: the AR starts from the embedded AR's tensors that fit it (here a stand-in on a

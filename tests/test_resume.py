@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import random
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from arlon import cli
-from arlon.errors import ArlonError
-from arlon.training.checkpoint import latest_checkpoint
+from arlon.errors import ArlonError, Stopped
+from arlon.training.checkpoint import latest_checkpoint, publish
 from arlon.training.presets import train_config
 from arlon.training.stages import stage
 from arlon.training.trainer import train
@@ -216,6 +218,48 @@ def test_ctrl_c_saves_the_step_it_was_in_and_resumes_exactly(straight, tmp_path,
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step_0000003"
     train(stage("vae"), _cfg(), tmp_path / "run", resume=True)
     _assert_same_weights(straight, tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "signum, times, latest",
+    [(signal.SIGTERM, 1, 3), (signal.SIGINT, 1, 3), (signal.SIGTERM, 2, 2)],
+)
+def test_a_signal_lets_the_step_finish_and_a_second_stops_at_once(
+    straight, tmp_path, signum, times, latest, monkeypatch
+):
+    """SIGTERM (as a session's end sends) or Ctrl-C in the third step: it finishes, is
+    checkpointed, and the run stops; twice, it stops at once, the step not taken. Either way
+    --resume ends with the uninterrupted run's weights."""
+    vae, calls = stage("vae"), [0]
+    real_loss = vae.loss
+
+    def loss(*args):
+        calls[0] += 1
+        if calls[0] == 3:
+            for _ in range(times):
+                os.kill(os.getpid(), signum)
+        return real_loss(*args)
+
+    monkeypatch.setattr(vae, "loss", loss)
+    with pytest.raises(Stopped) as stopped:
+        train(vae, _cfg(), tmp_path / "run")
+    assert stopped.value.exit_code == 128 + signum
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == f"step_{latest:07d}"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    train(stage("vae"), _cfg(), tmp_path / "run", resume=True)
+    _assert_same_weights(straight, tmp_path / "run")
+
+
+def test_the_latest_checkpoint_is_never_removed_to_write_its_step_again(tmp_path):
+    """A stop as a checkpoint finishes may write its step again: the one `latest` names stays."""
+    root = tmp_path / "checkpoints"
+    for name in ("step_0000002", "step_0000002.tmp"):
+        (root / name).mkdir(parents=True)
+        (root / name / "state.json").write_text(name)
+    (root / "latest").write_text("step_0000002")
+    publish(root / "step_0000002.tmp", root / "step_0000002", keep=2)
+    assert (root / "step_0000002" / "state.json").read_text() == "step_0000002"
+    assert not (root / "step_0000002.tmp").exists()
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from arlon.models.video_vae import VideoVAE
 from arlon.training.config import TrainConfig
 from arlon.training.presets import train_config
 from arlon.training.stages import stage
-from arlon.training.trainer import train
+from arlon.training.trainer import _lock, train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 
@@ -312,6 +312,19 @@ class _Scripted(type(stage("vae"))):
         return {"loss_heldout": next(self.values)}
 
 
+def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    held = _lock(out)  # as another process training it holds it
+    cfg = train_config("vae", "smoke", max_steps=2, eval_every=-1)
+    with pytest.raises(ArlonError, match="another process is training"):
+        train(stage("vae"), cfg, out)
+    assert not (out / "config.yaml").exists()  # refused before writing anything
+    held.close()
+    train(stage("vae"), cfg, out)
+    train(stage("vae"), cfg, out, resume=True)  # the lock went with the run that held it
+
+
 def test_keep_best_exports_the_weights_of_the_best_evaluation(tmp_path, capsys):
     # a constant learning rate, so that the weights at step 4 do not depend on the budget
     settings = dict(
@@ -323,11 +336,12 @@ def test_keep_best_exports_the_weights_of_the_best_evaluation(tmp_path, capsys):
     cfg = train_config("vae", "smoke", max_steps=6, keep_best="loss_heldout", **settings)
     out = tmp_path / "best"
     train(_Scripted([3.0, 1.0, 2.0]), cfg, out)  # evaluations at steps 2, 4 and 6
-    assert json.loads((out / "best.json").read_text()) == {
+    assert json.loads((out / "best" / "best.json").read_text()) == {
         "step": 4,
         "metric": "loss_heldout",
         "value": 1.0,
     }
+    assert not (out / "model" / "best.json").exists()  # the model folder is the model alone
     assert "the weights of step 4" in capsys.readouterr().out
     kept, expected = _weights(out), load_file(str(at_4 / "diffusion_pytorch_model.safetensors"))
     assert kept.keys() == expected.keys() and all(torch.equal(kept[k], expected[k]) for k in kept)
@@ -337,7 +351,16 @@ def test_keep_best_exports_the_weights_of_the_best_evaluation(tmp_path, capsys):
     shutil.rmtree(out / "checkpoints" / "step_0000004")
     (out / "checkpoints" / "latest").write_text("step_0000002\n")
     train(_Scripted([1.5, 2.0]), cfg, out, resume=True)  # now step 4 scores 1.5
-    assert json.loads((out / "best.json").read_text())["value"] == 1.5
+    assert json.loads((out / "best" / "best.json").read_text())["value"] == 1.5
+    assert all(torch.equal(v, _weights(out)[k]) for k, v in kept.items())
+
+    # Killed between the two renames that put a new best in place: the last best stands, with its
+    # own record, and a worse evaluation does not replace it.
+    os.replace(out / "best", out / "best.old")
+    shutil.rmtree(out / "model")
+    train(_Scripted([1.7]), cfg, out, resume=True)  # at step 6: its last evaluation again
+    assert json.loads((out / "best" / "best.json").read_text())["value"] == 1.5
+    assert not (out / "best.old").exists()
     assert all(torch.equal(v, _weights(out)[k]) for k, v in kept.items())
 
     with pytest.raises(ArlonError, match="reports psnr_heldout, not 'perplexity_heldout'"):

@@ -64,11 +64,15 @@ def checkpoint_to_resume(out: Path, resume: bool) -> Path | None:
 
 
 def publish(tmp: Path, folder: Path, keep: int) -> None:
-    """Rename a written checkpoint into place, point `latest` at it, then drop the oldest."""
+    """Rename a written checkpoint into place, point `latest` at it, then drop the oldest. A step
+    `latest` already names keeps its checkpoint (written again when a stop came as it finished)."""
+    pointer = folder.parent / "latest"
     if folder.exists():
+        if pointer.exists() and pointer.read_text().strip() == folder.name:
+            shutil.rmtree(tmp)
+            return
         shutil.rmtree(folder)
     os.replace(tmp, folder)
-    pointer = folder.parent / "latest"
     pointer.with_suffix(".tmp").write_text(folder.name)
     os.replace(pointer.with_suffix(".tmp"), pointer)
     steps = {

@@ -149,6 +149,24 @@ class TrainConfig:
             data[key] = value
         return TrainConfig.from_dict(data)
 
+    def differences(self, other: TrainConfig) -> list[str]:
+        """How `other`'s settings differ from these: "max_steps: 2000 -> 3000", "model.x: 1 -> 2"."""
+
+        def flat(cfg: TrainConfig) -> dict:
+            items = cfg.to_dict().items()
+            return {
+                f"{key}.{sub}" if isinstance(value, dict) else key: v
+                for key, value in items
+                for sub, v in (value.items() if isinstance(value, dict) else [(None, value)])
+            }
+
+        mine, theirs = flat(self), flat(other)
+        return [
+            f"{key}: {mine.get(key)} -> {theirs.get(key)}"
+            for key in sorted(mine.keys() | theirs.keys())
+            if mine.get(key) != theirs.get(key)
+        ]
+
     def override(self, assignments: list[str]) -> TrainConfig:
         """Apply `key=value` strings (values parsed as YAML; `model.x=1` sets a nested key)."""
         data = self.to_dict()

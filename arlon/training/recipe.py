@@ -33,6 +33,7 @@ import yaml
 
 from arlon.errors import ArlonError
 from arlon.training.config import parse_value
+from arlon.utils import write_json
 
 RECIPES = Path(__file__).parent / "recipes"
 KINDS = ("dataset", "train", "cache", "codes", "assemble")
@@ -222,6 +223,8 @@ def run_recipe(
     import torch
     from accelerate import PartialState
 
+    from arlon.training.trainer import BEST_RECORD
+
     # as the trainer's Accelerator: without a GPU, a launch of N processes is N CPU processes
     state = PartialState(cpu=not torch.cuda.is_available())
     stages = [recipe.stage(name) for name in only] if only else recipe.stages
@@ -259,10 +262,10 @@ def run_recipe(
             record = {"minutes": round(minutes, 2), "finished": _now(), "kind": stage.kind}
             record["settings"] = _as_json(stage.settings)
             record |= _curve(out / stage.name / "eval.csv")
-            best = out / stage.name / "best.json"
+            best = out / stage.name / "best" / BEST_RECORD
             if best.exists():  # keep_best: the exported model is that evaluation's
                 record["best"] = json.loads(best.read_text())
-            (out / stage.name / "done.json").write_text(json.dumps(record, indent=1) + "\n")
+            write_json(out / stage.name / "done.json", record)
             print(f"recipe: stage {stage.name} done in {minutes:.1f} min", flush=True)
         state.wait_for_everyone()
     return out / recipe.stages[-1].name

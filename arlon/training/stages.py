@@ -403,13 +403,12 @@ class DiTStage(_CacheStage):
         """Flow loss on held-out windows, with fixed noise and timesteps (seeded)."""
         windows = self._windows(cfg, held_out=True)
         picks = torch.linspace(0, len(windows) - 1, min(len(windows), 128)).long().tolist()
-        state = torch.random.get_rng_state()
-        torch.manual_seed(0)
         total = 0.0
-        for first in range(0, len(picks), 32):
-            batch = default_collate([windows[i] for i in picks[first : first + 32]])
-            total += self._loss(model, batch, cfg, 0.0).item() * len(batch["caption"])
-        torch.random.set_rng_state(state)
+        with torch.random.fork_rng():  # training's RNG (CPU and GPU) as it was, whatever happens
+            torch.manual_seed(0)
+            for first in range(0, len(picks), 32):
+                batch = default_collate([windows[i] for i in picks[first : first + 32]])
+                total += self._loss(model, batch, cfg, 0.0).item() * len(batch["caption"])
         return {"flow_loss_heldout": total / len(picks)}
 
 

@@ -19,8 +19,10 @@ resume exactly. A checkpoint is a folder of plain files, so resuming never unpic
         rng_0.safetensors, rng_1 ...   each process's RNG (python, numpy, torch, CUDA), one per rank
 
 A checkpoint is written to `step_N.tmp` and renamed into place; `latest` is switched only after
-that, so an interrupted run never leaves a broken checkpoint behind. Ctrl-C checkpoints the last
-whole step. (Without --multi_gpu, `accelerate launch` on a machine without GPUs starts one process.)
+that, so an interrupted run never leaves a broken checkpoint behind. Ctrl-C or SIGTERM lets the
+step, evaluation or checkpoint under way finish, checkpoints and stops; a second one stops at once,
+and a step cut short is checkpointed as it began. (Without --multi_gpu, `accelerate launch` on a
+machine without GPUs starts one process.)
 
 Under FSDP2 (`arlon/training/fsdp.yaml`: full shard, bf16, activation checkpointing of each
 model's `_no_split_modules`) checkpoints hold the same whole tensors, gathered from the shards
@@ -36,6 +38,9 @@ import json
 import math
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +55,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils.data import Dataset, default_collate
 from tqdm import tqdm
 
-from arlon.errors import ArlonError
+from arlon.errors import ArlonError, Stopped
 from arlon.training.checkpoint import (
     CHECKPOINT_FORMAT,
     checkpoint_to_resume,
@@ -66,6 +71,8 @@ from arlon.training.checkpoint import (
     set_rng_state,
 )
 from arlon.training.config import TrainConfig
+
+BEST_RECORD = "best.json"  # in out/best: the step and the value of the weights kept
 
 
 class Stage(Protocol):
@@ -97,6 +104,47 @@ class Progress:
     def load_state_dict(self, state: dict) -> None:
         self.step, self.position = int(state["step"]), int(state["position"])
         self.seconds = float(state.get("seconds", 0.0))  # checkpoints before 2026-12-05 lack it
+
+
+class _StopRequests:
+    """Ctrl-C and SIGTERM while a run trains: the first is noted, and the loop stops at the end of
+    the step under way (its evaluation and checkpoint done) with the state checkpointed; a second
+    stops at once, as the signal would without this."""
+
+    def __init__(self, accelerator: Accelerator):
+        self.accelerator = accelerator
+        self.signum: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():  # where handlers can be set
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        if kind is None and self.signum is not None:  # noted in the last checkpoint or evaluation
+            raise self.error()
+
+    def _note(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise Stopped(128 + signum)
+        self.signum = signum
+        if self.accelerator.is_main_process:
+            name = signal.Signals(signum).name
+            tqdm.write(f"{name}: stopping after this step (again: at once)", file=sys.stderr)
+
+    def requested(self) -> bool:
+        """Whether any process was asked to stop: all of them stop after the same step."""
+        if self.accelerator.num_processes > 1:
+            noted = torch.tensor([self.signum or 0], device=self.accelerator.device)
+            self.signum = int(self.accelerator.gather(noted).max()) or None
+        return self.signum is not None
+
+    def error(self) -> Stopped:
+        return Stopped(128 + self.signum)
 
 
 class EMA:
@@ -197,8 +245,25 @@ class _Log:
 def train(stage: Stage, cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
     """Train `stage` into `out`; returns the exported model folder (`out/model`)."""
     run = _Run(stage, cfg, Path(out), resume)
-    run.loop()
-    return run.export()
+    try:
+        run.loop()
+        return run.export()
+    finally:
+        run.unlock()
+
+
+def _lock(out: Path):
+    """Hold `out/.lock` (released with the file): two processes training one run folder would
+    delete each other's checkpoints."""
+    import fcntl
+
+    handle = open(out / ".lock", "w")  # noqa: SIM115 - held for the run, closed by unlock
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ArlonError(f"another process is training {out}: let it finish or stop it") from None
+    return handle
 
 
 class _Run:
@@ -225,8 +290,13 @@ class _Run:
             if fresh:
                 self.accelerator.print(f"started from {cfg.init_from}; fresh: {', '.join(fresh)}")
         self.dataset = stage.dataset(cfg)
+        self.lock = None
         if self.main:  # only once the model and the data are there: a refused run leaves nothing
             out.mkdir(parents=True, exist_ok=True)
+            self.lock = _lock(out)
+            if checkpoint is not None and (out / "config.yaml").exists():  # says what changed
+                for change in TrainConfig.load(out / "config.yaml").differences(cfg):
+                    self.accelerator.print(f"resumed with another setting: {change}")
             cfg.save(out / "config.yaml")
         self.ema = None
         if cfg.ema_decay > 0:
@@ -259,6 +329,11 @@ class _Run:
         self.phase, self.step_rng = "idle", None
         self.started = time.monotonic()
 
+    def unlock(self) -> None:
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
     def weights(self) -> torch.nn.Module | None:
         """The model to evaluate and export: the EMA weights when there are some, else the model;
         under FSDP its shards gathered into a whole copy on the main process (every process must
@@ -273,7 +348,8 @@ class _Run:
         return self.whole
 
     def loop(self) -> None:
-        """Steps until a budget is spent; the last state is always checkpointed, Ctrl-C included."""
+        """Steps until a budget is spent; the last state is always checkpointed, Ctrl-C and SIGTERM
+        included (`_StopRequests`)."""
         cfg, progress = self.cfg, self.progress
         bar = tqdm(
             total=cfg.max_steps,
@@ -284,34 +360,40 @@ class _Run:
         )
         self.model.train()
         counted = time.monotonic()  # the loop's time up to here is in progress.seconds
-        try:
-            while progress.step < cfg.max_steps and not self.out_of_time():
-                tick = time.monotonic()
-                loss, logs, grad_norm = self.step()
-                rate = cfg.batch_size * cfg.grad_accum * self.world / (time.monotonic() - tick)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.1f}")
-                if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps:
-                    row = {"step": progress.step, "loss": loss.item()}
-                    row |= {"lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
-                    row |= {"samples_per_s": rate, **{k: float(v) for k, v in logs.items()}}
-                    self.train_log.write(row)
-                every = cfg.eval_every
-                if every > 0 and progress.step % every == 0 and progress.step < cfg.max_steps:
-                    self.evaluate()
-                progress.seconds += time.monotonic() - counted  # before the checkpoint holds it
-                counted = time.monotonic()
-                if progress.step % cfg.checkpoint_every == 0:
-                    self.save_checkpoint()
-        except KeyboardInterrupt:
-            self.save_on_interrupt()
-            raise
-        finally:
-            bar.close()
-        if progress.step > self.last_saved:
-            self.save_checkpoint()
-        if cfg.eval_every >= 0:
-            self.evaluate()
+        with _StopRequests(self.accelerator) as stop:
+            try:
+                while progress.step < cfg.max_steps and not self.out_of_time():
+                    tick = time.monotonic()
+                    loss, logs, grad_norm = self.step()
+                    rate = cfg.batch_size * cfg.grad_accum * self.world / (time.monotonic() - tick)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.1f}")
+                    if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps:
+                        row = {"step": progress.step, "loss": loss.item()}
+                        row |= {
+                            "lr": self.scheduler.get_last_lr()[0],
+                            "grad_norm": float(grad_norm),
+                        }
+                        row |= {"samples_per_s": rate, **{k: float(v) for k, v in logs.items()}}
+                        self.train_log.write(row)
+                    every = cfg.eval_every
+                    if every > 0 and progress.step % every == 0 and progress.step < cfg.max_steps:
+                        self.evaluate()
+                    progress.seconds += time.monotonic() - counted  # before a checkpoint holds it
+                    counted = time.monotonic()
+                    if progress.step % cfg.checkpoint_every == 0:
+                        self.save_checkpoint()
+                    if stop.requested():
+                        raise stop.error()
+            except KeyboardInterrupt:
+                self.save_on_interrupt()
+                raise
+            finally:
+                bar.close()
+            if progress.step > self.last_saved:
+                self.save_checkpoint()
+            if cfg.eval_every >= 0:
+                self.evaluate()
 
     def out_of_time(self) -> bool:
         minutes = self.cfg.max_minutes
@@ -376,14 +458,23 @@ class _Run:
                 self.keep_if_best(weights, results)
         self.accelerator.wait_for_everyone()
 
-    # -- keep_best: out/best (a model folder) and out/best.json (its step and value) ------------------
+    # -- keep_best: out/best, a model folder with its step and value in best.json ----------------
 
     def best(self) -> dict | None:
-        path = self.out / "best.json"
+        folder = self.out / "best"
+        old = folder.with_name("best.old")
+        if not folder.exists() and old.exists():  # killed between keep_if_best's two renames
+            os.replace(old, folder)
+        legacy = self.out / BEST_RECORD  # where runs before 2026-12-06 kept it
+        if legacy.exists() and folder.is_dir() and not (folder / BEST_RECORD).exists():
+            os.replace(legacy, folder / BEST_RECORD)
+        path = folder / BEST_RECORD
         return json.loads(path.read_text()) if path.exists() else None
 
     def keep_if_best(self, weights: torch.nn.Module, results: dict) -> None:
-        """With `keep_best`, export these weights to `out/best` when its metric is the best yet."""
+        """With `keep_best`, export these weights to `out/best` when its metric is the best yet.
+        The folder and its record are swapped as one, so a kill at any moment leaves a best whose
+        record is its own."""
         metric = self.cfg.keep_best
         if metric is None:
             return
@@ -391,22 +482,24 @@ class _Run:
         better = min if self.stage.HELDOUT[metric] == "min" else max
         if best is not None and better(value, best["value"]) == best["value"]:
             return
-        tmp = self.out / "best.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        folder = self.out / "best"
+        tmp, old = folder.with_name("best.tmp"), folder.with_name("best.old")
+        for stale in (tmp, old):
+            shutil.rmtree(stale, ignore_errors=True)
         self.stage.export(weights, self.cfg, tmp)
-        shutil.rmtree(self.out / "best", ignore_errors=True)
-        os.replace(tmp, self.out / "best")
         record = {"step": self.progress.step, "metric": metric, "value": value}
-        (self.out / "best.json.tmp").write_text(json.dumps(record) + "\n")
-        os.replace(self.out / "best.json.tmp", self.out / "best.json")
+        (tmp / BEST_RECORD).write_text(json.dumps(record) + "\n")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)  # only once the new one is in place
 
     def forget_best_after(self, step: int) -> None:
         """A resumed run evaluates again after its checkpoint: a best from later steps is dropped
         (the same steps give the same weights again)."""
         best = self.best()
         if best is not None and best["step"] > step:
-            (self.out / "best.json").unlink()
-            shutil.rmtree(self.out / "best", ignore_errors=True)
+            shutil.rmtree(self.out / "best")
 
     def save_on_interrupt(self) -> None:
         """Checkpoint the last whole step on Ctrl-C; mid-update the weights are neither the old nor
@@ -445,8 +538,8 @@ class _Run:
         accelerator.wait_for_everyone()
         if self.main:
             publish(tmp, folder, self.cfg.keep_checkpoints)
-        accelerator.wait_for_everyone()
         self.last_saved = self.progress.step
+        accelerator.wait_for_everyone()
 
     def write_shared_state(self, folder: Path, gathered: dict | None) -> None:
         """The files all processes share (their copies are the same under DDP; `gathered` from
@@ -526,7 +619,7 @@ class _Run:
                 shutil.rmtree(tmp)
             best = self.best() if self.cfg.keep_best is not None else None
             if best is not None:
-                shutil.copytree(self.out / "best", tmp)
+                shutil.copytree(self.out / "best", tmp, ignore=shutil.ignore_patterns(BEST_RECORD))
             else:
                 self.stage.export(weights, self.cfg, tmp)
             if folder.exists():
