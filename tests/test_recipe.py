@@ -124,6 +124,15 @@ def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(
             assert "of the parameters match" in printed.err
 
 
+def test_a_stage_that_does_not_train_is_timed_over_every_process_that_ran_it(tmp_path):
+    out = tmp_path / "recipe"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "minutes.json").write_text('{"minutes": 10}')  # an interrupted process's
+    assert cli.main(["recipe", "smoke", "--out", str(out), "--resume", "--stages", "data"]) == 0
+    assert 10 < json.loads((out / "data" / "done.json").read_text())["minutes"] < 12
+    assert not (out / "data" / "minutes.json").exists()  # the record holds them now
+
+
 def test_dry_run_lists_every_stage_with_its_budget(tmp_path, capsys):
     argv = ["recipe", "shapes-tiny", "--out", str(tmp_path / "r"), "--dry-run", "--json"]
     sets = ["--set", "ar.max_steps=123", "ar.lr=5e-4", "--set", "dit.max_steps=45"]

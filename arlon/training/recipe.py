@@ -250,15 +250,15 @@ def run_recipe(
         if state.is_main_process:
             print(f"recipe: stage {stage.name} ({stage.kind}) ...", flush=True)
         start = time.perf_counter()
-        trained = None
+        minutes = None
         if stage.kind == "train":
-            trained = _train(recipe, stage, out, embedded_vae, embedded_ar)
+            minutes = _train(recipe, stage, out, embedded_vae, embedded_ar)
         else:
             if state.is_main_process:
-                _RUNNERS[stage.kind](stage, out)
+                minutes = _run_timed(stage, out)
             state.wait_for_everyone()
         if state.is_main_process:
-            minutes = (time.perf_counter() - start) / 60 if trained is None else trained
+            minutes = (time.perf_counter() - start) / 60 if minutes is None else minutes
             record = {"minutes": round(minutes, 2), "finished": _now(), "kind": stage.kind}
             record["settings"] = _as_json(stage.settings)
             record |= _curve(out / stage.name / "eval.csv")
@@ -266,6 +266,7 @@ def run_recipe(
             if best.exists():  # keep_best: the exported model is that evaluation's
                 record["best"] = json.loads(best.read_text())
             write_json(out / stage.name / "done.json", record)
+            (out / stage.name / "minutes.json").unlink(missing_ok=True)  # in the record now
             print(f"recipe: stage {stage.name} done in {minutes:.1f} min", flush=True)
         state.wait_for_everyone()
     return out / recipe.stages[-1].name
@@ -317,6 +318,21 @@ def _curve(log: Path) -> dict:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _run_timed(stage: Stage, out: Path) -> float:
+    """Run a stage that does not train; its minutes, summed over every process that ran it (a data
+    set or a cache interrupted goes on where it stopped), kept in `OUT/NAME/minutes.json`."""
+    spent = out / stage.name / "minutes.json"
+    earlier = json.loads(spent.read_text())["minutes"] if spent.exists() else 0.0
+    start = time.perf_counter()
+    try:
+        _RUNNERS[stage.kind](stage, out)
+    finally:
+        minutes = earlier + (time.perf_counter() - start) / 60
+        spent.parent.mkdir(parents=True, exist_ok=True)
+        write_json(spent, {"minutes": round(minutes, 2)})
+    return minutes
 
 
 def _output(out: Path, stage: Stage) -> Path:
