@@ -328,6 +328,7 @@ class _Run:
         # state (its RNG at the start is in `step_rng`), "update" while it does.
         self.phase, self.step_rng = "idle", None
         self.started = time.monotonic()
+        self.counted = self.started  # time before this is in progress.seconds
 
     def unlock(self) -> None:
         if self.lock is not None:
@@ -359,30 +360,11 @@ class _Run:
             disable=not self.main,
         )
         self.model.train()
-        counted = time.monotonic()  # the loop's time up to here is in progress.seconds
+        self.counted = time.monotonic()  # the loop's time up to here is in progress.seconds
         with _StopRequests(self.accelerator) as stop:
             try:
                 while progress.step < cfg.max_steps and not self.out_of_time():
-                    tick = time.monotonic()
-                    loss, logs, grad_norm = self.step()
-                    rate = cfg.batch_size * cfg.grad_accum * self.world / (time.monotonic() - tick)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.1f}")
-                    if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps:
-                        row = {"step": progress.step, "loss": loss.item()}
-                        row |= {
-                            "lr": self.scheduler.get_last_lr()[0],
-                            "grad_norm": float(grad_norm),
-                        }
-                        row |= {"samples_per_s": rate, **{k: float(v) for k, v in logs.items()}}
-                        self.train_log.write(row)
-                    every = cfg.eval_every
-                    if every > 0 and progress.step % every == 0 and progress.step < cfg.max_steps:
-                        self.evaluate()
-                    progress.seconds += time.monotonic() - counted  # before a checkpoint holds it
-                    counted = time.monotonic()
-                    if progress.step % cfg.checkpoint_every == 0:
-                        self.save_checkpoint()
+                    self.advance(bar)
                     if stop.requested():
                         raise stop.error()
             except KeyboardInterrupt:
@@ -394,6 +376,27 @@ class _Run:
                 self.save_checkpoint()
             if cfg.eval_every >= 0:
                 self.evaluate()
+
+    def advance(self, bar: tqdm) -> None:
+        """One step, with its log row, evaluation and checkpoint when they are due."""
+        cfg, progress = self.cfg, self.progress
+        tick = time.monotonic()
+        loss, logs, grad_norm = self.step()
+        rate = cfg.batch_size * cfg.grad_accum * self.world / (time.monotonic() - tick)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.1f}")
+        if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps:
+            row = {"step": progress.step, "loss": loss.item()}
+            row |= {"lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+            row |= {"samples_per_s": rate, **{k: float(v) for k, v in logs.items()}}
+            self.train_log.write(row)
+        every = cfg.eval_every
+        if every > 0 and progress.step % every == 0 and progress.step < cfg.max_steps:
+            self.evaluate()
+        progress.seconds += time.monotonic() - self.counted  # before the checkpoint holds it
+        self.counted = time.monotonic()
+        if progress.step % cfg.checkpoint_every == 0:
+            self.save_checkpoint()
 
     def out_of_time(self) -> bool:
         minutes = self.cfg.max_minutes
