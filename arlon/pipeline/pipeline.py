@@ -413,12 +413,8 @@ class ARLONPipeline(DiffusionPipeline):
             latents = encode_video(self.vae, video)[None]
         else:
             frames = np.asarray(video)
-            if (
-                frames.dtype != np.uint8
-                or frames.ndim != 4
-                or frames.shape[-1] != 3
-                or not len(frames)
-            ):
+            shaped = frames.ndim == 4 and frames.shape[-1] == 3 and len(frames) > 0
+            if frames.dtype != np.uint8 or not shaped:
                 raise ArlonError(
                     "a video to continue is uint8 frames (T, H, W, 3), "
                     f"got {frames.dtype} of shape {frames.shape}"
