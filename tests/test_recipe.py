@@ -190,12 +190,34 @@ def test_a_malformed_recipe_is_a_clear_error(tmp_path, text, message):
         (["smoke", "--stages", "bake"], "no stage 'bake'"),
         (["smoke", "--stages", "dit"], "reads 'cache', which is not finished"),
         (["smoke", "--set", "max_steps=3"], "STAGE.KEY=VALUE"),
+        (["smoke", "--stages", ","], "--stages names no stage"),
+        (["smoke", "--json"], "--json prints the plan of --dry-run"),
+        (["smoke", "--resume"], "nothing to resume in"),
+        (["smoke", "--set", "ar.lr=nan"], "stage 'ar': lr must be a positive number, got nan"),
+        (["smoke", "--dry-run", "--set", "ar.max_steps=abc"], "stage 'ar': max_steps must be int"),
     ],
 )
 def test_recipe_mistakes_are_one_line(tmp_path, capsys, args, message):
     assert cli.main(["recipe", *args, "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("content", ["", "{not json", "[]", "{}", '{"minutes": "x"}'])
+def test_a_damaged_done_record_is_a_one_line_error(tmp_path, capsys, content):
+    out = tmp_path / "r"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "done.json").write_text(content)
+    for extra in (["--dry-run"], ["--resume"]):
+        assert cli.main(["recipe", "smoke", "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "data/done.json is damaged: remove it" in err and err.count("\n") == 1
+    (out / "data" / "done.json").unlink()
+    assert cli.main(["recipe", "smoke", "--out", str(out / "data" / "x"), "--dry-run"]) == 0
+    capsys.readouterr()
+    (out / "file").write_text("")
+    assert cli.main(["recipe", "smoke", "--out", str(out / "file"), "--dry-run"]) == 2
+    assert "is a file" in capsys.readouterr().err
 
 
 def test_the_same_recipe_command_runs_under_accelerate_launch(tmp_path):

@@ -157,6 +157,16 @@ def test_merged_replaces_settings_and_merges_data_and_model():
         cfg.merged(data="x")
     with pytest.raises(ArlonError, match="betas must be two numbers"):
         cfg.merged(betas="ab")
+    for bad, message in [
+        ("lr=inf", "lr must be a positive number, got inf"),
+        ("grad_clip=0", "grad_clip must be a positive number"),
+        ("ema_decay=1", r"ema_decay must be in \[0, 1\)"),
+        ("min_lr_ratio=2", r"min_lr_ratio must be in \[0, 1\]"),
+        ("betas=[0.9, 1.0]", r"betas must lie in \[0, 1\)"),
+        ("max_minutes=0", "max_minutes must be positive"),
+    ]:  # torch would take some and train on nan, or fail with a traceback
+        with pytest.raises(ArlonError, match=message):
+            cfg.override([bad])
 
 
 @pytest.mark.parametrize(
@@ -168,7 +178,8 @@ def test_merged_replaces_settings_and_merges_data_and_model():
         (b"", "is damaged: it holds nothing"),
         (b"stage: [vae\n", "is damaged: expected ',' or ']'"),
         (b"\x00\x01", "is damaged: unacceptable character"),
-        (b"stage: vae\nlr: -1\n", "is damaged: lr must be positive"),
+        (b"stage: vae\nlr: -1\n", "is damaged: lr must be a positive number"),
+        (b"stage: vae\nlr: .nan\n", "is damaged: lr must be a positive number, got nan"),
         (b"stage: vae\n3: x\ncolour: red\n", "is damaged: unknown config key(s) 3, colour"),
     ],
 )

@@ -53,12 +53,21 @@ def add_parsers(commands) -> None:
 
 
 def run_recipe(args: argparse.Namespace) -> None:
-    from arlon.training.recipe import done, plan, read_recipe
+    from arlon.training.recipe import check_settings, done, plan, read_recipe
     from arlon.training.recipe import run_recipe as run
 
     recipe = read_recipe(args.recipe, args.set)
+    if args.stages is not None and not args.stages:
+        raise ArlonError("--stages names no stage; give e.g. --stages dit,arlon")
     for name in args.stages or ():
         recipe.stage(name)  # an unknown stage is a mistake before anything runs
+    if args.json and not args.dry_run:
+        raise ArlonError("--json prints the plan of --dry-run: give both")
+    if args.out.exists() and not args.out.is_dir():
+        raise ArlonError(f"--out {args.out} is a file")
+    if args.resume and not args.dry_run and not args.out.is_dir():
+        raise ArlonError(f"nothing to resume in {args.out}: it does not exist")
+    check_settings(recipe, args.out)
     if args.dry_run:
         rows = plan(recipe, args.out)
         if args.json:
@@ -67,8 +76,6 @@ def run_recipe(args: argparse.Namespace) -> None:
         print(f"recipe {recipe.name} into {args.out}:")
         print(_table(rows))
         return
-    if args.out.exists() and not args.out.is_dir():
-        raise ArlonError(f"--out {args.out} is a file")
     args.out.mkdir(parents=True, exist_ok=True)
     folder = run(recipe, args.out, args.resume, args.stages, args.embedded_vae, args.embedded_ar)
     from accelerate import PartialState

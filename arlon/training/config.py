@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import reprlib
 from dataclasses import dataclass, field
@@ -69,14 +70,26 @@ class TrainConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ArlonError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ArlonError(f"lr must be positive, got {self.lr}")
+        numbers = [  # each comparison is false for nan
+            ("lr", 0 < self.lr < math.inf, "a positive number"),
+            ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+            ("warmup_steps", self.warmup_steps >= 0, "0 or more"),
+            ("weight_decay", 0 <= self.weight_decay < math.inf, "0 or more"),
+            ("grad_clip", 0 < self.grad_clip < math.inf, "a positive number"),
+            ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)"),
+            ("max_minutes", self.max_minutes is None or self.max_minutes > 0, "positive"),
+        ]
+        for name, good, what in numbers:
+            if not good:
+                raise ArlonError(f"{name} must be {what}, got {getattr(self, name)}")
         if not (
             isinstance(self.betas, list | tuple)
             and len(self.betas) == 2
             and all(isinstance(b, int | float) and not isinstance(b, bool) for b in self.betas)
         ):
             raise ArlonError(f"betas must be two numbers, got {self.betas!r}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ArlonError(f"betas must lie in [0, 1), got {list(self.betas)}")
         self.betas = tuple(self.betas)
 
     def to_dict(self) -> dict:

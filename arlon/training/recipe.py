@@ -160,7 +160,15 @@ def _check(recipe: Recipe, path: Path) -> None:
 def done(out: Path, stage: Stage) -> dict | None:
     """The record of a finished stage (its minutes and when), or None."""
     marker = out / stage.name / "done.json"
-    return json.loads(marker.read_text()) if marker.exists() else None
+    if not marker.exists():
+        return None
+    try:
+        record = json.loads(marker.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("minutes"), int | float):
+        raise ArlonError(f"{marker} is damaged: remove it to make the stage {stage.name!r} again")
+    return record
 
 
 def changed(out: Path, stage: Stage) -> list[str]:
@@ -345,23 +353,12 @@ def _output(out: Path, stage: Stage) -> Path:
     return out / stage.name
 
 
-def _train(
-    recipe: Recipe, stage: Stage, out: Path, embedded_vae: bool, embedded_ar: bool
-) -> float | None:
-    """Train the stage to its budget; its training minutes, summed over every process that resumed
-    it (a stage trained over several sessions is timed whole), or None when nothing was trained."""
+def _request(recipe: Recipe, stage: Stage, out: Path, embedded_ar: bool):
+    """The `arlon train` request of a training stage: its preset, settings, inputs and budget."""
     from arlon.training.checkpoint import latest_checkpoint
-    from arlon.training.presets import RunRequest, run_config
-    from arlon.training.stages import stage as training_stage
-    from arlon.training.trainer import train
+    from arlon.training.presets import RunRequest
 
-    s = stage.settings
-    folder = out / stage.name
-    if s["stage"] == "vae" and embedded_vae:
-        from arlon.weights import embedded
-
-        shutil.copytree(embedded("vae"), folder / "model", dirs_exist_ok=True)
-        return None
+    s, folder = stage.settings, out / stage.name
 
     def path_of(key: str) -> Path | None:
         name = s.get(key)
@@ -373,7 +370,7 @@ def _train(
         from arlon.weights import embedded
 
         init_from, sets = embedded("ar"), [*sets, "init_partial=true"]
-    request = RunRequest(
+    return RunRequest(
         stage=s["stage"],
         out=folder,
         resume=latest_checkpoint(folder) is not None,
@@ -384,6 +381,38 @@ def _train(
         init_from=init_from,
         max_steps=s.get("max_steps"),
     )
+
+
+def check_settings(recipe: Recipe, out: Path) -> None:
+    """Every training stage's settings are valid ones: a mistake in the last stage's is found
+    before the first stage runs, not hours later."""
+    from arlon.training.presets import run_config
+
+    for stage in recipe.stages:
+        if stage.kind == "train":
+            try:
+                run_config(_request(recipe, stage, out, embedded_ar=False))
+            except ArlonError as e:
+                raise ArlonError(f"stage {stage.name!r}: {e}") from None
+
+
+def _train(
+    recipe: Recipe, stage: Stage, out: Path, embedded_vae: bool, embedded_ar: bool
+) -> float | None:
+    """Train the stage to its budget; its training minutes, summed over every process that resumed
+    it (a stage trained over several sessions is timed whole), or None when nothing was trained."""
+    from arlon.training.checkpoint import latest_checkpoint
+    from arlon.training.presets import run_config
+    from arlon.training.stages import stage as training_stage
+    from arlon.training.trainer import train
+
+    folder = out / stage.name
+    if stage.settings["stage"] == "vae" and embedded_vae:
+        from arlon.weights import embedded
+
+        shutil.copytree(embedded("vae"), folder / "model", dirs_exist_ok=True)
+        return None
+    request = _request(recipe, stage, out, embedded_ar)
     cfg = run_config(request)
     train(training_stage(cfg.stage), cfg, folder, resume=request.resume)
     progress = json.loads((latest_checkpoint(folder) / "state.json").read_text())["progress"]
