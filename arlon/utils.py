@@ -42,6 +42,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def hold_lock(folder: Path):
+    """Hold `folder/.lock` until the returned file is closed: one process at a time works in a run
+    folder (two would delete each other's checkpoints, or write the same files)."""
+    import fcntl  # here: POSIX only, and only those that write run folders need it
+
+    handle = open(folder / ".lock", "w")  # noqa: SIM115 - held until the caller closes it
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ArlonError(
+            f"another process is working in {folder}: let it finish or stop it"
+        ) from None
+    return handle
+
+
 def write_json(path: str | os.PathLike, value) -> None:
     """Write `value` as indented JSON, atomically."""
     with atomic_path(path) as tmp:

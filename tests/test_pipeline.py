@@ -401,6 +401,7 @@ def test_embedded_default_generates(tmp_path, capsys):
         (["--timeline", "random.txt"], "not UTF-8 text"),
         (["--prompt", PROMPT, "--prompt", "a blue square"], "--switch-every"),
         ([PROMPT, "--init-video", "none.mp4"], "no such video"),
+        ([PROMPT, "--init-video", "earlier.gif", "-o", "earlier.gif"], "is the video to continue"),
     ],
 )
 def test_generate_bad_input_is_one_line_exit_2_and_leaves_no_file(
@@ -414,6 +415,7 @@ def test_generate_bad_input_is_one_line_exit_2_and_leaves_no_file(
     (tmp_path / "superscript.txt").write_text(f"0\t{PROMPT}\n\u00b2\tb\n")
     (tmp_path / "random.txt").write_bytes(bytes(range(128, 256)) * 8)
     (tmp_path / "folder.mp4").mkdir()  # an output path that cannot be written
+    (tmp_path / "earlier.gif").write_bytes(b"GIF89a")  # a video to continue
     model = [] if "--model" in argv else ["--model", folder]
     out = [] if "-o" in argv else ["-o", "o.mp4"]
     code, _, err = generate(capsys, *argv, *model, *out)

@@ -20,7 +20,8 @@ from arlon.models.video_vae import VideoVAE
 from arlon.training.config import TrainConfig
 from arlon.training.presets import train_config
 from arlon.training.stages import stage
-from arlon.training.trainer import _lock, train
+from arlon.training.trainer import train
+from arlon.utils import hold_lock
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 
@@ -212,6 +213,13 @@ def test_train_cli_errors(tmp_path, capsys, argv, message):
     assert message in err and err.count("\n") == 1
 
 
+def test_train_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "run").write_text("")
+    argv = ["train", "vae", "--preset", "smoke", "--out", str(tmp_path / "run")]
+    assert cli.main(argv) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
     out = tmp_path / "run"
     assert (
@@ -326,9 +334,9 @@ class _Scripted(type(stage("vae"))):
 def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    held = _lock(out)  # as another process training it holds it
+    held = hold_lock(out)  # as another process training it holds it
     cfg = train_config("vae", "smoke", max_steps=2, eval_every=-1)
-    with pytest.raises(ArlonError, match="another process is training"):
+    with pytest.raises(ArlonError, match="another process is working in"):
         train(stage("vae"), cfg, out)
     assert not (out / "config.yaml").exists()  # refused before writing anything
     held.close()

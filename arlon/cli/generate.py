@@ -105,6 +105,8 @@ def run_generate(args: argparse.Namespace) -> None:
     output_file(args.out, VIDEO_SUFFIXES)
     if args.init_video is not None:
         input_file(args.init_video, "video to continue")
+        if args.init_video.resolve() == args.out.resolve():
+            raise ArlonError(f"-o {args.out} is the video to continue: write the new one elsewhere")
     settings = ar_settings(args, prefix="ar_")
     report_prompts(timeline)
 

@@ -64,6 +64,8 @@ def run_train(args: argparse.Namespace) -> None:
     for path, what in ((args.config, "config file"), (args.data, "training data")):
         if path is not None and not path.exists():
             raise ArlonError(f"no such {what}: {path}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ArlonError(f"--out {args.out} is a file")
     from arlon.training.presets import RunRequest, run_config
     from arlon.training.stages import stage
     from arlon.training.trainer import train

@@ -33,7 +33,7 @@ import yaml
 
 from arlon.errors import ArlonError
 from arlon.training.config import parse_value
-from arlon.utils import write_json
+from arlon.utils import hold_lock, write_json
 
 RECIPES = Path(__file__).parent / "recipes"
 KINDS = ("dataset", "train", "cache", "codes", "assemble")
@@ -249,6 +249,7 @@ def run_recipe(
                 f"({'; '.join(differences)}): run the recipe it was made with, or remove "
                 f"{out / stage.name} and the stages that read it to make them again"
             )
+    state.wait_for_everyone()  # every process has looked at `out` before any writes to it
     for stage in stages:
         if done(out, stage) is not None:
             continue
@@ -274,7 +275,8 @@ def run_recipe(
             if best.exists():  # keep_best: the exported model is that evaluation's
                 record["best"] = json.loads(best.read_text())
             write_json(out / stage.name / "done.json", record)
-            (out / stage.name / "minutes.json").unlink(missing_ok=True)  # in the record now
+            for spent in ("minutes.json", ".lock"):  # in the record now; nothing more to guard
+                (out / stage.name / spent).unlink(missing_ok=True)
             print(f"recipe: stage {stage.name} done in {minutes:.1f} min", flush=True)
         state.wait_for_everyone()
     return out / recipe.stages[-1].name
@@ -332,14 +334,15 @@ def _run_timed(stage: Stage, out: Path) -> float:
     """Run a stage that does not train; its minutes, summed over every process that ran it (a data
     set or a cache interrupted goes on where it stopped), kept in `OUT/NAME/minutes.json`."""
     spent = out / stage.name / "minutes.json"
-    earlier = json.loads(spent.read_text())["minutes"] if spent.exists() else 0.0
-    start = time.perf_counter()
-    try:
-        _RUNNERS[stage.kind](stage, out)
-    finally:
-        minutes = earlier + (time.perf_counter() - start) / 60
-        spent.parent.mkdir(parents=True, exist_ok=True)
-        write_json(spent, {"minutes": round(minutes, 2)})
+    spent.parent.mkdir(parents=True, exist_ok=True)
+    with hold_lock(spent.parent):
+        earlier = json.loads(spent.read_text())["minutes"] if spent.exists() else 0.0
+        start = time.perf_counter()
+        try:
+            _RUNNERS[stage.kind](stage, out)
+        finally:
+            minutes = earlier + (time.perf_counter() - start) / 60
+            write_json(spent, {"minutes": round(minutes, 2)})
     return minutes
 
 

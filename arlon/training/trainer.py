@@ -71,6 +71,7 @@ from arlon.training.checkpoint import (
     set_rng_state,
 )
 from arlon.training.config import TrainConfig
+from arlon.utils import hold_lock
 
 BEST_RECORD = "best.json"  # in out/best: the step and the value of the weights kept
 
@@ -252,20 +253,6 @@ def train(stage: Stage, cfg: TrainConfig, out: str | Path, resume: bool = False)
         run.unlock()
 
 
-def _lock(out: Path):
-    """Hold `out/.lock` (released with the file): two processes training one run folder would
-    delete each other's checkpoints."""
-    import fcntl
-
-    handle = open(out / ".lock", "w")  # noqa: SIM115 - held for the run, closed by unlock
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise ArlonError(f"another process is training {out}: let it finish or stop it") from None
-    return handle
-
-
 class _Run:
     """One training run: the accelerator, the model, its optimiser and all that a checkpoint holds."""
 
@@ -293,7 +280,7 @@ class _Run:
         self.lock = None
         if self.main:  # only once the model and the data are there: a refused run leaves nothing
             out.mkdir(parents=True, exist_ok=True)
-            self.lock = _lock(out)
+            self.lock = hold_lock(out)
             if checkpoint is not None and (out / "config.yaml").exists():  # says what changed
                 for change in TrainConfig.load(out / "config.yaml").differences(cfg):
                     self.accelerator.print(f"resumed with another setting: {change}")
