@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import tempfile
@@ -40,6 +41,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def settings_for(cls: type, settings: dict) -> dict:
+    """`settings`, once each is a parameter of `cls`'s constructor: a mistyped model setting (`--set
+    model.num_layer=8`) is a one-line error that lists the known ones, not a TypeError."""
+    known = set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ArlonError(
+            f"{cls.__name__} has no setting {', '.join(unknown)}; its settings: "
+            + ", ".join(sorted(known))
+        )
+    return settings
 
 
 def hold_lock(folder: Path):

@@ -204,6 +204,7 @@ def test_a_damaged_config_is_a_one_line_error(tmp_path, capsys, content, message
         (["train", "vae", "--preset", "huge"], "unknown preset"),
         (["train", "gan", "--preset", "smoke"], "invalid choice: 'gan'"),
         (["train", "vae", "--preset", "smoke", "--set", "colour=red"], "unknown config key"),
+        (["train", "vae", "--preset", "smoke", "--set", "model.chanels=[8]"], "no setting chanels"),
         (["train", "vae", "--preset", "smoke", "--resume"], "nothing to resume"),
     ],
 )

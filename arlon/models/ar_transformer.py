@@ -35,6 +35,7 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from arlon.errors import ArlonError
 from arlon.models.layers import apply_rope, rope_tables
+from arlon.utils import settings_for
 
 # ------------------------------------------------------------------------------------------------
 # The KV cache
@@ -487,4 +488,4 @@ AR_PRESETS: dict[str, dict] = {
 def ar_transformer(preset: str, **overrides) -> ARTransformer:
     if preset not in AR_PRESETS:
         raise ArlonError(f"unknown AR preset {preset!r}; known: {', '.join(AR_PRESETS)}")
-    return ARTransformer(**{**AR_PRESETS[preset], **overrides})
+    return ARTransformer(**settings_for(ARTransformer, {**AR_PRESETS[preset], **overrides}))

@@ -35,6 +35,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from vector_quantize_pytorch import FSQ, VectorQuantize
 
 from arlon.errors import ArlonError
+from arlon.utils import settings_for
 
 
 @dataclass
@@ -584,6 +585,5 @@ def latent_vqvae(preset: str, latent_channels: int, **overrides) -> LatentVQVAE:
         raise ArlonError(
             f"unknown latent VQ-VAE preset {preset!r}; known: {', '.join(LATENT_VQVAE_PRESETS)}"
         )
-    return LatentVQVAE(
-        latent_channels=latent_channels, **{**LATENT_VQVAE_PRESETS[preset], **overrides}
-    )
+    settings = {**LATENT_VQVAE_PRESETS[preset], **overrides, "latent_channels": latent_channels}
+    return LatentVQVAE(**settings_for(LatentVQVAE, settings))

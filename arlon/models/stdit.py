@@ -33,6 +33,7 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from arlon.errors import ArlonError
 from arlon.models.layers import apply_rope, rope_tables
+from arlon.utils import settings_for
 
 UNCERTAINTY = ("none", "blog", "gaussian")
 
@@ -566,4 +567,4 @@ def stdit(preset: str, arlon: bool = False, **overrides) -> STDiT:
     if preset not in STDIT_PRESETS:
         raise ArlonError(f"unknown STDiT preset {preset!r}; known: {', '.join(STDIT_PRESETS)}")
     injection = INJECTION_PRESETS[preset] if arlon else {}
-    return STDiT(**{**STDIT_PRESETS[preset], **injection, **overrides})
+    return STDiT(**settings_for(STDiT, {**STDIT_PRESETS[preset], **injection, **overrides}))

@@ -24,6 +24,7 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from arlon.errors import ArlonError
 from arlon.models.autoencoder import VideoAutoencoder
+from arlon.utils import settings_for
 
 # ------------------------------------------------------------------------------------------------
 # Layers
@@ -325,4 +326,4 @@ VAE_PRESETS: dict[str, dict] = {
 def video_vae(preset: str, **overrides) -> VideoVAE:
     if preset not in VAE_PRESETS:
         raise ArlonError(f"unknown VAE preset {preset!r}; known: {', '.join(VAE_PRESETS)}")
-    return VideoVAE(**{**VAE_PRESETS[preset], **overrides})
+    return VideoVAE(**settings_for(VideoVAE, {**VAE_PRESETS[preset], **overrides}))
