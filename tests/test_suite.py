@@ -256,6 +256,8 @@ def test_true_tokens_stand_in_for_the_ar_and_draw_the_scene(tmp_path, monkeypatc
     assert not (tmp_path / "mine").exists()  # refused before anything is written
     with pytest.raises(ArlonError, match="tokens are ar or truth"):
         SuitePlan(tokens="oracle")
+    with pytest.raises(ArlonError, match="needs at least 3 frames, got 1"):
+        SuitePlan(frames=1)  # before the AR draws anything
 
 
 def test_eval_suite_cli(folder, tmp_path, capsys):

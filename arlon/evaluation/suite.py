@@ -331,6 +331,8 @@ class SuitePlan:
     def __post_init__(self):
         if self.tokens not in TOKENS:
             raise ArlonError(f"tokens are {' or '.join(TOKENS)}, got {self.tokens!r}")
+        if self.frames is not None and self.frames < 3:  # motion smoothness reads 3 at a time
+            raise ArlonError(f"a video to score needs at least 3 frames, got {self.frames}")
         for mode in (*self.modes, *(run.mode for run in self.only)):
             if mode not in MODES:
                 raise ArlonError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
