@@ -402,6 +402,7 @@ def test_embedded_default_generates(tmp_path, capsys):
         (["--prompt", PROMPT, "--prompt", "a blue square"], "--switch-every"),
         ([PROMPT, "--init-video", "none.mp4"], "no such video"),
         ([PROMPT, "--init-video", "earlier.gif", "-o", "earlier.gif"], "is the video to continue"),
+        ([PROMPT, "--init-video", "folder.mp4"], "is a folder, not a file"),
     ],
 )
 def test_generate_bad_input_is_one_line_exit_2_and_leaves_no_file(

@@ -147,6 +147,8 @@ def output_file(path: Path, suffixes: tuple[str, ...] = ()) -> Path:
 
 
 def input_file(path: Path, what: str) -> Path:
+    if path.is_dir():
+        raise ArlonError(f"the {what} {path} is a folder, not a file")
     if not path.is_file():
         raise ArlonError(f"no such {what}: {path}")
     return path
