@@ -383,6 +383,12 @@ def test_keep_best_exports_the_weights_of_the_best_evaluation(tmp_path, capsys):
     assert not (out / "best.old").exists()
     assert all(torch.equal(v, _weights(out)[k]) for k, v in kept.items())
 
+    # A run whose record lay beside its folder (before 2026-12-06) resumes with its best.
+    os.replace(out / "best" / "best.json", out / "best.json")
+    train(_Scripted([1.6]), cfg, out, resume=True)
+    assert json.loads((out / "best" / "best.json").read_text())["value"] == 1.5
+    assert not (out / "best.json").exists()
+
     with pytest.raises(ArlonError, match="reports psnr_heldout, not 'perplexity_heldout'"):
         train(
             stage("vae"),
