@@ -520,6 +520,8 @@ def test_continuation_starts_from_the_given_video(pipe, monkeypatch):
     assert longer.frames.shape == (1, 40, 32, 32, 3)
     with pytest.raises(ArlonError, match="no such video"):
         pipe(PROMPT, num_frames=8, init_video="missing.mp4")
+    with pytest.raises(ArlonError, match="the video to continue is 32x32: its continuation cannot"):
+        pipe(PROMPT, num_frames=8, init_video=video, height=64, width=64)
     for bad in (video / 255.0, video[..., 0], video[:0]):  # floats, no colour, no frames
         with pytest.raises(ArlonError, match=r"uint8 frames \(T, H, W, 3\)"):
             pipe(PROMPT, num_frames=8, init_video=bad)

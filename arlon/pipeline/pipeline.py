@@ -364,8 +364,14 @@ class ARLONPipeline(DiffusionPipeline):
         if init_video is not None and sampling.mode == "ar-only":
             raise ArlonError("mode ar-only does not continue a video: use arlon or baseline")
         init = None if init_video is None else self._encode_init(init_video)
-        if init is not None:
-            height, width = (n * self.vae.spatial_ratio for n in init.shape[3:])
+        if init is not None:  # a continuation has the size of the video it continues
+            size = tuple(n * self.vae.spatial_ratio for n in init.shape[3:])
+            if (height or size[0], width or size[1]) != size:
+                raise ArlonError(
+                    f"the video to continue is {size[1]}x{size[0]}: its continuation cannot be "
+                    f"{width or size[1]}x{height or size[0]}"
+                )
+            height, width = size
         default_h, default_w = self.default_size()
         height, width = height or default_h, width or default_w
         self.check_inputs(num_frames, height, width, sampling)
