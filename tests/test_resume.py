@@ -227,7 +227,7 @@ def test_ctrl_c_saves_the_step_it_was_in_and_resumes_exactly(straight, tmp_path,
 def test_a_signal_lets_the_step_finish_and_a_second_stops_at_once(
     straight, tmp_path, signum, times, latest, monkeypatch
 ):
-    """SIGTERM (as a session's end sends) or Ctrl-C in the third step: it finishes, is
+    """SIGTERM (as a job scheduler sends) or Ctrl-C in the third step: it finishes, is
     checkpointed, and the run stops; twice, it stops at once, the step not taken. Either way
     --resume ends with the uninterrupted run's weights."""
     vae, calls = stage("vae"), [0]
