@@ -38,9 +38,6 @@ import json
 import math
 import os
 import shutil
-import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +52,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils.data import Dataset, default_collate
 from tqdm import tqdm
 
-from arlon.errors import ArlonError, Stopped
+from arlon.errors import ArlonError
 from arlon.training.checkpoint import (
     CHECKPOINT_FORMAT,
     checkpoint_to_resume,
@@ -71,6 +68,7 @@ from arlon.training.checkpoint import (
     set_rng_state,
 )
 from arlon.training.config import TrainConfig
+from arlon.training.stops import StopRequests
 from arlon.utils import hold_lock
 
 BEST_RECORD = "best.json"  # in out/best: the step and the value of the weights kept
@@ -105,47 +103,6 @@ class Progress:
     def load_state_dict(self, state: dict) -> None:
         self.step, self.position = int(state["step"]), int(state["position"])
         self.seconds = float(state.get("seconds", 0.0))  # checkpoints before 2026-12-05 lack it
-
-
-class _StopRequests:
-    """Ctrl-C and SIGTERM while a run trains: the first is noted, and the loop stops at the end of
-    the step under way (its evaluation and checkpoint done) with the state checkpointed; a second
-    stops at once, as the signal would without this."""
-
-    def __init__(self, accelerator: Accelerator):
-        self.accelerator = accelerator
-        self.signum: int | None = None
-        self.previous: dict = {}
-
-    def __enter__(self) -> _StopRequests:
-        if threading.current_thread() is threading.main_thread():  # where handlers can be set
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self.previous[signum] = signal.signal(signum, self._note)
-        return self
-
-    def __exit__(self, kind, value, traceback) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-        if kind is None and self.signum is not None:  # noted in the last checkpoint or evaluation
-            raise self.error()
-
-    def _note(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise Stopped(128 + signum)
-        self.signum = signum
-        if self.accelerator.is_main_process:
-            name = signal.Signals(signum).name
-            tqdm.write(f"{name}: stopping after this step (again: at once)", file=sys.stderr)
-
-    def requested(self) -> bool:
-        """Whether any process was asked to stop: all of them stop after the same step."""
-        if self.accelerator.num_processes > 1:
-            noted = torch.tensor([self.signum or 0], device=self.accelerator.device)
-            self.signum = int(self.accelerator.gather(noted).max()) or None
-        return self.signum is not None
-
-    def error(self) -> Stopped:
-        return Stopped(128 + self.signum)
 
 
 class EMA:
@@ -337,7 +294,7 @@ class _Run:
 
     def loop(self) -> None:
         """Steps until a budget is spent; the last state is always checkpointed, Ctrl-C and SIGTERM
-        included (`_StopRequests`)."""
+        included (`StopRequests`)."""
         cfg, progress = self.cfg, self.progress
         bar = tqdm(
             total=cfg.max_steps,
@@ -348,7 +305,7 @@ class _Run:
         )
         self.model.train()
         self.counted = time.monotonic()  # the loop's time up to here is in progress.seconds
-        with _StopRequests(self.accelerator) as stop:
+        with StopRequests(self.accelerator) as stop:
             try:
                 while progress.step < cfg.max_steps and not self.out_of_time():
                     self.advance(bar)
