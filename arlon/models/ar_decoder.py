@@ -5,11 +5,10 @@ At batch 2 (a video and its null prompt) a code's step reads the AR's 20 MB of w
 little arithmetic with them: its time goes to memory traffic and to the dispatch of each small
 operation (docs/RESULTS.md, "AR: sampling speed"). `ARDecoder` drops the operations that do no
 arithmetic the model needs: the rotary tables are built once for every position (the model builds
-them at each call), the sign of rotate-half is folded into them and q and k turn together, and
-attention's 1/sqrt(head_dim) rides on the query weights where that is exact (64-wide heads: 1/8).
-Every matmul, norm and attention keeps the model's shapes and kernels, so the results are bitwise
-the model's: `ARSampler(fast=False)` is the reference path, and both draw
-the same codes (tested, and checked by `arlon bench` on every run).
+them at each call), and the sign of rotate-half is folded into them and q and k turn together.
+Every matmul, norm and attention (`cached_attention`) keeps the model's shapes and kernels, so the
+results are bitwise the model's: `ARSampler(fast=False)` is the reference path, and both draw the
+same codes (tested, and checked by `arlon bench` on every run).
 
     decoder = ARDecoder(ar)
     logits = decoder(x, cache, cache.length)        # x (B, N, C) at positions start.. -> (B, K)
@@ -18,44 +17,26 @@ the same codes (tested, and checked by `arlon bench` on every run).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from arlon.errors import ArlonError
-from arlon.models.ar_transformer import ARTransformer, KVCache
+from arlon.models.ar_transformer import ARTransformer, KVCache, cached_attention
 from arlon.models.layers import rope_tables
 
 
-def _scaled_queries(qkv: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """The fused projection `(3C, C)` with its query rows times attention's 1 / sqrt(head_dim)."""
-    scale = torch.ones(qkv.shape[0], 1, dtype=qkv.dtype, device=qkv.device)
-    scale[: qkv.shape[0] // 3] = head_dim**-0.5
-    return qkv * scale
-
-
 class ARDecoder:
-    """Inference-only forward of an `ARTransformer`, on its weights (transposed views; the
-    query-scaled projections, when exact, are a copy: a quarter of the weights)."""
+    """Inference-only forward of an `ARTransformer`, on its weights (transposed views)."""
 
     def __init__(self, model: ARTransformer):
         cfg = model.config
         self.model = model
         self.heads, self.head_dim = cfg.num_heads, model.head_dim
-        # 1 / sqrt(head_dim) rides on the query weights only where it is a power of two (exact);
-        # elsewhere attention applies its own scale
-        exact = math.log2(self.head_dim) % 2 == 0
-        self.scale = 1.0 if exact else None
         with torch.no_grad():
             self.layers = [
                 (
                     block.attn_norm,
-                    (
-                        _scaled_queries(block.attn.qkv.weight, self.head_dim)
-                        if exact
-                        else block.attn.qkv.weight
-                    ).t(),
+                    block.attn.qkv.weight.t(),
                     block.attn.proj.weight.t(),
                     block.mlp_norm,
                     block.mlp.gate.weight.t(),
@@ -89,19 +70,13 @@ class ARDecoder:
         h, d, half = self.heads, self.head_dim, self.half
         end = start + n
         cos, sin = self.cos[start:end, None, None], self.sin[start:end, None, None]
-        mask = None
-        if n > 1:  # query i sits at position start + i and sees every key up to there
-            mask = torch.ones(n, end, dtype=torch.bool, device=x.device).tril(start)
         for layer, (norm1, qkv_w, proj_w, norm2, gate_w, up_w, down_w) in enumerate(self.layers):
             qkv = (norm1(x) @ qkv_w).view(b, n, 3, h, d)
             qk = qkv[:, :, :2]  # (B, N, 2, H, D)
             qk = qk * cos + qk.roll(half, -1) * sin
-            keys, values = cache.keys[layer], cache.values[layer]  # (B, H, capacity, D)
-            keys[:, :, start:end] = qk[:, :, 1].transpose(1, 2)
-            values[:, :, start:end] = qkv[:, :, 2].transpose(1, 2)
-            q = qk[:, :, 0].transpose(1, 2)  # (B, H, N, D), scaled by 1 / sqrt(D) when exact
-            k, v = keys[:, :, :end], values[:, :, :end]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+            cache.keys[layer, :, :, start:end] = qk[:, :, 1].transpose(1, 2)
+            cache.values[layer, :, :, start:end] = qkv[:, :, 2].transpose(1, 2)
+            out = cached_attention(qk[:, :, 0].transpose(1, 2), cache, layer, start)
             x = x + out.transpose(1, 2).reshape(b, n, c) @ proj_w
             hidden = norm2(x)
             x = x + (F.silu(hidden @ gate_w) * (hidden @ up_w)) @ down_w

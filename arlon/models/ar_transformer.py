@@ -1,6 +1,7 @@
 """The autoregressive transformer: fine VQ codes of a whole video, one token frame after another.
 
-A Llama-style causal decoder (pre-RMSNorm, rotary positions, SwiGLU, `scaled_dot_product_attention`)
+A Llama-style causal decoder (pre-RMSNorm, rotary positions, SwiGLU; attention by
+`scaled_dot_product_attention` in training, `cached_attention` over the KV cache in generation)
 over one sequence per video window:
 
     [text prefix: P projected text states] [BOS] [frame 0: h*w codes] [frame 1: h*w codes] ...
@@ -65,6 +66,23 @@ class KVCache:
         self.length = length
 
 
+def cached_attention(q: torch.Tensor, cache: KVCache, layer: int, start: int) -> torch.Tensor:
+    """Queries `(B, H, N, D)` at positions `start..start+N-1` over layer `layer`'s cached keys and
+    values (theirs written already) -> `(B, H, N, D)`.
+
+    Every query attends over the whole cache, the positions after its own masked, in plain matmuls
+    and a float32 softmax: a query's arithmetic is then the same whether it comes alone or with
+    others, so a forward of many positions gives each the logits one position at a time would
+    (bitwise in bfloat16, where `scaled_dot_product_attention`'s kernel changes with the number of
+    queries; in float32 a matmul of one or two rows rounds apart from one of many either way)."""
+    keys, values = cache.keys[layer], cache.values[layer]  # (B, H, capacity, D)
+    n, capacity = q.shape[2], keys.shape[2]
+    seen = torch.ones(n, capacity, dtype=torch.bool, device=q.device).tril(start)
+    scores = (q @ keys.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    weights = scores.masked_fill_(~seen, -torch.inf).softmax(-1)
+    return weights.to(values.dtype) @ values
+
+
 # ------------------------------------------------------------------------------------------------
 # Blocks
 # ------------------------------------------------------------------------------------------------
@@ -94,12 +112,7 @@ class Attention(nn.Module):
             start = cache.length
             cache.keys[layer, :, :, start : start + n] = k
             cache.values[layer, :, :, start : start + n] = v
-            k, v = cache.keys[layer, :, :, : start + n], cache.values[layer, :, :, : start + n]
-            # query i sits at position start + i and sees every key up to there
-            mask = None
-            if n > 1:
-                mask = torch.ones(n, start + n, dtype=torch.bool, device=x.device).tril(start)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = cached_attention(q, cache, layer, start)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))  # (B, N, C)
 
 
