@@ -186,7 +186,7 @@ def test_the_cli_names_what_the_library_has():
     checks a command line; they must stay the library's."""
     from arlon.cli import common, generate, train
     from arlon.data.video_io import FORMATS
-    from arlon.pipeline.pipeline import MODES
+    from arlon.pipeline.job import MODES
     from arlon.training.stages import STAGES
 
     assert generate.MODES == MODES

@@ -44,7 +44,8 @@ from arlon.diffusion.rectified_flow import strength_steps
 from arlon.errors import ArlonError
 from arlon.models.ar_sampler import ARSampler, ARSampling
 from arlon.pipeline.coarse import SEAM_CONTEXT
-from arlon.pipeline.pipeline import ARLONPipeline, DiTSampling
+from arlon.pipeline.job import DiTSampling
+from arlon.pipeline.pipeline import ARLONPipeline
 from arlon.pipeline.threads import generation_threads
 from arlon.timeline import Timeline
 from arlon.training.config import TrainConfig

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from arlon.evaluation.heldout import HELDOUT_SEED, heldout_episodes, heldout_prompts
 from arlon.models.ar_sampler import ARSampling
-from arlon.pipeline.pipeline import DiTSampling
+from arlon.pipeline.job import DiTSampling
 from arlon.world.metrics import METRICS, Expected, mean_judged, onset_summary, score_video
 
 DRIFT = ("object_accuracy", "identity", "motion")  # compared between the first and last quarter

@@ -51,7 +51,7 @@ from arlon.evaluation.suite_report import (
     video_path,
     write_report,
 )
-from arlon.pipeline.pipeline import MODES, DiTSampling
+from arlon.pipeline.job import MODES, DiTSampling
 from arlon.timeline import Timeline
 from arlon.utils import atomic_path
 from arlon.world.captions import describe, describe_change

@@ -49,7 +49,6 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
-from arlon.data.latent_cache import encode_frames, encode_video
 from arlon.diffusion.rectified_flow import check_strength, guided, sample
 from arlon.errors import ArlonError
 from arlon.frames import to_frames
@@ -57,46 +56,11 @@ from arlon.models.ar_sampler import ARSampler, ARSampling
 from arlon.models.text_encoder import TextEncoder
 from arlon.pipeline.coarse import LiveTokens, coarse_latents, latent_frame, sample_codes
 from arlon.pipeline.folders import MODELS, SETTINGS, assemble, load_components
+from arlon.pipeline.job import DiTSampling, Job, check_guidance, continued_latents
 from arlon.pipeline.threads import StageTimes, counted, read_ahead, timed
 from arlon.timeline import LiveTimeline, Timeline
 from arlon.utils import check_seed
 from arlon.world.prompts import whole_scenes
-
-MODES = ("arlon", "baseline", "ar-only")
-
-
-@dataclass(frozen=True)
-class DiTSampling:
-    """How the DiT renders each segment: Euler steps, text guidance (1: none; None: the model's
-    own, `ARLONPipeline.config.guidance_scale`), and `mode`: "arlon" (guided by the AR's coarse
-    latent), "baseline" (text only, Open-Sora's loop) or "ar-only" (no DiT: the AR's codes decoded
-    straight through the VQ-VAE and the VAE). `strength` < 1 (arlon only): the DiT runs the last
-    steps of its schedule only (about `steps * strength`: `strength_steps`), from the AR's coarse
-    latent noised to the first of their times instead of from noise (None: the model's own,
-    `ARLONPipeline.config.strength`, in mode arlon; 1 in the others)."""
-
-    num_inference_steps: int = 5
-    guidance_scale: float | None = None
-    mode: str = "arlon"
-    strength: float | None = None
-
-    def __post_init__(self):
-        steps = self.num_inference_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ArlonError(f"the number of steps must be a positive integer, got {steps!r}")
-        _check_guidance(self.guidance_scale)
-        if self.mode not in MODES:
-            raise ArlonError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.strength is None:
-            return
-        check_strength(self.strength, steps)
-        if self.strength < 1 and self.mode != "arlon":
-            raise ArlonError("a strength below 1 starts from the AR's coarse latent: mode arlon")
-
-
-def _check_guidance(scale: float | None) -> None:
-    if scale is not None and not scale >= 0:
-        raise ArlonError(f"the DiT guidance scale must be >= 0, got {scale}")
 
 
 def _check_baseline(baseline, dit) -> None:
@@ -118,22 +82,6 @@ class ARLONPipelineOutput(BaseOutput):
     """`frames`: `(1, T, H, W, 3)` uint8 for output_type "np", or a list of one list of PIL images."""
 
     frames: np.ndarray | list
-
-
-@dataclass
-class _Job:
-    """One generation's inputs, checked, as the stages read them."""
-
-    live: LiveTimeline  # a fixed timeline is a live one that nobody directs
-    num_frames: int
-    height: int
-    width: int
-    sampling: DiTSampling
-    seed: int
-    segments: int
-    new_latents: int
-    init: torch.Tensor | None  # the continued video's reference latents (1, C, r, h, w)
-    dit: torch.nn.Module  # the DiT that renders it (`ARLONPipeline.dit_for`: checked up front)
 
 
 class ARLONPipeline(DiffusionPipeline):
@@ -163,7 +111,7 @@ class ARLONPipeline(DiffusionPipeline):
             )
         if not fps > 0:
             raise ArlonError(f"fps must be positive, got {fps}")
-        _check_guidance(guidance_scale)
+        check_guidance(guidance_scale)
         if not 0 < strength <= 1:
             raise ArlonError(f"the model's strength must lie in (0, 1], got {strength}")
         self.register_modules(
@@ -356,14 +304,18 @@ class ARLONPipeline(DiffusionPipeline):
             if coarse is not None:
                 coarse.close()
 
-    def _job(self, prompt, timeline, num_frames, height, width, sampling, seed, init_video) -> _Job:
+    def _job(self, prompt, timeline, num_frames, height, width, sampling, seed, init_video) -> Job:
         if (prompt is None) == (timeline is None):
             raise ArlonError("give either a prompt or a timeline")
         if not isinstance(timeline, LiveTimeline):
             timeline = LiveTimeline(prompt if timeline is None else timeline)
         if init_video is not None and sampling.mode == "ar-only":
             raise ArlonError("mode ar-only does not continue a video: use arlon or baseline")
-        init = None if init_video is None else self._encode_init(init_video)
+        init = (
+            None
+            if init_video is None
+            else continued_latents(self.vae, init_video, self.config.reference_frames)
+        )
         if init is not None:  # a continuation has the size of the video it continues
             size = tuple(n * self.vae.spatial_ratio for n in init.shape[3:])
             if (height or size[0], width or size[1]) != size:
@@ -376,7 +328,7 @@ class ARLONPipeline(DiffusionPipeline):
         height, width = height or default_h, width or default_w
         self.check_inputs(num_frames, height, width, sampling)
         segments, new_latents = self.plan(num_frames, continued=init is not None)
-        return _Job(
+        return Job(
             timeline,
             num_frames,
             height,
@@ -389,7 +341,7 @@ class ARLONPipeline(DiffusionPipeline):
             self.dit_for(sampling.mode),
         )
 
-    def _decode(self, job: _Job, latents, times: StageTimes, bars) -> Iterator[np.ndarray]:
+    def _decode(self, job: Job, latents, times: StageTimes, bars) -> Iterator[np.ndarray]:
         """The VAE's frames of `latents`, less the continued video's own frames, cut to length."""
         skip = 0 if job.init is None else self.vae.video_frames(self.config.reference_frames)
         left = job.num_frames
@@ -409,29 +361,6 @@ class ARLONPipeline(DiffusionPipeline):
                 bars.frames.update(len(frames))
         finally:
             decoder.close()
-
-    def _encode_init(self, video: np.ndarray | str | Path) -> torch.Tensor:
-        """The last `reference_frames` latent frames `(1, C, r, h, w)` of a video to continue."""
-        r = self.config.reference_frames
-        if isinstance(video, str | Path):
-            if not Path(video).is_file():
-                raise ArlonError(f"no such video to continue: {video}")
-            latents = encode_video(self.vae, video)[None]
-        else:
-            frames = np.asarray(video)
-            shaped = frames.ndim == 4 and frames.shape[-1] == 3 and len(frames) > 0
-            if frames.dtype != np.uint8 or not shaped:
-                raise ArlonError(
-                    "a video to continue is uint8 frames (T, H, W, 3), "
-                    f"got {frames.dtype} of shape {frames.shape}"
-                )
-            # its last frames make the latents: those before the first whole latent frame go
-            usable = 1 + (len(frames) - 1) // self.temporal_ratio * self.temporal_ratio
-            latents = encode_frames(self.vae, frames[len(frames) - usable :])[None]
-        if latents.shape[2] < r:
-            need = self.vae.video_frames(r)
-            raise ArlonError(f"the video to continue needs at least {need} frames")
-        return latents[:, :, -r:]
 
     @torch.inference_mode()
     def sample_codes(
@@ -478,7 +407,7 @@ class ARLONPipeline(DiffusionPipeline):
         return sampler.frames(tokens, self.token_frames(new_latents), history)
 
     def _coarse_latents(
-        self, job: _Job, ar_sampling, codes, times, stop: threading.Event
+        self, job: Job, ar_sampling, codes, times, stop: threading.Event
     ) -> Iterator[torch.Tensor]:
         """The coarse latent F `(1, C, n, h, w)`, one VQ window at a time: the AR's token frames
         (drawn here unless `codes` are given) through the fine VQ-VAE; when continuing a video,
@@ -493,7 +422,7 @@ class ARLONPipeline(DiffusionPipeline):
         chunks = coarse_latents(codes, self.vq, self.ar.config.code_window, history=history)
         yield from timed(chunks, times, "ar")
 
-    def _latents(self, job: _Job, conditions, times, bars) -> Iterator[torch.Tensor]:
+    def _latents(self, job: Job, conditions, times, bars) -> Iterator[torch.Tensor]:
         """Latent frames `(1, C, n, h, w)` for the VAE: the reference being continued (if any),
         then the new frames of each DiT segment in turn."""
         s, r = self.config.segment_frames, self.config.reference_frames

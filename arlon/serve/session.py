@@ -31,8 +31,9 @@ from arlon.cli.common import non_negative_float, positive_int, seed
 from arlon.errors import ArlonError, Stopped
 from arlon.models.ar_sampler import GUIDANCE_SCALE, ARSampling
 from arlon.pipeline.coarse import coarse_frames
+from arlon.pipeline.job import MODES, DiTSampling
 from arlon.pipeline.output import VideoOutput, write_video
-from arlon.pipeline.pipeline import MODES, DiTSampling, StageTimes
+from arlon.pipeline.threads import StageTimes
 from arlon.timeline import LiveTimeline, Timeline
 
 VIDEO, COARSE, TIMELINE = "arlon.mp4", "coarse.mp4", "timeline.txt"
