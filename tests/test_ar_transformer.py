@@ -167,6 +167,19 @@ def test_the_fast_path_runs_an_ar_in_bfloat16_as_the_reference_does(text_encoder
     assert torch.equal(drawn[0], drawn[1]) and torch.equal(drawn[0], drawn[2])
 
 
+def test_a_sampler_in_bfloat16_draws_with_a_bfloat16_copy_of_the_model(text_encoder):
+    """`ARSampling(precision="bfloat16")` on a float32 AR: the codes of the AR cast to bf16, the
+    caller's AR left in float32."""
+    torch.manual_seed(0)
+    model = ar_transformer("smoke").eval()
+    drawn = generate(model, text_encoder, TIMELINE, 7, precision="bfloat16")
+    assert model.bos.dtype == torch.float32
+    cast = ar_transformer("smoke").eval()
+    cast.load_state_dict(model.state_dict())
+    assert torch.equal(drawn, generate(cast.to(torch.bfloat16), text_encoder, TIMELINE, 7))
+    assert not torch.equal(drawn, generate(model, text_encoder, TIMELINE, 7))
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_in_bfloat16_a_forward_of_many_positions_gives_each_the_logits_of_one(fast):
     """What makes Jacobi decoding exact in bf16: a position's logits do not depend on how many
@@ -483,6 +496,7 @@ def test_presets_build():
         (dict(top_p=1.5), TIMELINE, "top-p"),
         (dict(top_k=-1), TIMELINE, "top-k"),
         (dict(guidance_scale=float("nan")), TIMELINE, "guidance"),
+        (dict(precision="float16"), TIMELINE, "precision must be one of float32, bfloat16"),
         (dict(), [(2, "a red circle")], "start at frame 0"),
         (dict(), [(0, "a red circle"), (4, "x"), (3, "y")], "increasing"),
         (dict(), [(0, "  ")], "empty"),

@@ -191,8 +191,9 @@ def test_a_suite_runs_scores_plots_and_resumes(folder, tmp_path, monkeypatch):
     monkeypatch.setattr(ARLONPipeline, "stream", no_generation)
     again = run_suite(pipe, read_suite(path), plan, out, progress=False)
     assert again["runs"] == summary["runs"]
-    with pytest.raises(ArlonError, match="holds videos of another run"):
-        run_suite(pipe, read_suite(path), SuitePlan(frames=9), out, progress=False)
+    for other in (SuitePlan(frames=9), replace(plan, ar_precision="bfloat16")):
+        with pytest.raises(ArlonError, match="holds videos of another run"):
+            run_suite(pipe, read_suite(path), other, out, progress=False)
     with torch.no_grad():  # another model's videos are not mixed in either
         next(pipe.dit.parameters()).add_(1e-3)
     with pytest.raises(ArlonError, match="holds videos of another run"):
@@ -258,6 +259,8 @@ def test_true_tokens_stand_in_for_the_ar_and_draw_the_scene(tmp_path, monkeypatc
         SuitePlan(tokens="oracle")
     with pytest.raises(ArlonError, match="needs at least 3 frames, got 1"):
         SuitePlan(frames=1)  # before the AR draws anything
+    with pytest.raises(ArlonError, match="precision must be one of"):
+        SuitePlan(ar_precision="float16")
 
 
 def test_eval_suite_cli(folder, tmp_path, capsys):
@@ -320,7 +323,7 @@ def test_bench_reports_speed_and_memory_per_length(folder, tmp_path, capsys):
     assert ar["identical_codes"] is True and ar["codes"] == 12 * 4
     assert ar["speedup"] == round(ar["reference_ms_per_code"] / ar["ms_per_code"], 2)
     bench_md = (tmp_path / "bench.md").read_text()
-    assert "| 9 |" in bench_md and "AR, ms per code" in bench_md
+    assert "| 9 |" in bench_md and "AR (float32), ms per code" in bench_md
 
 
 def _run(mode, steps, q, guidance=1.0, dynamic=0.5, subject=0.9, drop=0.1, latency=20):

@@ -42,6 +42,11 @@ def add_parsers(commands) -> None:
     p.add_argument(
         "--no-overlap", action="store_true", help="generate with the AR and the DiT taking turns"
     )
+    p.add_argument(
+        "--ar-precision",
+        choices=("float32", "bfloat16"),
+        help="the AR's arithmetic (default: the model's, float32)",
+    )
     p.add_argument("--train-data", type=Path, help="latent cache for the training speeds")
     p.add_argument("--train-steps", type=positive_int, default=6, help="steps timed per stage")
     p.add_argument("--no-train", action="store_true", help="skip the training speeds")
@@ -79,12 +84,13 @@ def run_bench(args: argparse.Namespace) -> None:
         return
     from arlon.evaluation.bench import BenchSettings, markdown
     from arlon.evaluation.bench import run_bench as run
-    from arlon.pipeline import DiTSampling
+    from arlon.pipeline import ARSampling, DiTSampling
 
     settings = BenchSettings(
         model=args.model,
         lengths=tuple(args.lengths),
         sampling=DiTSampling(args.steps, mode=args.mode),
+        ar_sampling=ARSampling(precision=args.ar_precision),
         threads=args.threads,
         overlap=not args.no_overlap,
         train_data=args.train_data,

@@ -255,6 +255,12 @@ def add_ar_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
         "history; k: its cache is refilled k times less often, with k - 1 fewer frames at times)",
     )
     parser.add_argument(
+        f"--{prefix}precision",
+        choices=("float32", "bfloat16"),  # ar_sampler.PRECISIONS, without importing torch
+        help="the AR's arithmetic (default: the model's, float32); bfloat16 is faster on CPUs with "
+        "bf16 matmuls (AVX512-BF16, AMX) and draws codes of its own",
+    )
+    parser.add_argument(
         f"--{prefix}lookahead",
         type=positive_int,
         help="codes the AR guesses and checks in one forward (default 16); the same codes at any "
@@ -266,6 +272,8 @@ def ar_settings(args: argparse.Namespace, prefix: str = "") -> dict:
     """The AR options of `add_ar_args` as `ARSampling`'s keyword arguments (None: its default)."""
     names = ("temperature", "top_k", "top_p", "window_stride")
     settings = {name: getattr(args, prefix + name) for name in names}
+    if getattr(args, prefix + "precision") is not None:
+        settings["precision"] = getattr(args, prefix + "precision")
     if getattr(args, prefix + "lookahead") is not None:
         settings["lookahead"] = getattr(args, prefix + "lookahead")
     if getattr(args, prefix + "guidance") is not None:

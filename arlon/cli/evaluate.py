@@ -87,6 +87,11 @@ def _add_suite_args(p: argparse.ArgumentParser) -> None:
         help="ar: the AR draws the tokens (default); truth: each video's own scene, rendered and "
         "encoded, in place of the AR's (the chain's ceiling; suites of held-out scenes only)",
     )
+    p.add_argument(
+        "--ar-precision",
+        choices=("float32", "bfloat16"),
+        help="the AR's arithmetic (default: the model's, float32)",
+    )
     p.add_argument("--frames", type=positive_int, help="frames per video (default: the suite's)")
     p.add_argument("--videos", type=positive_int, help="only the first N videos of the suite")
     p.add_argument("--model", type=Path, help=MODEL_HELP)
@@ -129,6 +134,7 @@ def run_suite(args: argparse.Namespace) -> None:
         batch=args.suite_batch,
         only=tuple(Run(*run) for run in args.runs or ()),
         tokens=args.tokens,
+        ar_precision=args.ar_precision,
     )
     backbone = vbench.load_backbone(args.backbone, args.backbone_path)
     summary = run(

@@ -32,7 +32,7 @@ import platform
 import resource
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -66,6 +66,7 @@ class BenchSettings:
     model: Path | None = None  # a pipeline folder; None: the embedded model
     lengths: tuple[int, ...] = (120, 600, 2400)
     sampling: DiTSampling = field(default_factory=DiTSampling)
+    ar_sampling: ARSampling = field(default_factory=ARSampling)
     threads: int = 2  # the cores to use: a generation splits them as `arlon generate` does
     overlap: bool = True  # the AR drawing beside the DiT, as `arlon generate` does by default
     train_data: Path | None = None  # a latent cache; without it only the VAE's training speed
@@ -86,13 +87,18 @@ def run_bench(settings: BenchSettings, out: Path | None = None) -> dict:
     report = {"machine": machine()}
     lengths = sorted(settings.lengths)
     report["generation"] = generation_lengths(
-        settings.model, lengths, settings.sampling, settings.threads, settings.overlap
+        settings.model,
+        lengths,
+        settings.sampling,
+        settings.ar_sampling,
+        settings.threads,
+        settings.overlap,
     )
     # the AR and the DiT alone on the threads each has in a generation
     overlap = settings.overlap and settings.sampling.mode != "baseline"
     torch.set_num_threads(generation_threads(overlap, settings.threads))
     pipe = ARLONPipeline.from_pretrained(settings.model or ROOT)
-    report["ar"] = ar_speed(pipe)
+    report["ar"] = ar_speed(pipe, settings.ar_sampling)
     print(json.dumps({"ar": report["ar"]}), flush=True)
     report["dit"] = dit_efficiency(pipe.dit)
     print(json.dumps({"dit": report["dit"]}), flush=True)
@@ -139,6 +145,7 @@ def generation_speed(
     model: str | Path | None,
     frames: int,
     sampling: DiTSampling,
+    ar_sampling: ARSampling = ARSampling(),
     cores: int | None = None,
     overlap: bool = True,
 ) -> dict:
@@ -151,7 +158,12 @@ def generation_speed(
     sampling = pipe.resolved(sampling)  # the model's text guidance and strength, unless given
     loaded = peak_rss_mib()
     stream = pipe.stream(
-        PROMPT, num_frames=frames, sampling=sampling, progress=False, overlap=overlap
+        PROMPT,
+        num_frames=frames,
+        sampling=sampling,
+        ar_sampling=ar_sampling,
+        progress=False,
+        overlap=overlap,
     )
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -180,6 +192,7 @@ def generation_speed(
         "steps": sampling.num_inference_steps,
         "guidance": sampling.guidance_scale,
         "strength": sampling.strength,
+        "ar_precision": ar_sampling.precision or str(pipe.ar.dtype).removeprefix("torch."),
         "overlap": overlap,
         "threads": torch.get_num_threads(),
         "seconds": round(seconds, 2),
@@ -201,14 +214,19 @@ def generation_speed(
 
 
 def generation_lengths(
-    model: Path | None, lengths: list[int], sampling: DiTSampling, cores: int, overlap: bool
+    model: Path | None,
+    lengths: list[int],
+    sampling: DiTSampling,
+    ar_sampling: ARSampling,
+    cores: int,
+    overlap: bool,
 ) -> dict:
     """`generation_speed` at each length, each in a fresh process: peak memory is per process."""
     runs = []
     context = multiprocessing.get_context("spawn")  # fresh: no memory of the runs before
     for frames in lengths:
         with context.Pool(1) as pool:
-            args = (model, frames, sampling, cores, overlap)
+            args = (model, frames, sampling, ar_sampling, cores, overlap)
             runs.append(pool.apply(generation_speed, args))
             pool.close()  # the worker exits on its own, releasing what it made (tqdm's lock)
             pool.join()
@@ -290,19 +308,24 @@ def stage_flops(pipe: ARLONPipeline, frames: int, sampling: DiTSampling) -> dict
     return flops
 
 
-def ar_speed(pipe: ARLONPipeline, token_frames: int = 12, repeats: int = 3) -> dict:
+def ar_speed(
+    pipe: ARLONPipeline,
+    sampling: ARSampling = ARSampling(),
+    token_frames: int = 12,
+    repeats: int = 3,
+) -> dict:
     """Ms per code of the AR's fast path and of its reference path (the model's own forward with the
-    KV cache, one code per forward) in this process, interleaved, the best of `repeats` each; and
-    whether they drew the same codes (`token_frames` token frames, the window sliding from the
-    fifth on; in float32 they do, in bfloat16 the lookahead's codes are its own)."""
+    KV cache, one code per forward), both with `sampling`, in this process, interleaved, the best
+    of `repeats` each; and whether they drew the same codes (`token_frames` token frames, the
+    window sliding from the fifth on)."""
     timeline = Timeline.of(PROMPT)
     seconds: dict[str, list[float]] = {"fast": [], "reference": []}
     codes = {}
     for _ in range(repeats):
         for path in seconds:
             fast = path == "fast"
-            sampling = ARSampling() if fast else ARSampling(lookahead=1)
-            sampler = ARSampler(pipe.ar, pipe.text_encoder, sampling, seed=0, fast=fast)
+            path_sampling = sampling if fast else replace(sampling, lookahead=1)
+            sampler = ARSampler(pipe.ar, pipe.text_encoder, path_sampling, seed=0, fast=fast)
             start = time.perf_counter()
             codes[path] = torch.stack(list(sampler.frames(timeline, token_frames)))
             seconds[path].append(time.perf_counter() - start)
@@ -313,7 +336,8 @@ def ar_speed(pipe: ARLONPipeline, token_frames: int = 12, repeats: int = 3) -> d
     return {
         "codes": codes["fast"].numel(),
         "threads": torch.get_num_threads(),
-        "lookahead": ARSampling().lookahead,
+        "lookahead": sampling.lookahead,
+        "precision": sampling.precision or str(pipe.ar.dtype).removeprefix("torch."),
         "ms_per_code": fast,
         "reference_ms_per_code": reference,
         "speedup": round(reference / fast, 2),  # of the figures shown beside it
@@ -427,7 +451,8 @@ def markdown(report: dict) -> str:
     a = report["ar"]
     lines += [
         "",
-        f"AR, ms per code: {a['ms_per_code']} (fast path) against {a['reference_ms_per_code']} "
+        f"AR ({a['precision']}), ms per code: {a['ms_per_code']} (fast path) against "
+        f"{a['reference_ms_per_code']} "
         f"(reference path, same run): {a['speedup']}x, identical codes: {a['identical_codes']}; "
         f"{a['mflop_per_code']} MFLOP per code = {100 * a['fraction_of_matmul']:.0f}% of the matmul",
     ]

@@ -51,6 +51,7 @@ from arlon.evaluation.suite_report import (
     video_path,
     write_report,
 )
+from arlon.models.ar_sampler import ARSampling
 from arlon.pipeline.job import MODES, DiTSampling
 from arlon.timeline import Timeline
 from arlon.utils import atomic_path
@@ -327,10 +328,12 @@ class SuitePlan:
     # "truth": each video's true tokens (its scene rendered, through the VAE's and the VQ-VAE's
     # encoders) in place of the AR's: what the decoders make of a perfect AR's, the chain's ceiling
     tokens: str = "ar"
+    ar_precision: str | None = None  # the AR's arithmetic (`ARSampling.precision`)
 
     def __post_init__(self):
         if self.tokens not in TOKENS:
             raise ArlonError(f"tokens are {' or '.join(TOKENS)}, got {self.tokens!r}")
+        ARSampling(precision=self.ar_precision)  # checked here, before any video
         if self.frames is not None and self.frames < 3:  # motion smoothness reads 3 at a time
             raise ArlonError(f"a video to score needs at least 3 frames, got {self.frames}")
         for mode in (*self.modes, *(run.mode for run in self.only)):
@@ -374,6 +377,8 @@ def run_suite(
     settings = {"suite": suite.name, "frames": frames, "backbone": backbone.name}
     if plan.tokens != "ar":
         settings["tokens"] = plan.tokens
+    if plan.ar_precision is not None:
+        settings["ar_precision"] = plan.ar_precision
     # another suite is refused before anything is written
     truth = _TrueCodes(pipe, suite, frames) if plan.tokens == "truth" else None
     _check_out(out, settings | {"model": weights_digest(pipe)})
@@ -386,7 +391,8 @@ def run_suite(
         for i in range(len(timelines))
         if not video_path(out, run.label, i).exists()
     ]
-    codes = truth or _Codes(pipe, timelines, frames, plan.batch, todo, progress)
+    sampling = ARSampling(precision=plan.ar_precision)
+    codes = truth or _Codes(pipe, timelines, frames, plan.batch, sampling, todo, progress)
     dit_seams = pipe.seams(frames)
     for run, i in tqdm(todo, desc=f"suite {suite.name}", unit="video", disable=not progress):
         video_codes, shared = codes.of(i) if run.mode != "baseline" else (None, 0.0)
@@ -420,8 +426,9 @@ class _Codes:
     shared by every run that uses them (ARLON at any steps and guidance, AR-only); each video is
     charged its share of its batch's time."""
 
-    def __init__(self, pipe, timelines, frames: int, batch: int, todo, progress: bool):
+    def __init__(self, pipe, timelines, frames: int, batch: int, sampling, todo, progress: bool):
         self.pipe, self.timelines, self.frames, self.batch = pipe, timelines, frames, batch
+        self.sampling = sampling
         self.wanted = sorted({i for run, i in todo if run.mode != "baseline"})
         self.progress = progress
         self.codes: dict[int, list] = {}
@@ -431,8 +438,9 @@ class _Codes:
         if i not in self.codes:
             chunk = [j for j in self.wanted if j >= i][: self.batch]
             started = time.perf_counter()
+            timelines = [self.timelines[j] for j in chunk]
             drawn = self.pipe.sample_codes(
-                [self.timelines[j] for j in chunk], self.frames, chunk, progress=self.progress
+                timelines, self.frames, chunk, self.sampling, progress=self.progress
             )
             share = (time.perf_counter() - started) / len(chunk)
             self.codes |= dict(zip(chunk, drawn, strict=True))

@@ -33,6 +33,7 @@ enough to change codes, so there the lookahead's codes are its own).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -52,21 +53,26 @@ GUIDANCE_SCALE = 3.0
 # Codes guessed and checked per forward (see `ARSampler._draw_frame`): on the embedded AR at batch
 # 2, a forward of 16 positions costs about twice one, and confirms 4 codes on average.
 LOOKAHEAD = 16
+# The precisions the AR can draw in (`ARSampling.precision`).
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
 class ARSampling:
     """How the AR draws codes: temperature (0: greedy), top-k (0: off), top-p in (0, 1] and
     classifier-free guidance on the text (1: none, and faster); the window stride (token frames a
-    full context drops at once: its cache is refilled less often, with less history at times); and
-    how fast, not which codes: the lookahead (codes guessed and checked per forward, shared among a
-    batch's videos; 1: one code per forward)."""
+    full context drops at once: its cache is refilled less often, with less history at times); the
+    precision of its arithmetic ("float32" or "bfloat16"; None: the model's own): bf16 reads half
+    the weights' bytes, and its codes are its own; and how fast, not which codes: the lookahead
+    (codes guessed and checked per forward, shared among a batch's videos; 1: one code per
+    forward)."""
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
     guidance_scale: float = GUIDANCE_SCALE
     window_stride: int = 1
+    precision: str | None = None
     lookahead: int = LOOKAHEAD
 
     def __post_init__(self):
@@ -81,6 +87,10 @@ class ARSampling:
         stride = self.window_stride
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ArlonError(f"the AR's window stride must be a positive integer, got {stride!r}")
+        if self.precision not in (None, *PRECISIONS):
+            raise ArlonError(
+                f"the AR's precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
         ahead = self.lookahead
         if isinstance(ahead, bool) or not isinstance(ahead, int) or ahead < 1:
             raise ArlonError(f"the AR's lookahead must be a positive integer, got {ahead!r}")
@@ -186,6 +196,8 @@ class ARSampler:
         seeds = [seed] if isinstance(seed, int) else list(seed)
         if not seeds:
             raise ArlonError("at least one seed is needed")
+        if sampling.precision is not None and model.bos.dtype != getattr(torch, sampling.precision):
+            model = copy.deepcopy(model).to(getattr(torch, sampling.precision))
         self.model = model.eval()
         self.text_encoder = text_encoder
         if sampling.window_stride >= model.config.max_frames:
