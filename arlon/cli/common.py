@@ -20,6 +20,8 @@ from arlon.world.prompts import whole_scenes
 
 # What `arlon generate` writes (the video writer's formats, without importing it and torch).
 VIDEO_SUFFIXES = (".mp4", ".gif")
+# The AR's precisions (`arlon.models.ar_sampler.PRECISIONS`, without importing torch).
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 class Parser(argparse.ArgumentParser):
@@ -256,9 +258,10 @@ def add_ar_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     )
     parser.add_argument(
         f"--{prefix}precision",
-        choices=("float32", "bfloat16"),  # ar_sampler.PRECISIONS, without importing torch
-        help="the AR's arithmetic (default: the model's, float32); bfloat16 is faster on CPUs with "
-        "bf16 matmuls (AVX512-BF16, AMX) and draws codes of its own",
+        choices=PRECISIONS,
+        default="auto",
+        help="the AR's arithmetic: auto (default: bfloat16 on a CPU with bf16 matmuls of its own, "
+        "AVX512-BF16 or AMX, else float32), float32 or bfloat16",
     )
     parser.add_argument(
         f"--{prefix}lookahead",
@@ -270,10 +273,8 @@ def add_ar_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
 
 def ar_settings(args: argparse.Namespace, prefix: str = "") -> dict:
     """The AR options of `add_ar_args` as `ARSampling`'s keyword arguments (None: its default)."""
-    names = ("temperature", "top_k", "top_p", "window_stride")
+    names = ("temperature", "top_k", "top_p", "window_stride", "precision")
     settings = {name: getattr(args, prefix + name) for name in names}
-    if getattr(args, prefix + "precision") is not None:
-        settings["precision"] = getattr(args, prefix + "precision")
     if getattr(args, prefix + "lookahead") is not None:
         settings["lookahead"] = getattr(args, prefix + "lookahead")
     if getattr(args, prefix + "guidance") is not None:

@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 
 from arlon.cli.common import (
+    PRECISIONS,
     add_ar_args,
     ar_settings,
     count,
@@ -89,8 +90,10 @@ def _add_suite_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--ar-precision",
-        choices=("float32", "bfloat16"),
-        help="the AR's arithmetic (default: the model's, float32)",
+        choices=PRECISIONS,
+        default="auto",
+        help="the AR's arithmetic: auto (default: bfloat16 on a CPU with bf16 matmuls of its own, "
+        "AVX512-BF16 or AMX, else float32), float32 or bfloat16",
     )
     p.add_argument("--frames", type=positive_int, help="frames per video (default: the suite's)")
     p.add_argument("--videos", type=positive_int, help="only the first N videos of the suite")

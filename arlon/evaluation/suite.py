@@ -51,7 +51,7 @@ from arlon.evaluation.suite_report import (
     video_path,
     write_report,
 )
-from arlon.models.ar_sampler import ARSampling
+from arlon.models.ar_sampler import ARSampling, ar_dtype
 from arlon.pipeline.job import MODES, DiTSampling
 from arlon.timeline import Timeline
 from arlon.utils import atomic_path
@@ -328,7 +328,7 @@ class SuitePlan:
     # "truth": each video's true tokens (its scene rendered, through the VAE's and the VQ-VAE's
     # encoders) in place of the AR's: what the decoders make of a perfect AR's, the chain's ceiling
     tokens: str = "ar"
-    ar_precision: str | None = None  # the AR's arithmetic (`ARSampling.precision`)
+    ar_precision: str = "auto"  # the AR's arithmetic (`ARSampling.precision`)
 
     def __post_init__(self):
         if self.tokens not in TOKENS:
@@ -377,8 +377,9 @@ def run_suite(
     settings = {"suite": suite.name, "frames": frames, "backbone": backbone.name}
     if plan.tokens != "ar":
         settings["tokens"] = plan.tokens
-    if plan.ar_precision is not None:
-        settings["ar_precision"] = plan.ar_precision
+    dtype = ar_dtype(pipe.ar, plan.ar_precision)
+    if dtype != pipe.ar.dtype:  # another arithmetic, other codes
+        settings["ar_precision"] = str(dtype).removeprefix("torch.")
     # another suite is refused before anything is written
     truth = _TrueCodes(pipe, suite, frames) if plan.tokens == "truth" else None
     _check_out(out, settings | {"model": weights_digest(pipe)})

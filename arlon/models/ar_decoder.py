@@ -82,5 +82,5 @@ class ARDecoder:
             x = x + (F.silu(hidden @ gate_w) * (hidden @ up_w)) @ down_w
         cache.length = end
         # the head over every position, as the model's forward: one row alone rounds differently
-        logits = self.model.logits(x, by_level)
+        logits = self.model.logits(x, by_level, decoding=True)
         return logits if every else logits[:, -1]

@@ -74,7 +74,8 @@ def cached_attention(q: torch.Tensor, cache: KVCache, layer: int, start: int) ->
     plain matmuls and a float32 softmax: a query's arithmetic is then the same whether it comes
     alone or with others, so a forward of many positions gives each the logits one position at a
     time would, bitwise, and Jacobi decoding draws the codes of one-by-one decoding
-    (`scaled_dot_product_attention`'s kernel changes with the number of queries). In float32 a
+    (`scaled_dot_product_attention`'s kernel changes with the number of queries; so do the matmuls
+    where the CPU has no bf16 instructions of its own and oneDNN emulates them). In float32 a
     matmul of one or two rows rounds apart from one of many anyway (the projections' too), so
     there the fused kernel, about twice as fast, attends over the filled positions."""
     keys, values = cache.keys[layer], cache.values[layer]  # (B, H, capacity, D)
@@ -209,18 +210,21 @@ class FSQHead(_FSQLevels):
         self.proj = nn.Linear(hidden_size, sum(levels), bias=False)
         self.joint = nn.Linear(hidden_size, math.prod(levels), bias=False) if joint else None
 
-    def forward(self, x: torch.Tensor, by_level: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, by_level: bool = False, decoding: bool = False
+    ) -> torch.Tensor:
         """Logits `(..., K)`; `by_level`: each dimension's `(..., sum(levels))` instead, which
-        `level_nll` scores without the K logits (training: K times the dimensions' work saved)."""
+        `level_nll` scores without the K logits (training: K times the dimensions' work saved).
+        `decoding` (generation, with a KV cache): each row's levels' logits are gathered, the same
+        arithmetic however many rows come together; else the head is one linear map (K, C)."""
         if by_level:
             if self.joint is not None:
                 raise ArlonError("a head with a logit per code has no logits by level alone")
             return self.proj(x)
         joint = 0 if self.joint is None else self.joint(x)
-        rows, levels = x[..., 0].numel(), self.rows.shape[1]
-        if rows * levels < x.shape[-1]:  # decoding a code or a few: gather the levels' logits
+        if decoding:
             return self.proj(x)[..., self.rows].sum(-1) + joint  # (..., K)
-        # many rows (training): the head is linear, one (K, C) weight, not a (..., K, D) gather
+        # training's many rows: one (K, C) weight, not a (..., K, D) gather
         return F.linear(x, self.proj.weight[self.rows].sum(1)) + joint
 
 
@@ -401,17 +405,19 @@ class ARTransformer(ModelMixin, ConfigMixin):
             x = block(x, cos, sin, cache, i)
         if cache is not None:
             cache.length += x.shape[1]
-        return self.logits(x, by_level)
+        return self.logits(x, by_level, decoding=cache is not None)
 
-    def logits(self, x: torch.Tensor, by_level: bool = False) -> torch.Tensor:
+    def logits(
+        self, x: torch.Tensor, by_level: bool = False, decoding: bool = False
+    ) -> torch.Tensor:
         """The last block's output `(B, N, C)` -> logits `(B, N, K)` (`by_level`: a by-level
-        head's, `(B, N, sum(levels))`)."""
+        head's, `(B, N, sum(levels))`; `decoding`: see `FSQHead`)."""
         x = self.norm_out(x)
-        if not by_level:
-            return self.head(x)
         if not isinstance(self.head, FSQHead):
-            raise ArlonError("by-level logits need a by-level head (code_levels)")
-        return self.head(x, by_level)
+            if by_level:
+                raise ArlonError("by-level logits need a by-level head (code_levels)")
+            return self.head(x)
+        return self.head(x, by_level, decoding)
 
     def forward(
         self,
