@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from arlon.cli.common import PRECISIONS, positive_int
+from arlon.cli.common import PRECISION_HELP, PRECISIONS, positive_int
 from arlon.cli.generate import MODES
 from arlon.errors import ArlonError
 
@@ -46,8 +46,7 @@ def add_parsers(commands) -> None:
         "--ar-precision",
         choices=PRECISIONS,
         default="auto",
-        help="the AR's arithmetic: auto (default: bfloat16 on a CPU with bf16 matmuls of its own, "
-        "AVX512-BF16 or AMX, else float32), float32 or bfloat16",
+        help=PRECISION_HELP,
     )
     p.add_argument("--train-data", type=Path, help="latent cache for the training speeds")
     p.add_argument("--train-steps", type=positive_int, default=6, help="steps timed per stage")

@@ -22,6 +22,10 @@ from arlon.world.prompts import whole_scenes
 VIDEO_SUFFIXES = (".mp4", ".gif")
 # The AR's precisions (`arlon.models.ar_sampler.PRECISIONS`, without importing torch).
 PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISION_HELP = (
+    "the AR's arithmetic: auto (default: bfloat16 on a CPU with bf16 matmuls of its own, "
+    "AVX512-BF16 or AMX, else float32), float32 or bfloat16"
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -260,8 +264,7 @@ def add_ar_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
         f"--{prefix}precision",
         choices=PRECISIONS,
         default="auto",
-        help="the AR's arithmetic: auto (default: bfloat16 on a CPU with bf16 matmuls of its own, "
-        "AVX512-BF16 or AMX, else float32), float32 or bfloat16",
+        help=PRECISION_HELP,
     )
     parser.add_argument(
         f"--{prefix}lookahead",

@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 
 from arlon.cli.common import (
+    PRECISION_HELP,
     PRECISIONS,
     add_ar_args,
     ar_settings,
@@ -92,8 +93,7 @@ def _add_suite_args(p: argparse.ArgumentParser) -> None:
         "--ar-precision",
         choices=PRECISIONS,
         default="auto",
-        help="the AR's arithmetic: auto (default: bfloat16 on a CPU with bf16 matmuls of its own, "
-        "AVX512-BF16 or AMX, else float32), float32 or bfloat16",
+        help=PRECISION_HELP,
     )
     p.add_argument("--frames", type=positive_int, help="frames per video (default: the suite's)")
     p.add_argument("--videos", type=positive_int, help="only the first N videos of the suite")

@@ -26,9 +26,10 @@ one-by-one decoding would have drawn, so the AR reads its weights for several co
 With the cache, each step runs through `ARDecoder`, the model's arithmetic in fewer operations;
 `fast=False` runs the model's own forward (the reference the fast path is checked against: bitwise
 the same logits), `use_cache=False` recomputes the whole context for every token (slow, there to
-check the cache). All three give the same codes for the same seed, at any lookahead in float32 (a
-forward of many positions rounds its logits differently from one of a single position: in bfloat16
-enough to change codes, so there the lookahead's codes are its own).
+check the cache). In float32 all three give the same codes for the same seed at any lookahead (up
+to rounding too small to change a draw). In bfloat16 (`ARSampling.precision`; "auto" where the CPU
+has bf16 matmuls of its own) the two cached paths do, at any lookahead, bitwise: they attend in
+plain matmuls (`cached_attention`), so a position's logits do not depend on how many come with it.
 """
 
 from __future__ import annotations
