@@ -259,12 +259,12 @@ def test_the_fast_path_computes_the_models_logits_bitwise(text_encoder, head_dim
     )
     decoder, reference, fast = ARDecoder(model), model.new_cache(2), model.new_cache(2)
     with torch.inference_mode():
-        logits = [(model.forward_embeddings(x, reference)[:, -1], decoder(x, fast, 0))]
+        logits = [(model.forward_embeddings(x, reference, last=True), decoder(x, fast, 0))]
         for code in codes(2, 1, seed=9).flatten(1).T:  # then one code at a time
             y = model.embed_codes(code[:, None], 0, 3)
             logits.append(
                 (
-                    model.forward_embeddings(y, reference, reference.length)[:, -1],
+                    model.forward_embeddings(y, reference, reference.length, last=True),
                     decoder(y, fast, fast.length),
                 )
             )
@@ -314,10 +314,10 @@ def test_prompt_switch_changes_the_prefix_and_keeps_the_history(model, text_enco
     refills = []
     forward = ARTransformer.forward_embeddings
 
-    def spy(self, x, cache=None, start=0, by_level=False):
+    def spy(self, x, cache=None, start=0, by_level=False, last=False):
         if x.shape[1] > 1:
             refills.append((start, x.clone()))
-        return forward(self, x, cache, start, by_level)
+        return forward(self, x, cache, start, by_level, last)
 
     monkeypatch.setattr(ARTransformer, "forward_embeddings", spy)
     timeline = [(0, "a red circle"), (3, "a blue square")]

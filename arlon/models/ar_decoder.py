@@ -81,6 +81,6 @@ class ARDecoder:
             hidden = norm2(x)
             x = x + (F.silu(hidden @ gate_w) * (hidden @ up_w)) @ down_w
         cache.length = end
-        # the head over every position, as the model's forward: one row alone rounds differently
-        logits = self.model.logits(x, by_level, decoding=True)
-        return logits if every else logits[:, -1]
+        if not every:  # as the model's forward with `last`: the head on the last position only
+            return self.model.logits(x[:, -1:], by_level, decoding=True)[:, 0]
+        return self.model.logits(x, by_level, decoding=True)

@@ -282,8 +282,9 @@ class ARSampler:
         by_level = self.levels is not None
         if self.decoder is not None:
             return self.decoder(x, self.cache, self.cache.length, every, by_level)
-        logits = self.model.forward_embeddings(x, self.cache, self.cache.length, by_level)
-        return logits if every else logits[:, -1]
+        return self.model.forward_embeddings(
+            x, self.cache, self.cache.length, by_level, last=not every
+        )
 
     def _embed_run(self, codes: torch.Tensor, first_cell: int, frame: int) -> torch.Tensor:
         """Codes `(videos, N)` of token frame `frame` from cell `first_cell` -> `(batch, N, C)`."""
@@ -437,8 +438,10 @@ class ARSampler:
                 frame: list[torch.Tensor] = []  # (videos, 1) each
                 for j in range(per_frame):
                     x = torch.cat([prefix, self._embed([*context, *frame], first)], dim=1)
-                    logits = model.forward_embeddings(x, by_level=self.levels is not None)
-                    frame.append(self._next(logits[:, -1], uniform[:, j])[:, None])
+                    logits = model.forward_embeddings(
+                        x, by_level=self.levels is not None, last=True
+                    )
+                    frame.append(self._next(logits, uniform[:, j])[:, None])
                 codes = torch.cat(frame, dim=1)  # (videos, h * w)
             context.append(codes)
             yield codes.view(self.videos, cfg.frame_height, cfg.frame_width)

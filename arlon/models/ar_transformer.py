@@ -385,10 +385,17 @@ class ARTransformer(ModelMixin, ConfigMixin):
     # -- forward ----------------------------------------------------------------------------------
 
     def forward_embeddings(
-        self, x: torch.Tensor, cache: KVCache | None = None, start: int = 0, by_level: bool = False
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        start: int = 0,
+        by_level: bool = False,
+        last: bool = False,
     ) -> torch.Tensor:
         """Embeddings `(B, N, C)` at positions `start..start+N-1` -> logits `(B, N, K)`
-        (`by_level`: a by-level head's `(B, N, sum(levels))`, see `FSQHead`).
+        (`by_level`: a by-level head's `(B, N, sum(levels))`, see `FSQHead`); `last`: the last
+        position's alone, `(B, K)`, the head run on it only (a refill's 128 positions through a
+        4,096-code head cost more than a code's step).
 
         With a cache, its `length` must equal `start`: the keys and values are appended to it.
         """
@@ -405,6 +412,8 @@ class ARTransformer(ModelMixin, ConfigMixin):
             x = block(x, cos, sin, cache, i)
         if cache is not None:
             cache.length += x.shape[1]
+        if last:
+            return self.logits(x[:, -1:], by_level, decoding=cache is not None)[:, 0]
         return self.logits(x, by_level, decoding=cache is not None)
 
     def logits(
