@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from arlon.cli.common import PRECISION_HELP, PRECISIONS, positive_int
+from arlon.cli.common import add_ar_args, ar_settings, positive_int
 from arlon.cli.generate import MODES
 from arlon.errors import ArlonError
 
@@ -42,12 +42,7 @@ def add_parsers(commands) -> None:
     p.add_argument(
         "--no-overlap", action="store_true", help="generate with the AR and the DiT taking turns"
     )
-    p.add_argument(
-        "--ar-precision",
-        choices=PRECISIONS,
-        default="auto",
-        help=PRECISION_HELP,
-    )
+    add_ar_args(p, prefix="ar-")  # the AR's sampling, as `arlon generate` takes it
     p.add_argument("--train-data", type=Path, help="latent cache for the training speeds")
     p.add_argument("--train-steps", type=positive_int, default=6, help="steps timed per stage")
     p.add_argument("--no-train", action="store_true", help="skip the training speeds")
@@ -91,7 +86,7 @@ def run_bench(args: argparse.Namespace) -> None:
         model=args.model,
         lengths=tuple(args.lengths),
         sampling=DiTSampling(args.steps, mode=args.mode),
-        ar_sampling=ARSampling(precision=args.ar_precision),
+        ar_sampling=ARSampling(**ar_settings(args, prefix="ar_")),
         threads=args.threads,
         overlap=not args.no_overlap,
         train_data=args.train_data,
