@@ -42,7 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from arlon.data.video_io import VideoWriter
 from arlon.diffusion.rectified_flow import strength_steps
 from arlon.errors import ArlonError
-from arlon.models.ar_sampler import ARSampler, ARSampling, ar_dtype
+from arlon.models.ar_sampler import ARSampler, ARSampling, precision_name
 from arlon.pipeline.coarse import SEAM_CONTEXT
 from arlon.pipeline.job import DiTSampling
 from arlon.pipeline.pipeline import ARLONPipeline
@@ -192,7 +192,7 @@ def generation_speed(
         "steps": sampling.num_inference_steps,
         "guidance": sampling.guidance_scale,
         "strength": sampling.strength,
-        "ar_precision": str(ar_dtype(pipe.ar, ar_sampling.precision)).removeprefix("torch."),
+        "ar_precision": precision_name(pipe.ar, ar_sampling.precision),
         "overlap": overlap,
         "threads": torch.get_num_threads(),
         "seconds": round(seconds, 2),
@@ -337,7 +337,7 @@ def ar_speed(
         "codes": codes["fast"].numel(),
         "threads": torch.get_num_threads(),
         "lookahead": sampling.lookahead,
-        "precision": str(ar_dtype(pipe.ar, sampling.precision)).removeprefix("torch."),
+        "precision": precision_name(pipe.ar, sampling.precision),
         "ms_per_code": fast,
         "reference_ms_per_code": reference,
         "speedup": round(reference / fast, 2),  # of the figures shown beside it

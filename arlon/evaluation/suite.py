@@ -51,7 +51,7 @@ from arlon.evaluation.suite_report import (
     video_path,
     write_report,
 )
-from arlon.models.ar_sampler import ARSampling, ar_dtype
+from arlon.models.ar_sampler import ARSampling, ar_dtype, check_precision, precision_name
 from arlon.pipeline.job import MODES, DiTSampling
 from arlon.timeline import Timeline
 from arlon.utils import atomic_path
@@ -333,7 +333,7 @@ class SuitePlan:
     def __post_init__(self):
         if self.tokens not in TOKENS:
             raise ArlonError(f"tokens are {' or '.join(TOKENS)}, got {self.tokens!r}")
-        ARSampling(precision=self.ar_precision)  # checked here, before any video
+        check_precision(self.ar_precision)
         if self.frames is not None and self.frames < 3:  # motion smoothness reads 3 at a time
             raise ArlonError(f"a video to score needs at least 3 frames, got {self.frames}")
         for mode in (*self.modes, *(run.mode for run in self.only)):
@@ -377,9 +377,8 @@ def run_suite(
     settings = {"suite": suite.name, "frames": frames, "backbone": backbone.name}
     if plan.tokens != "ar":
         settings["tokens"] = plan.tokens
-    dtype = ar_dtype(pipe.ar, plan.ar_precision)
-    if dtype != pipe.ar.dtype:  # another arithmetic, other codes
-        settings["ar_precision"] = str(dtype).removeprefix("torch.")
+    if ar_dtype(pipe.ar, plan.ar_precision) != pipe.ar.dtype:  # another arithmetic, other codes
+        settings["ar_precision"] = precision_name(pipe.ar, plan.ar_precision)
     # another suite is refused before anything is written
     truth = _TrueCodes(pipe, suite, frames) if plan.tokens == "truth" else None
     _check_out(out, settings | {"model": weights_digest(pipe)})

@@ -87,13 +87,22 @@ class ARSampling:
         stride = self.window_stride
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ArlonError(f"the AR's window stride must be a positive integer, got {stride!r}")
-        if self.precision not in PRECISIONS:
-            raise ArlonError(
-                f"the AR's precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
+        check_precision(self.precision)
         ahead = self.lookahead
         if isinstance(ahead, bool) or not isinstance(ahead, int) or ahead < 1:
             raise ArlonError(f"the AR's lookahead must be a positive integer, got {ahead!r}")
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ArlonError(
+            f"the AR's precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+        )
+
+
+def precision_name(model: ARTransformer, precision: str) -> str:
+    """The dtype `ar_dtype` gives, by name ("bfloat16", "float32")."""
+    return str(ar_dtype(model, precision)).removeprefix("torch.")
 
 
 def native_bf16() -> bool:
