@@ -94,11 +94,16 @@ def test_cached_generation_equals_uncached(model, text_encoder, guidance, contin
     assert torch.equal(cached, uncached)
 
 
-@pytest.mark.parametrize("guidance,stride", [(1.0, 1), (3.0, 1), (3.0, 2)])
-def test_the_fast_path_draws_the_reference_codes(model, text_encoder, guidance, stride):
-    """ARDecoder draws the codes of the model's own forward, through window slides, prompt
-    switches, a continued video's history and a batch."""
-    settings = ARSampling(top_k=20, top_p=0.9, guidance_scale=guidance, window_stride=stride)
+@pytest.mark.parametrize(
+    "guidance,stride,window",
+    [(1.0, 1, "refill"), (3.0, 1, "refill"), (3.0, 2, "refill"), (3.0, 1, "slide")],
+)
+def test_the_fast_path_draws_the_reference_codes(model, text_encoder, guidance, stride, window):
+    """ARDecoder draws the codes of the model's own forward, through window slides (refilled or
+    not), prompt switches, a continued video's history and a batch."""
+    settings = ARSampling(
+        top_k=20, top_p=0.9, guidance_scale=guidance, window_stride=stride, window=window
+    )
     timelines = [TIMELINE, [(0, "a green triangle stays still"), (2, "a red circle moves left")]]
     history = [list(codes(1, 3, seed=5)[0]), list(codes(1, 3, seed=6)[0])]  # 3 frames (2, 2) each
     drawn = []
@@ -110,8 +115,12 @@ def test_the_fast_path_draws_the_reference_codes(model, text_encoder, guidance, 
     assert torch.equal(drawn[0][:, 0], torch.stack(list(alone.frames(TIMELINE, 12, history[0]))))
 
 
-@pytest.mark.parametrize("lookahead", [4, 6, 16])
-def test_jacobi_decoding_draws_the_codes_of_one_by_one_decoding(model, text_encoder, lookahead):
+@pytest.mark.parametrize(
+    "lookahead,window", [(4, "refill"), (6, "refill"), (16, "refill"), (6, "slide")]
+)
+def test_jacobi_decoding_draws_the_codes_of_one_by_one_decoding(
+    model, text_encoder, lookahead, window
+):
     """Codes guessed and checked `lookahead` at a time (shared by the batch's 2 videos: 2, 3 and 8
     each) are the codes drawn one per forward, on both paths, through window slides, prompt
     switches and histories."""
@@ -119,7 +128,7 @@ def test_jacobi_decoding_draws_the_codes_of_one_by_one_decoding(model, text_enco
     history = [list(codes(1, 3, seed=5)[0]), list(codes(1, 3, seed=6)[0])]
     drawn = {}
     for ahead, fast in [(1, False), (lookahead, False), (lookahead, True), (2 * lookahead, True)]:
-        settings = ARSampling(top_k=20, window_stride=2, lookahead=ahead)
+        settings = ARSampling(top_k=20, window_stride=2, window=window, lookahead=ahead)
         sampler = ARSampler(model, text_encoder, settings, seed=[3, 4], fast=fast)
         drawn[ahead, fast] = torch.stack(list(sampler.batch_frames(timelines, 9, history)))
     for key, frames in drawn.items():
@@ -241,6 +250,60 @@ def test_a_wider_window_stride_refills_the_cache_less_often(model, text_encoder,
     for stride, message in [(4, "below its 4 token frames"), (0, "positive integer")]:
         with pytest.raises(ArlonError, match=message):
             generate(model, text_encoder, TIMELINE, 2, window_stride=stride)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_sliding_window_moves_the_keys_and_values_without_recomputing_them(model, stride):
+    """Sliding drops the oldest frames and moves the later ones up: at the first layer (whose keys
+    and values depend on a position's embedding alone) to the keys and values a refill computes
+    there, the keys turned to their new positions; deeper, they keep what they saw of the dropped
+    frames, and the prefix stays as it was."""
+    torch.manual_seed(0)
+    p, n, frames = model.prefix_length, model.tokens_per_frame, model.config.max_frames
+    x = torch.randn(2, p + frames * n, model.config.hidden_size)
+    slid, refilled = model.new_cache(2), model.new_cache(2)
+    with torch.no_grad():
+        model.forward_embeddings(x, slid)
+        model.forward_embeddings(x[:, :p], refilled)
+        model.forward_embeddings(x[:, p + stride * n :], refilled, p)
+        prefix = slid.keys[:, :, :, :p].clone()
+        model.slide_cache(slid, stride)
+    assert slid.length == refilled.length == p + (frames - stride) * n
+    kept = slice(0, slid.length)
+    for a, b in [(slid.keys, refilled.keys), (slid.values, refilled.values)]:
+        apart = (a[:, :, :, kept] - b[:, :, :, kept]).abs().amax((1, 2, 3, 4))  # per layer
+        assert apart[0] < 1e-6 and apart[-1] > 1e-4, apart  # rounding, then what the window saw
+    assert torch.equal(slid.keys[:, :, :, :p], prefix)
+    with pytest.raises(ArlonError, match="cannot drop"):
+        model.slide_cache(slid, frames)
+
+
+def test_a_sliding_window_refills_the_cache_only_for_a_new_prompt(model, text_encoder, monkeypatch):
+    """With `window="slide"` the cache is filled at the first frame and at a prompt switch only;
+    the codes are the refilling window's until its first slide, on the fast and the reference
+    paths alike, and a sampler without a cache is refused."""
+    refills = []
+    whole, some = ARSampler._refill, ARSampler._refill_videos
+
+    def counted(self, prefix, history, first):
+        refills.append(len(history))
+        return whole(self, prefix, history, first)
+
+    def counted_videos(self, videos, prefix, history, first):
+        refills.append((videos, len(history)))
+        return some(self, videos, prefix, history, first)
+
+    monkeypatch.setattr(ARSampler, "_refill", counted)
+    monkeypatch.setattr(ARSampler, "_refill_videos", counted_videos)
+    drawn = {}
+    for window in ("refill", "slide"):
+        refills.clear()
+        drawn[window] = generate(model, text_encoder, TIMELINE, 12, window=window)
+        # t = 0, then every full frame (4 on), or at the switch at frame 5 only (3 frames kept)
+        assert refills == ([0, *[3] * 8] if window == "refill" else [0, ([0], 3)])
+    assert torch.equal(drawn["refill"][:4], drawn["slide"][:4])
+    with pytest.raises(ArlonError, match="needs the KV cache"):
+        generate(model, text_encoder, TIMELINE, 2, window="slide", use_cache=False)
 
 
 @pytest.mark.parametrize("head_dim", [16, 24])
@@ -511,6 +574,7 @@ def test_presets_build():
         (dict(top_k=-1), TIMELINE, "top-k"),
         (dict(guidance_scale=float("nan")), TIMELINE, "guidance"),
         (dict(precision="float16"), TIMELINE, "precision must be one of auto, float32, bfloat16"),
+        (dict(window="ring"), TIMELINE, "window must be one of refill, slide"),
         (dict(), [(2, "a red circle")], "start at frame 0"),
         (dict(), [(0, "a red circle"), (4, "x"), (3, "y")], "increasing"),
         (dict(), [(0, "  ")], "empty"),

@@ -182,14 +182,15 @@ def test_dataset_manifest_and_resume(tmp_path, capsys):
 
 
 def test_the_cli_names_what_the_library_has():
-    """The CLI spells out modes, output formats, stages and the AR's precisions so as not to import
-    torch before it checks a command line; they must stay the library's."""
+    """The CLI spells out modes, output formats, stages and the AR's precisions and windows so as
+    not to import torch before it checks a command line; they must stay the library's."""
     from arlon.cli import common, generate, train
     from arlon.data.video_io import FORMATS
-    from arlon.models.ar_sampler import PRECISIONS
+    from arlon.models.ar_sampler import PRECISIONS, WINDOWS
     from arlon.pipeline.job import MODES
     from arlon.training.stages import STAGES
 
     assert generate.MODES == MODES and common.PRECISIONS == PRECISIONS
+    assert common.WINDOWS == WINDOWS
     assert set(common.VIDEO_SUFFIXES) == set(FORMATS)
     assert set(train.STAGES) == set(STAGES)

@@ -191,10 +191,10 @@ def test_a_suite_runs_scores_plots_and_resumes(folder, tmp_path, monkeypatch):
     monkeypatch.setattr(ARLONPipeline, "stream", no_generation)
     again = run_suite(pipe, read_suite(path), plan, out, progress=False)
     assert again["runs"] == summary["runs"]
-    # nor are the codes of another arithmetic ("auto" draws in bf16 on some CPUs)
+    # nor are the codes of another arithmetic ("auto" draws in bf16 on some CPUs) or window
     bf16 = ar_dtype(pipe.ar, plan.ar_precision) == torch.bfloat16
     other_precision = replace(plan, ar_precision="float32" if bf16 else "bfloat16")
-    for other in (SuitePlan(frames=9), other_precision):
+    for other in (SuitePlan(frames=9), other_precision, replace(plan, ar_window="slide")):
         with pytest.raises(ArlonError, match="holds videos of another run"):
             run_suite(pipe, read_suite(path), other, out, progress=False)
     with torch.no_grad():  # another model's videos are not mixed in either
@@ -264,6 +264,8 @@ def test_true_tokens_stand_in_for_the_ar_and_draw_the_scene(tmp_path, monkeypatc
         SuitePlan(frames=1)  # before the AR draws anything
     with pytest.raises(ArlonError, match="precision must be one of"):
         SuitePlan(ar_precision="float16")
+    with pytest.raises(ArlonError, match="window must be one of"):
+        SuitePlan(ar_window="ring")
 
 
 def test_eval_suite_cli(folder, tmp_path, capsys):

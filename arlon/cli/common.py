@@ -20,11 +20,16 @@ from arlon.world.prompts import whole_scenes
 
 # What `arlon generate` writes (the video writer's formats, without importing it and torch).
 VIDEO_SUFFIXES = (".mp4", ".gif")
-# The AR's precisions (`arlon.models.ar_sampler.PRECISIONS`, without importing torch).
+# The AR's precisions and windows (`arlon.models.ar_sampler`'s, without importing torch).
 PRECISIONS = ("auto", "float32", "bfloat16")
+WINDOWS = ("refill", "slide")
 PRECISION_HELP = (
     "the AR's arithmetic: auto (default: bfloat16 on a CPU with bf16 matmuls of its own, "
     "AVX512-BF16 or AMX, else float32), float32 or bfloat16"
+)
+WINDOW_HELP = (
+    "what the AR's full context does with the frames it keeps: refill (default: recomputes them, "
+    "as in training) or slide (keeps their keys and values, which saw the dropped frames: faster)"
 )
 
 
@@ -260,6 +265,7 @@ def add_ar_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
         help="token frames the AR's full context drops at once (default 1: it keeps the most "
         "history; k: its cache is refilled k times less often, with k - 1 fewer frames at times)",
     )
+    parser.add_argument(f"--{prefix}window", choices=WINDOWS, default="refill", help=WINDOW_HELP)
     parser.add_argument(
         f"--{prefix}precision",
         choices=PRECISIONS,
@@ -276,7 +282,7 @@ def add_ar_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
 
 def ar_settings(args: argparse.Namespace, prefix: str = "") -> dict:
     """The AR options of `add_ar_args` as `ARSampling`'s keyword arguments (None: its default)."""
-    names = ("temperature", "top_k", "top_p", "window_stride", "precision")
+    names = ("temperature", "top_k", "top_p", "window_stride", "window", "precision")
     settings = {name: getattr(args, prefix + name) for name in names}
     if getattr(args, prefix + "lookahead") is not None:
         settings["lookahead"] = getattr(args, prefix + "lookahead")

@@ -9,6 +9,8 @@ from pathlib import Path
 from arlon.cli.common import (
     PRECISION_HELP,
     PRECISIONS,
+    WINDOW_HELP,
+    WINDOWS,
     add_ar_args,
     ar_settings,
     count,
@@ -95,6 +97,7 @@ def _add_suite_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         help=PRECISION_HELP,
     )
+    p.add_argument("--ar-window", choices=WINDOWS, default="refill", help=WINDOW_HELP)
     p.add_argument("--frames", type=positive_int, help="frames per video (default: the suite's)")
     p.add_argument("--videos", type=positive_int, help="only the first N videos of the suite")
     p.add_argument("--model", type=Path, help=MODEL_HELP)
@@ -138,6 +141,7 @@ def run_suite(args: argparse.Namespace) -> None:
         only=tuple(Run(*run) for run in args.runs or ()),
         tokens=args.tokens,
         ar_precision=args.ar_precision,
+        ar_window=args.ar_window,
     )
     backbone = vbench.load_backbone(args.backbone, args.backbone_path)
     summary = run(

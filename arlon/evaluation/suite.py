@@ -51,7 +51,7 @@ from arlon.evaluation.suite_report import (
     video_path,
     write_report,
 )
-from arlon.models.ar_sampler import ARSampling, ar_dtype, check_precision, precision_name
+from arlon.models.ar_sampler import ARSampling, ar_dtype, precision_name
 from arlon.pipeline.job import MODES, DiTSampling
 from arlon.timeline import Timeline
 from arlon.utils import atomic_path
@@ -329,11 +329,12 @@ class SuitePlan:
     # encoders) in place of the AR's: what the decoders make of a perfect AR's, the chain's ceiling
     tokens: str = "ar"
     ar_precision: str = "auto"  # the AR's arithmetic (`ARSampling.precision`)
+    ar_window: str = "refill"  # what its full context does (`ARSampling.window`)
 
     def __post_init__(self):
         if self.tokens not in TOKENS:
             raise ArlonError(f"tokens are {' or '.join(TOKENS)}, got {self.tokens!r}")
-        check_precision(self.ar_precision)
+        ARSampling(precision=self.ar_precision, window=self.ar_window)  # checks them
         if self.frames is not None and self.frames < 3:  # motion smoothness reads 3 at a time
             raise ArlonError(f"a video to score needs at least 3 frames, got {self.frames}")
         for mode in (*self.modes, *(run.mode for run in self.only)):
@@ -379,6 +380,8 @@ def run_suite(
         settings["tokens"] = plan.tokens
     if ar_dtype(pipe.ar, plan.ar_precision) != pipe.ar.dtype:  # another arithmetic, other codes
         settings["ar_precision"] = precision_name(pipe.ar, plan.ar_precision)
+    if plan.ar_window != "refill":
+        settings["ar_window"] = plan.ar_window
     # another suite is refused before anything is written
     truth = _TrueCodes(pipe, suite, frames) if plan.tokens == "truth" else None
     _check_out(out, settings | {"model": weights_digest(pipe)})
@@ -391,7 +394,7 @@ def run_suite(
         for i in range(len(timelines))
         if not video_path(out, run.label, i).exists()
     ]
-    sampling = ARSampling(precision=plan.ar_precision)
+    sampling = ARSampling(precision=plan.ar_precision, window=plan.ar_window)
     codes = truth or _Codes(pipe, timelines, frames, plan.batch, sampling, todo, progress)
     dit_seams = pipe.seams(frames)
     for run, i in tqdm(todo, desc=f"suite {suite.name}", unit="video", disable=not progress):

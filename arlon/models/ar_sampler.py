@@ -7,9 +7,11 @@
 The context holds the prompt's prefix and at most `max_frames - 1` earlier token frames: when the
 next frame would not fit, the oldest frames drop out and the KV cache is refilled from the kept
 ones (the prefix's keys and values stay: they depend on nothing after them), so memory is the same
-for 10 frames or 10,000. When the timeline switches prompt, the new prompt's states become the
-prefix and the recent frames are kept as history (refilled under the new prefix), which is what
-training on windows that cross a caption change taught the model.
+for 10 frames or 10,000. With `ARSampling(window="slide")` the kept frames' keys and values move
+up instead (`ARTransformer.slide_cache`): no forward, but they keep what they saw of the dropped
+frames, which a model trained on windows never saw. When the timeline switches prompt, the new
+prompt's states become the prefix and the recent frames are kept as history (refilled under the
+new prefix), which is what training on windows that cross a caption change taught the model.
 
 Many videos can be drawn at once (`seed=[...]` and `batch_frames`, a timeline per seed): each video
 has its own generator, so it gets the codes it would get alone; on this CPU a batch of 25 costs
@@ -56,15 +58,19 @@ GUIDANCE_SCALE = 3.0
 LOOKAHEAD = 16
 # The precisions the AR can draw in (`ARSampling.precision`).
 PRECISIONS = ("auto", "float32", "bfloat16")
+# What a full context does with the frames it keeps (`ARSampling.window`).
+WINDOWS = ("refill", "slide")
 
 
 @dataclass(frozen=True)
 class ARSampling:
     """How the AR draws codes: temperature (0: greedy), top-k (0: off), top-p in (0, 1] and
     classifier-free guidance on the text (1: none, and faster); the window stride (token frames a
-    full context drops at once: its cache is refilled less often, with less history at times); the
-    precision of its arithmetic ("float32", "bfloat16", or "auto": `ar_dtype`), whose codes are its
-    own; and how fast, not which codes: the lookahead (codes guessed and checked per forward,
+    full context drops at once: its cache is refilled less often, with less history at times); what
+    a full context does with the frames it keeps ("refill": recomputes them, as the model saw
+    windows in training, "slide": keeps their keys and values, which saw the dropped frames, and
+    moves them up, with no forward); the precision of its arithmetic ("float32", "bfloat16", or
+    "auto": `ar_dtype`), whose codes are its own; and how fast, not which codes: the lookahead (codes guessed and checked per forward,
     shared among a batch's videos; 1: one code per forward)."""
 
     temperature: float = 1.0
@@ -72,6 +78,7 @@ class ARSampling:
     top_p: float = 1.0
     guidance_scale: float = GUIDANCE_SCALE
     window_stride: int = 1
+    window: str = "refill"
     precision: str = "auto"
     lookahead: int = LOOKAHEAD
 
@@ -87,6 +94,10 @@ class ARSampling:
         stride = self.window_stride
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ArlonError(f"the AR's window stride must be a positive integer, got {stride!r}")
+        if self.window not in WINDOWS:
+            raise ArlonError(
+                f"the AR's window must be one of {', '.join(WINDOWS)}, got {self.window!r}"
+            )
         check_precision(self.precision)
         ahead = self.lookahead
         if isinstance(ahead, bool) or not isinstance(ahead, int) or ahead < 1:
@@ -234,6 +245,8 @@ class ARSampler:
                 f"the AR's window stride must be below its {model.config.max_frames} token frames, "
                 f"got {sampling.window_stride}"
             )
+        if sampling.window == "slide" and not use_cache:
+            raise ArlonError("a sliding window keeps keys and values: it needs the KV cache")
         self.sampling = sampling
         self.use_cache = use_cache
         device = model.bos.device
@@ -358,6 +371,25 @@ class ARSampler:
             return self.prefix_logits
         return self._forward(self._embed(history, first))
 
+    def _refill_videos(
+        self, videos: list[int], prefix: torch.Tensor, history: list[torch.Tensor], first: int
+    ) -> torch.Tensor:
+        """Under a sliding window, refill the prompt rows of `videos` (those whose prompt changed)
+        with their prefix and the history frames, leaving every other row as it slid (a video's
+        codes do not depend on its batch) -> those rows' logits of the code that follows."""
+        cache, self.cache = self.cache, self.model.new_cache(len(videos))
+        try:
+            self._forward(prefix[videos])
+            history_codes = torch.cat(history, dim=1)[videos]
+            logits = self._forward(self.model.embed_codes(history_codes, 0, first))
+            part = self.cache
+        finally:
+            self.cache = cache
+        filled = slice(0, part.length)
+        cache.keys[:, videos, :, filled] = part.keys[:, :, :, filled]
+        cache.values[:, videos, :, filled] = part.values[:, :, :, filled]
+        return logits
+
     def _first_prefix(self, prompts: list[str]) -> torch.Tensor:
         """Every row's prefix `(batch, P + 1, C)`: the videos' prompts, then (under guidance) the
         null prompt."""
@@ -402,7 +434,7 @@ class ARSampler:
             raise ArlonError(f"num_frames must be >= 1, got {num_frames}")
         model, cfg = self.model, self.model.config
         per_frame = model.tokens_per_frame
-        stride = self.sampling.window_stride
+        stride, slides = self.sampling.window_stride, self.sampling.window == "slide"
         # the earlier token frames in the context, (videos, h * w) each: at most max_frames - 1
         context: list[torch.Tensor] = []
         if histories is not None:
@@ -420,14 +452,20 @@ class ARSampler:
                 prefix[switching] = self._prefix([switches[i] for i in switching])
             # The context: prefix, earlier frames (the first of them is token frame `first`), and
             # the codes of frame t so far. A full context drops its `stride` oldest frames, and
-            # the cache is refilled: every frame at stride 1, `stride` times less often above.
+            # the cache is refilled (every frame at stride 1, `stride` times less often above) or
+            # slides; a new prompt refills it (sliding: the rows of the videos that switched).
             full = len(context) == cfg.max_frames
             if full:
                 context = context[stride:]
             first = t - len(context)
-            if self.use_cache and (t == 0 or switching or full):
+            if self.use_cache and (t == 0 or (not slides and (switching or full))):
                 new_prefix = prefix if t == 0 or switching else None
                 logits = self._refill(new_prefix, context, first)
+            elif self.use_cache:  # sliding: the last forward gave the frame's first logits
+                if full:
+                    model.slide_cache(self.cache, stride)
+                if switching:
+                    logits[switching] = self._refill_videos(switching, prefix, context, first)
             # one uniform number per code and video, drawn a frame at a time (on the CPU, the same
             # numbers as one at a time)
             uniform = torch.stack(
@@ -435,7 +473,7 @@ class ARSampler:
             )
             # the last code's keys and values are wasted when the next frame refills the cache
             # (a prompt switch refills it too, but is not known before the next frame)
-            refills = t + 1 == num_frames or len(context) + 1 == cfg.max_frames
+            refills = t + 1 == num_frames or (len(context) + 1 == cfg.max_frames and not slides)
             if self.use_cache:
                 guess = (
                     context[-1] if context else uniform.new_zeros(uniform.shape, dtype=torch.long)

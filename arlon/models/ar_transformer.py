@@ -25,6 +25,7 @@ once, never grows.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -65,6 +66,18 @@ class KVCache:
             raise ArlonError(f"cannot keep {length} positions of a cache that holds {self.length}")
         self.length = length
 
+    def slide(self, start: int, drop: int, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        """Drop the `drop` positions from `start` on: the positions after them move `drop` places
+        earlier, their keys turned back by as many rotary positions (`cos`, `sin` `(head_dim,)` of
+        position -drop), in float32. The values stay as they are: attention sees the moved keys
+        at the distances a refill would put them at."""
+        if not 0 <= start <= start + drop <= self.length:
+            raise ArlonError(f"cannot drop {drop} positions from {start} of {self.length}")
+        kept, end = slice(start + drop, self.length), self.length - drop
+        self.keys[:, :, :, start:end] = apply_rope(self.keys[:, :, :, kept].float(), cos, sin)
+        self.values[:, :, :, start:end] = self.values[:, :, :, kept].clone()
+        self.length = end
+
 
 def cached_attention(q: torch.Tensor, cache: KVCache, layer: int, start: int) -> torch.Tensor:
     """Queries `(B, H, N, D)` at positions `start..start+N-1` over layer `layer`'s cached keys and
@@ -79,15 +92,29 @@ def cached_attention(q: torch.Tensor, cache: KVCache, layer: int, start: int) ->
     matmul of one or two rows rounds apart from one of many anyway (the projections' too), so
     there the fused kernel, about twice as fast, attends over the filled positions."""
     keys, values = cache.keys[layer], cache.values[layer]  # (B, H, capacity, D)
-    n, end = q.shape[2], start + q.shape[2]
+    b, h, n, d = q.shape
     if q.dtype != torch.bfloat16:
         # query i sits at position start + i and sees every key up to there
+        end = start + n
         mask = None if n == 1 else torch.ones(n, end, dtype=torch.bool, device=q.device).tril(start)
         return F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], mask)
-    seen = torch.ones(n, keys.shape[2], dtype=torch.bool, device=q.device).tril(start)
-    scores = (q @ keys.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
-    weights = scores.masked_fill_(~seen, -torch.inf).softmax(-1)
-    return weights.to(values.dtype) @ values
+    hidden = _hidden_keys(n, start, keys.shape[2], q.dtype, q.device)  # (N, capacity): 0 or -inf
+    scores = torch.baddbmm(  # (B * H, N, capacity), the mask added in the matmul
+        hidden.expand(b * h, -1, -1),
+        q.flatten(0, 1),
+        keys.flatten(0, 1).transpose(-1, -2),
+        alpha=d**-0.5,
+    )
+    weights = scores.softmax(-1, dtype=torch.float32).to(values.dtype)
+    return (weights @ values.flatten(0, 1)).view(b, h, n, d)
+
+
+@functools.lru_cache(maxsize=4)  # a forward's layers share it
+def _hidden_keys(
+    n: int, start: int, length: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """`(N, length)`: -inf where query i, at position start + i, must not see key j (j after it)."""
+    return torch.full((n, length), -torch.inf, dtype=dtype, device=device).triu_(start + 1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -348,6 +375,16 @@ class ARTransformer(ModelMixin, ConfigMixin):
             torch.zeros(shape, dtype=p.dtype, device=p.device),
             torch.zeros(shape, dtype=p.dtype, device=p.device),
         )
+
+    def slide_cache(self, cache: KVCache, frames: int) -> None:
+        """Drop the `frames` oldest token frames from a cache whose context holds them (after the
+        prefix) and move the later ones up, without recomputing them: their keys and values keep
+        what they saw of the dropped frames (what a refill recomputes from the kept frames alone;
+        `ARSampling.window`)."""
+        drop = frames * self.tokens_per_frame
+        position = torch.tensor([-drop], device=self.bos.device)
+        cos, sin = rope_tables(position, self.head_dim, self.config.rope_theta)
+        cache.slide(self.prefix_length, drop, cos[0], sin[0])
 
     # -- embeddings -------------------------------------------------------------------------------
 
