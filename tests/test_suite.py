@@ -328,7 +328,8 @@ def test_bench_reports_speed_and_memory_per_length(folder, tmp_path, capsys):
     assert ar["identical_codes"] is True and ar["codes"] == 12 * 4
     assert ar["speedup"] == round(ar["reference_ms_per_code"] / ar["ms_per_code"], 2)
     bench_md = (tmp_path / "bench.md").read_text()
-    assert "| 9 |" in bench_md and f"AR ({ar['precision']}), ms per code" in bench_md
+    assert f"AR ({ar['precision']}, window {ar['window']}), ms per code" in bench_md
+    assert "| 9 |" in bench_md and ar["window"] == "refill"
     assert ar["precision"] == ("bfloat16" if native_bf16() else "float32")  # "auto" says which
 
 

@@ -174,7 +174,7 @@ def generation_speed(
     stages = pipe.last_times.as_dict()["seconds"]
     peak = peak_rss_mib()  # before the counting below
     machine = matmul_flops()
-    flops = stage_flops(pipe, frames, sampling)
+    flops = stage_flops(pipe, frames, sampling, ar_sampling)
     efficiency = {
         name: {
             "flops": int(flops[name]),
@@ -193,6 +193,7 @@ def generation_speed(
         "guidance": sampling.guidance_scale,
         "strength": sampling.strength,
         "ar_precision": precision_name(pipe.ar, ar_sampling.precision),
+        "ar_window": ar_sampling.window,
         "overlap": overlap,
         "threads": torch.get_num_threads(),
         "seconds": round(seconds, 2),
@@ -266,21 +267,24 @@ def count_flops(work) -> int:
     return counter.get_total_flops()
 
 
-def ar_flops(pipe: ARLONPipeline, token_frames: int) -> float:
-    """FLOPs of the AR's fast path drawing `token_frames` token frames: the first `max_frames + 1`
-    counted one by one (the cache fills, then the window slides for the first time), each later
-    one as the last of those (from there on every frame refills the cache alike; Jacobi
-    decoding's forwards, an estimate: their number varies from frame to frame)."""
-    sampler = ARSampler(pipe.ar, pipe.text_encoder, seed=0)
+def ar_flops(pipe: ARLONPipeline, token_frames: int, sampling: ARSampling = ARSampling()) -> float:
+    """FLOPs of the AR's fast path drawing `token_frames` token frames with `sampling`: the first
+    `max_frames + 1` counted one by one (the cache fills, then the window slides for the first
+    time), each later one as the last of those (from there on every frame refills the cache or
+    slides alike; Jacobi decoding's forwards, an estimate: their number varies from frame to
+    frame)."""
+    sampler = ARSampler(pipe.ar, pipe.text_encoder, sampling, seed=0)
     frames = sampler.frames(Timeline.of(PROMPT), token_frames)
     first = min(token_frames, pipe.ar.config.max_frames + 1)
     counted = [count_flops(lambda: next(frames)) for _ in range(first)]
     return sum(counted) + counted[-1] * (token_frames - first)
 
 
-def stage_flops(pipe: ARLONPipeline, frames: int, sampling: DiTSampling) -> dict[str, float]:
+def stage_flops(
+    pipe: ARLONPipeline, frames: int, sampling: DiTSampling, ar_sampling: ARSampling
+) -> dict[str, float]:
     """FLOPs of each stage of a `frames`-frame generation with `sampling` as the generation used it
-    (`pipe.resolved`): the VAE's streamed decoding counted whole, one unit of the others counted (an
+    (`pipe.resolved`) and `ar_sampling`: the VAE's streamed decoding counted whole, one unit of the others counted (an
     AR code, a VQ window's decoding, a DiT forward) and multiplied."""
     segments, new_latents = pipe.plan(frames)
     c, s, r = pipe.dit.config, pipe.config.segment_frames, pipe.config.reference_frames
@@ -295,7 +299,7 @@ def stage_flops(pipe: ARLONPipeline, frames: int, sampling: DiTSampling) -> dict
         # a window is decoded with SEAM_CONTEXT token frames of its neighbours on either side
         window = torch.zeros(1, a.code_window + 2 * SEAM_CONTEXT, a.frame_height, a.frame_width)
         vq = count_flops(lambda: pipe.vq.decode_codes(window.long())) * token_frames / a.code_window
-        flops["ar"] = ar_flops(pipe, token_frames) + vq
+        flops["ar"] = ar_flops(pipe, token_frames, ar_sampling) + vq
     if sampling.mode != "ar-only":
         batch = 1 if sampling.guidance_scale == 1 else 2
         dit = pipe.dit_for(sampling.mode)
@@ -311,13 +315,14 @@ def stage_flops(pipe: ARLONPipeline, frames: int, sampling: DiTSampling) -> dict
 def ar_speed(
     pipe: ARLONPipeline,
     sampling: ARSampling = ARSampling(),
-    token_frames: int = 12,
+    token_frames: int | None = None,
     repeats: int = 3,
 ) -> dict:
     """Ms per code of the AR's fast path and of its reference path (the model's own forward with the
     KV cache, one code per forward), both with `sampling`, in this process, interleaved, the best
-    of `repeats` each; and whether they drew the same codes (`token_frames` token frames, the
-    window sliding from the fifth on)."""
+    of `repeats` each; and whether they drew the same codes (`token_frames` token frames, default
+    three contexts' worth: the window slides, refilled or not, for the last two thirds)."""
+    token_frames = token_frames or 3 * pipe.ar.config.max_frames
     timeline = Timeline.of(PROMPT)
     seconds: dict[str, list[float]] = {"fast": [], "reference": []}
     codes = {}
@@ -330,13 +335,14 @@ def ar_speed(
             codes[path] = torch.stack(list(sampler.frames(timeline, token_frames)))
             seconds[path].append(time.perf_counter() - start)
     per_code = {k: 1000 * min(v) / codes[k].numel() for k, v in seconds.items()}
-    flops = ar_flops(pipe, token_frames) / codes["fast"].numel()
+    flops = ar_flops(pipe, token_frames, sampling) / codes["fast"].numel()
     machine = matmul_flops()
     fast, reference = round(per_code["fast"], 3), round(per_code["reference"], 3)
     return {
         "codes": codes["fast"].numel(),
         "threads": torch.get_num_threads(),
         "lookahead": sampling.lookahead,
+        "window": sampling.window,
         "precision": precision_name(pipe.ar, sampling.precision),
         "ms_per_code": fast,
         "reference_ms_per_code": reference,
@@ -357,7 +363,6 @@ def dit_inputs(model, batch: int, frames: int, height: int, width: int) -> tuple
     return (x, torch.full((batch,), 500.0), states, mask), kwargs
 
 
-@torch.inference_mode()
 @torch.inference_mode()  # as generation runs it: no autograd records
 def dit_step(model, batch: int, frames: int, height: int, width: int, repeats: int) -> dict:
     """FLOPs and seconds of one forward of the DiT on a latent `(batch, C, frames, height, width)`."""
@@ -451,7 +456,7 @@ def markdown(report: dict) -> str:
     a = report["ar"]
     lines += [
         "",
-        f"AR ({a['precision']}), ms per code: {a['ms_per_code']} (fast path) against "
+        f"AR ({a['precision']}, window {a['window']}), ms per code: {a['ms_per_code']} (fast path) against "
         f"{a['reference_ms_per_code']} "
         f"(reference path, same run): {a['speedup']}x, identical codes: {a['identical_codes']}; "
         f"{a['mflop_per_code']} MFLOP per code = {100 * a['fraction_of_matmul']:.0f}% of the matmul",
