@@ -6,6 +6,7 @@ import json
 import pytest
 
 from arlon import cli
+from arlon.errors import ArlonError
 from arlon.data.video_io import video_info
 
 
@@ -150,6 +151,16 @@ def test_help(capsys, command):
         cli.main([*command, "--help"])
     assert exit_info.value.code == 0
     assert "usage: arlon" in capsys.readouterr().out
+
+
+def test_a_subcommands_option_is_read_whole_not_as_an_abbreviation():
+    """`eval ar --ar` names eval ar's own option, though eval's `--ar-precision` and `--ar-window`
+    begin with it; and no option may be abbreviated."""
+    parser = cli.parser()
+    args = parser.parse_args(["eval", "ar", "--ar", "folder", "--window", "slide"])
+    assert str(args.ar) == "folder" and args.window == "slide"
+    with pytest.raises(ArlonError, match="unrecognized arguments: --prom 3"):
+        parser.parse_args(["eval", "ar", "--prom", "3"])
 
 
 def test_dataset_manifest_and_resume(tmp_path, capsys):

@@ -34,7 +34,13 @@ WINDOW_HELP = (
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, whose mistakes are `ArlonError`s: one line, no usage dump, exit status 2."""
+    """argparse, whose mistakes are `ArlonError`s: one line, no usage dump, exit status 2; options
+    spelt out (an abbreviation that fits one option today may fit two tomorrow, and a command's
+    parser reads its subcommand's options too: `eval ar --ar` against `eval --ar-window`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         command = self.prog.removeprefix("arlon").strip()
