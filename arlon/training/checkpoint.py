@@ -29,6 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
 from arlon.errors import ArlonError
 
 CHECKPOINT_FORMAT = 1
+BEST_RECORD = "best.json"  # in a run's best/: the step and the value of the weights kept
 CHECKPOINT_NAME = re.compile(r"step_(\d{7,})")
 
 
@@ -215,3 +216,50 @@ def load_initial_weights(
         first = str(e).strip().splitlines()[0]
         raise ArlonError(f"cannot start from {folder}: another architecture ({first})") from None
     return [k for k in ours if k not in theirs]
+
+
+class BestWeights:
+    """`keep_best`'s folder (a run's `best/`): the model of the best evaluation yet, with its step,
+    metric and value in `best.json`. A new best is exported beside it and swapped in as one, so a
+    kill at any moment leaves a best whose record is its own."""
+
+    def __init__(self, folder: Path, metric: str, lower_is_better: bool):
+        self.folder, self.metric, self.lower_is_better = folder, metric, lower_is_better
+        self.tmp, self.old = folder.with_name("best.tmp"), folder.with_name("best.old")
+
+    def record(self) -> dict | None:
+        """The kept weights' step, metric and value (None: none kept yet)."""
+        if not self.folder.exists() and self.old.exists():  # killed between offer's two renames
+            os.replace(self.old, self.folder)
+        legacy = self.folder.parent / BEST_RECORD  # where runs before 2026-12-06 kept it
+        if legacy.exists() and self.folder.is_dir() and not (self.folder / BEST_RECORD).exists():
+            os.replace(legacy, self.folder / BEST_RECORD)
+        path = self.folder / BEST_RECORD
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def offer(self, step: int, results: dict, export) -> None:
+        """Keep the weights that `export(folder)` writes when `results[metric]` is the best yet."""
+        value, best = results[self.metric], self.record()
+        better = min if self.lower_is_better else max
+        if best is not None and better(value, best["value"]) == best["value"]:
+            return
+        for stale in (self.tmp, self.old):
+            shutil.rmtree(stale, ignore_errors=True)
+        export(self.tmp)
+        record = {"step": step, "metric": self.metric, "value": value}
+        (self.tmp / BEST_RECORD).write_text(json.dumps(record) + "\n")
+        if self.folder.exists():
+            os.replace(self.folder, self.old)
+        os.replace(self.tmp, self.folder)
+        shutil.rmtree(self.old, ignore_errors=True)  # only once the new one is in place
+
+    def forget_after(self, step: int) -> None:
+        """A resumed run evaluates again after its checkpoint: a best from later steps is dropped
+        (the same steps give the same weights again)."""
+        best = self.record()
+        if best is not None and best["step"] > step:
+            shutil.rmtree(self.folder)
+
+    def copy_to(self, folder: Path) -> None:
+        """The kept model, without its record, to `folder` (which must not exist)."""
+        shutil.copytree(self.folder, folder, ignore=shutil.ignore_patterns(BEST_RECORD))

@@ -231,7 +231,7 @@ def run_recipe(
     import torch
     from accelerate import PartialState
 
-    from arlon.training.trainer import BEST_RECORD
+    from arlon.training.checkpoint import BEST_RECORD
 
     # as the trainer's Accelerator: without a GPU, a launch of N processes is N CPU processes
     state = PartialState(cpu=not torch.cuda.is_available())

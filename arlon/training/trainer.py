@@ -40,6 +40,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -55,6 +56,7 @@ from tqdm import tqdm
 from arlon.errors import ArlonError
 from arlon.training.checkpoint import (
     CHECKPOINT_FORMAT,
+    BestWeights,
     checkpoint_to_resume,
     gather_sharded,
     load_initial_weights,
@@ -70,8 +72,6 @@ from arlon.training.checkpoint import (
 from arlon.training.config import TrainConfig
 from arlon.training.stops import StopRequests
 from arlon.utils import hold_lock
-
-BEST_RECORD = "best.json"  # in out/best: the step and the value of the weights kept
 
 
 class Stage(Protocol):
@@ -266,8 +266,11 @@ class _Run:
         self.last_saved = self.progress.step
         self.train_log = _Log(out / "train.csv", self.progress.step, self.main)
         self.eval_log = _Log(out / "eval.csv", self.progress.step, self.main)
-        if self.main:
-            self.forget_best_after(self.progress.step)
+        self.best = None
+        if cfg.keep_best is not None and self.main:
+            lower = stage.HELDOUT[cfg.keep_best] == "min"
+            self.best = BestWeights(out / "best", cfg.keep_best, lower)
+            self.best.forget_after(self.progress.step)
         # Where a Ctrl-C finds the loop: "idle" between steps, "step" before the step changes any
         # state (its RNG at the start is in `step_rng`), "update" while it does.
         self.phase, self.step_rng = "idle", None
@@ -402,51 +405,10 @@ class _Run:
                     f"eval at step {self.progress.step}: "
                     + ", ".join(f"{k} {v:.4g}" for k, v in results.items())
                 )
-                self.keep_if_best(weights, results)
+                if self.best is not None:
+                    export = partial(self.stage.export, weights, self.cfg)
+                    self.best.offer(self.progress.step, results, export)
         self.accelerator.wait_for_everyone()
-
-    # -- keep_best: out/best, a model folder with its step and value in best.json ----------------
-
-    def best(self) -> dict | None:
-        folder = self.out / "best"
-        old = folder.with_name("best.old")
-        if not folder.exists() and old.exists():  # killed between keep_if_best's two renames
-            os.replace(old, folder)
-        legacy = self.out / BEST_RECORD  # where runs before 2026-12-06 kept it
-        if legacy.exists() and folder.is_dir() and not (folder / BEST_RECORD).exists():
-            os.replace(legacy, folder / BEST_RECORD)
-        path = folder / BEST_RECORD
-        return json.loads(path.read_text()) if path.exists() else None
-
-    def keep_if_best(self, weights: torch.nn.Module, results: dict) -> None:
-        """With `keep_best`, export these weights to `out/best` when its metric is the best yet.
-        The folder and its record are swapped as one, so a kill at any moment leaves a best whose
-        record is its own."""
-        metric = self.cfg.keep_best
-        if metric is None:
-            return
-        value, best = results[metric], self.best()
-        better = min if self.stage.HELDOUT[metric] == "min" else max
-        if best is not None and better(value, best["value"]) == best["value"]:
-            return
-        folder = self.out / "best"
-        tmp, old = folder.with_name("best.tmp"), folder.with_name("best.old")
-        for stale in (tmp, old):
-            shutil.rmtree(stale, ignore_errors=True)
-        self.stage.export(weights, self.cfg, tmp)
-        record = {"step": self.progress.step, "metric": metric, "value": value}
-        (tmp / BEST_RECORD).write_text(json.dumps(record) + "\n")
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)  # only once the new one is in place
-
-    def forget_best_after(self, step: int) -> None:
-        """A resumed run evaluates again after its checkpoint: a best from later steps is dropped
-        (the same steps give the same weights again)."""
-        best = self.best()
-        if best is not None and best["step"] > step:
-            shutil.rmtree(self.out / "best")
 
     def save_on_interrupt(self) -> None:
         """Checkpoint the last whole step on Ctrl-C; mid-update the weights are neither the old nor
@@ -564,9 +526,9 @@ class _Run:
             tmp = self.out / "model.tmp"
             if tmp.exists():
                 shutil.rmtree(tmp)
-            best = self.best() if self.cfg.keep_best is not None else None
+            best = self.best.record() if self.best is not None else None
             if best is not None:
-                shutil.copytree(self.out / "best", tmp, ignore=shutil.ignore_patterns(BEST_RECORD))
+                self.best.copy_to(tmp)
             else:
                 self.stage.export(weights, self.cfg, tmp)
             if folder.exists():
