@@ -284,8 +284,8 @@ def stage_flops(
     pipe: ARLONPipeline, frames: int, sampling: DiTSampling, ar_sampling: ARSampling
 ) -> dict[str, float]:
     """FLOPs of each stage of a `frames`-frame generation with `sampling` as the generation used it
-    (`pipe.resolved`) and `ar_sampling`: the VAE's streamed decoding counted whole, one unit of the others counted (an
-    AR code, a VQ window's decoding, a DiT forward) and multiplied."""
+    (`pipe.resolved`) and `ar_sampling`: the VAE's streamed decoding counted whole, one unit of the
+    others counted (an AR code, a VQ window's decoding, a DiT forward) and multiplied."""
     segments, new_latents = pipe.plan(frames)
     c, s, r = pipe.dit.config, pipe.config.segment_frames, pipe.config.reference_frames
     height, width = (n // pipe.vae.spatial_ratio for n in pipe.default_size())
@@ -456,8 +456,8 @@ def markdown(report: dict) -> str:
     a = report["ar"]
     lines += [
         "",
-        f"AR ({a['precision']}, window {a['window']}), ms per code: {a['ms_per_code']} (fast path) against "
-        f"{a['reference_ms_per_code']} "
+        f"AR ({a['precision']}, window {a['window']}), ms per code: {a['ms_per_code']} (fast path) "
+        f"against {a['reference_ms_per_code']} "
         f"(reference path, same run): {a['speedup']}x, identical codes: {a['identical_codes']}; "
         f"{a['mflop_per_code']} MFLOP per code = {100 * a['fraction_of_matmul']:.0f}% of the matmul",
     ]

@@ -70,8 +70,8 @@ class ARSampling:
     a full context does with the frames it keeps ("refill": recomputes them, as the model saw
     windows in training, "slide": keeps their keys and values, which saw the dropped frames, and
     moves them up, with no forward); the precision of its arithmetic ("float32", "bfloat16", or
-    "auto": `ar_dtype`), whose codes are its own; and how fast, not which codes: the lookahead (codes guessed and checked per forward,
-    shared among a batch's videos; 1: one code per forward)."""
+    "auto": `ar_dtype`), whose codes are its own; and how fast, not which codes: the lookahead
+    (codes guessed and checked per forward, shared among a batch's videos; 1: one per forward)."""
 
     temperature: float = 1.0
     top_k: int = 0
