@@ -289,9 +289,9 @@ def test_a_sliding_window_refills_the_cache_only_for_a_new_prompt(model, text_en
         refills.append(len(history))
         return whole(self, prefix, history, first)
 
-    def counted_videos(self, videos, prefix, history, first):
+    def counted_videos(self, videos, logits, prefix, history, first):
         refills.append((videos, len(history)))
-        return some(self, videos, prefix, history, first)
+        return some(self, videos, logits, prefix, history, first)
 
     monkeypatch.setattr(ARSampler, "_refill", counted)
     monkeypatch.setattr(ARSampler, "_refill_videos", counted_videos)

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from arlon import cli
-from arlon.errors import ArlonError
 from arlon.data.video_io import video_info
+from arlon.errors import ArlonError
 
 
 def run(capsys, *argv):

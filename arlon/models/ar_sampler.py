@@ -372,23 +372,29 @@ class ARSampler:
         return self._forward(self._embed(history, first))
 
     def _refill_videos(
-        self, videos: list[int], prefix: torch.Tensor, history: list[torch.Tensor], first: int
-    ) -> torch.Tensor:
-        """Under a sliding window, refill the prompt rows of `videos` (those whose prompt changed)
-        with their prefix and the history frames, leaving every other row as it slid (a video's
-        codes do not depend on its batch) -> those rows' logits of the code that follows."""
-        cache, self.cache = self.cache, self.model.new_cache(len(videos))
+        self,
+        videos: list[int],
+        logits: torch.Tensor,
+        prefix: torch.Tensor,
+        history: list[torch.Tensor],
+        first: int,
+    ) -> None:
+        """Under a sliding window, refill the rows of `videos` (those whose prompt changed: their
+        prompt's and their null prompt's, so that guidance compares states computed alike) with
+        their prefix and the history frames, and set those rows of `logits` to the code that
+        follows; every other row stays as it slid (a video's codes do not depend on its batch)."""
+        rows = [v + k * self.videos for k in range(self.batch // self.videos) for v in videos]
+        cache, self.cache = self.cache, self.model.new_cache(len(rows))
         try:
-            self._forward(prefix[videos])
-            history_codes = torch.cat(history, dim=1)[videos]
-            logits = self._forward(self.model.embed_codes(history_codes, 0, first))
+            self._forward(prefix[rows])
+            history_codes = self._rows(torch.cat(history, dim=1))[rows]
+            logits[rows] = self._forward(self.model.embed_codes(history_codes, 0, first))
             part = self.cache
         finally:
             self.cache = cache
         filled = slice(0, part.length)
-        cache.keys[:, videos, :, filled] = part.keys[:, :, :, filled]
-        cache.values[:, videos, :, filled] = part.values[:, :, :, filled]
-        return logits
+        cache.keys[:, rows, :, filled] = part.keys[:, :, :, filled]
+        cache.values[:, rows, :, filled] = part.values[:, :, :, filled]
 
     def _first_prefix(self, prompts: list[str]) -> torch.Tensor:
         """Every row's prefix `(batch, P + 1, C)`: the videos' prompts, then (under guidance) the
@@ -465,7 +471,7 @@ class ARSampler:
                 if full:
                     model.slide_cache(self.cache, stride)
                 if switching:
-                    logits[switching] = self._refill_videos(switching, prefix, context, first)
+                    self._refill_videos(switching, logits, prefix, context, first)
             # one uniform number per code and video, drawn a frame at a time (on the CPU, the same
             # numbers as one at a time)
             uniform = torch.stack(
