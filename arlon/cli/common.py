@@ -281,7 +281,7 @@ def add_ar_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     parser.add_argument(
         f"--{prefix}lookahead",
         type=positive_int,
-        help="codes the AR guesses and checks in one forward (default 16); the same codes at any "
+        help="codes the AR guesses and checks in one forward (default 8); the same codes at any "
         "value, only faster or slower (1: one code per forward)",
     )
 
