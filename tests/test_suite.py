@@ -333,6 +333,17 @@ def test_bench_reports_speed_and_memory_per_length(folder, tmp_path, capsys):
     assert ar["precision"] == ("bfloat16" if native_bf16() else "float32")  # "auto" says which
 
 
+def test_bench_times_each_figure_by_its_fastest_run(monkeypatch):
+    """A busy machine only adds time: a stage and the matmul it is a fraction of are both timed
+    by their fastest run, after one unmeasured run to warm up."""
+    from arlon.evaluation import bench
+
+    clock = iter([0.0, 3.0, 10.0, 11.0, 20.0, 22.0])  # runs of 3, 1 and 2 seconds
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    runs = []
+    assert bench.best_seconds(lambda: runs.append(1), repeats=3) == 1.0 and len(runs) == 4
+
+
 def _run(mode, steps, q, guidance=1.0, dynamic=0.5, subject=0.9, drop=0.1, latency=20):
     return {
         "mode": mode,

@@ -245,14 +245,22 @@ def generation_lengths(
 # ------------------------------------------------------------------------------------------------
 
 
+def best_seconds(work, repeats: int) -> float:
+    """The fastest of `repeats` runs of `work()`, after one to warm up: on a shared machine other
+    work only ever adds time, so each figure and the matmul it is a fraction of are timed alike."""
+    work()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def matmul_flops(size: int = 1024, repeats: int = 20) -> float:
     """FLOP/s of a square fp32 matmul: what this machine's BLAS reaches."""
     a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - start)
+    return 2 * size**3 / best_seconds(lambda: a @ b, repeats)
 
 
 def count_flops(work) -> int:
@@ -368,11 +376,7 @@ def dit_step(model, batch: int, frames: int, height: int, width: int, repeats: i
     """FLOPs and seconds of one forward of the DiT on a latent `(batch, C, frames, height, width)`."""
     args, kwargs = dit_inputs(model, batch, frames, height, width)
     flops = count_flops(lambda: model(*args, **kwargs))
-    model(*args, **kwargs)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        model(*args, **kwargs)
-    return {"flops": flops, "seconds": (time.perf_counter() - start) / repeats}
+    return {"flops": flops, "seconds": best_seconds(lambda: model(*args, **kwargs), repeats)}
 
 
 def dit_efficiency(model, batch: int = 2, frames: int = 9, size: int = 8, repeats: int = 20):
