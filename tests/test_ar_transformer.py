@@ -1,15 +1,26 @@
 """The AR transformer and its sampler: cached = uncached, bounded memory, prompt switches, seeds."""
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from arlon.errors import ArlonError
 from arlon.models.ar_decoder import ARDecoder
-from arlon.models.ar_sampler import ARSampler, ARSampling, sample_levels, sample_logits
+from arlon.models.ar_sampler import (
+    WINDOWS,
+    ARSampler,
+    ARSampling,
+    sample_levels,
+    sample_logits,
+)
 from arlon.models.ar_transformer import (
     ARTransformer,
     FSQHead,
+    KVCache,
     ar_transformer,
+    cached_attention,
     fsq_codes,
     fsq_levels,
     level_nll,
@@ -302,8 +313,57 @@ def test_a_sliding_window_refills_the_cache_only_for_a_new_prompt(model, text_en
         # t = 0, then every full frame (4 on), or at the switch at frame 5 only (3 frames kept)
         assert refills == ([0, *[3] * 8] if window == "refill" else [0, ([0], 3)])
     assert torch.equal(drawn["refill"][:4], drawn["slide"][:4])
+    # a switch before the first slide: the switching video's rows (prompt and null) refilled in
+    # place of the whole cache give the refill's codes until the window first slides
+    early = [(0, "a red circle moves right"), (2, "a blue square moves up")]
+    refilled, slid = (generate(model, text_encoder, early, 6, window=w) for w in WINDOWS)
+    assert torch.equal(refilled[:4], slid[:4])
     with pytest.raises(ArlonError, match="needs the KV cache"):
         generate(model, text_encoder, TIMELINE, 2, window="slide", use_cache=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cached_attention_sees_each_querys_keys_up_to_its_own_position(dtype):
+    """Query i, at position start + i, attends over keys 0..start + i: not the next one, nor the
+    cache's stale positions beyond (the bf16 path reads them all, masked)."""
+    torch.manual_seed(0)
+    b, h, d, capacity, start, n = 2, 2, 16, 12, 5, 4
+    cache = KVCache(*(torch.randn(1, b, h, capacity, d, dtype=dtype) for _ in range(2)))
+    cache.length = start + n
+    q = torch.randn(b, h, n, d, dtype=dtype)
+    seen = torch.ones(n, start + n, dtype=torch.bool).tril(start)
+    keys, values = (t[0, :, :, : start + n].float() for t in (cache.keys, cache.values))
+    expected = F.scaled_dot_product_attention(q.float(), keys, values, seen)
+    got = cached_attention(q, cache, 0, start).float()
+    assert torch.allclose(got, expected, atol=3e-2 if dtype == torch.bfloat16 else 1e-5)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_a_sliding_windows_switch_refills_the_videos_rows_as_a_refill_would(
+    model, text_encoder, guidance, monkeypatch
+):
+    """At a switch after the window has slid, the switching video's rows (its prompt's and, under
+    guidance, its null prompt's) hold what a whole refill computes: keys, values and logits."""
+    checked = []
+    original = ARSampler._refill_videos
+
+    def check(self, videos, logits, prefix, history, first):
+        original(self, videos, logits, prefix, history, first)
+        twin = copy.copy(self)
+        twin.cache = self.model.new_cache(self.batch)
+        expected = twin._refill(prefix, history, first)
+        n = self.cache.length
+        checked.append(
+            twin.cache.length == n
+            and torch.equal(self.cache.keys[:, :, :, :n], twin.cache.keys[:, :, :, :n])
+            and torch.equal(self.cache.values[:, :, :, :n], twin.cache.values[:, :, :, :n])
+            and torch.equal(logits, expected)
+        )
+
+    monkeypatch.setattr(ARSampler, "_refill_videos", check)
+    # the window first slides at frame 4; the prompt switches at 5
+    generate(model, text_encoder, TIMELINE, 7, window="slide", guidance_scale=guidance)
+    assert checked == [True]
 
 
 @pytest.mark.parametrize("head_dim", [16, 24])
