@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from arlon import cli
 from arlon.errors import ArlonError
 from arlon.models.video_vae import VideoVAE
+from arlon.training.checkpoint import BestWeights
 from arlon.training.config import TrainConfig
 from arlon.training.presets import train_config
 from arlon.training.stages import stage
@@ -344,6 +345,24 @@ def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path):
     held.close()
     train(stage("vae"), cfg, out)
     train(stage("vae"), cfg, out, resume=True)  # the lock went with the run that held it
+
+
+def test_a_best_kept_by_another_metric_is_replaced_and_a_later_one_forgotten(tmp_path):
+    """A run resumed with another keep_best metric does not compare its values with the kept
+    best's; a best from after the checkpoint a run resumes from goes, whatever the metric."""
+    folder = tmp_path / "best"
+
+    def export(path):
+        path.mkdir()
+
+    BestWeights(folder, "loss_heldout", True).offer(2, {"loss_heldout": 0.1}, export)
+    BestWeights(folder, "psnr_heldout", False).offer(4, {"psnr_heldout": 0.05}, export)
+    record = {"step": 4, "metric": "psnr_heldout", "value": 0.05}
+    assert json.loads((folder / "best.json").read_text()) == record
+    BestWeights(folder, None, False).forget_after(4)
+    assert folder.exists()
+    BestWeights(folder, None, False).forget_after(3)
+    assert not folder.exists()
 
 
 def test_keep_best_exports_the_weights_of_the_best_evaluation(tmp_path, capsys):

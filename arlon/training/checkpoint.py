@@ -223,7 +223,7 @@ class BestWeights:
     metric and value in `best.json`. A new best is exported beside it and swapped in as one, so a
     kill at any moment leaves a best whose record is its own."""
 
-    def __init__(self, folder: Path, metric: str, lower_is_better: bool):
+    def __init__(self, folder: Path, metric: str | None, lower_is_better: bool):
         self.folder, self.metric, self.lower_is_better = folder, metric, lower_is_better
         self.tmp, self.old = folder.with_name("best.tmp"), folder.with_name("best.old")
 
@@ -241,6 +241,8 @@ class BestWeights:
         """Keep the weights that `export(folder)` writes when `results[metric]` is the best yet."""
         value, best = results[self.metric], self.record()
         better = min if self.lower_is_better else max
+        if best is not None and best["metric"] != self.metric:
+            best = None  # kept by another metric (the run resumed with another keep_best)
         if best is not None and better(value, best["value"]) == best["value"]:
             return
         for stale in (self.tmp, self.old):

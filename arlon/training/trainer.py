@@ -267,8 +267,8 @@ class _Run:
         self.train_log = _Log(out / "train.csv", self.progress.step, self.main)
         self.eval_log = _Log(out / "eval.csv", self.progress.step, self.main)
         self.best = None
-        if cfg.keep_best is not None and self.main:
-            lower = stage.HELDOUT[cfg.keep_best] == "min"
+        if self.main:  # a best from after the checkpoint goes, keep_best or not (the export says)
+            lower = getattr(stage, "HELDOUT", {}).get(cfg.keep_best) == "min"
             self.best = BestWeights(out / "best", cfg.keep_best, lower)
             self.best.forget_after(self.progress.step)
         # Where a Ctrl-C finds the loop: "idle" between steps, "step" before the step changes any
@@ -405,7 +405,7 @@ class _Run:
                     f"eval at step {self.progress.step}: "
                     + ", ".join(f"{k} {v:.4g}" for k, v in results.items())
                 )
-                if self.best is not None:
+                if self.cfg.keep_best is not None:
                     export = partial(self.stage.export, weights, self.cfg)
                     self.best.offer(self.progress.step, results, export)
         self.accelerator.wait_for_everyone()
@@ -526,7 +526,7 @@ class _Run:
             tmp = self.out / "model.tmp"
             if tmp.exists():
                 shutil.rmtree(tmp)
-            best = self.best.record() if self.best is not None else None
+            best = self.best.record() if self.cfg.keep_best is not None else None
             if best is not None:
                 self.best.copy_to(tmp)
             else:
