@@ -277,15 +277,16 @@ def count_flops(work) -> int:
 
 def ar_flops(pipe: ARLONPipeline, token_frames: int, sampling: ARSampling = ARSampling()) -> float:
     """FLOPs of the AR's fast path drawing `token_frames` token frames with `sampling`: the first
-    `max_frames + 1` counted one by one (the cache fills, then the window slides for the first
-    time), each later one as the last of those (from there on every frame refills the cache or
-    slides alike; Jacobi decoding's forwards, an estimate: their number varies from frame to
-    frame)."""
+    `max_frames + window_stride` counted one by one (the cache fills, then the window slides once
+    by its stride), each later one as the mean of the last stride's worth of those (from there on
+    the window repeats itself: a refill or a slide every `window_stride` frames; Jacobi decoding's
+    forwards, an estimate: their number varies from frame to frame)."""
     sampler = ARSampler(pipe.ar, pipe.text_encoder, sampling, seed=0)
     frames = sampler.frames(Timeline.of(PROMPT), token_frames)
-    first = min(token_frames, pipe.ar.config.max_frames + 1)
+    first = min(token_frames, pipe.ar.config.max_frames + sampling.window_stride)
     counted = [count_flops(lambda: next(frames)) for _ in range(first)]
-    return sum(counted) + counted[-1] * (token_frames - first)
+    cycle = counted[-sampling.window_stride :]
+    return sum(counted) + sum(cycle) / len(cycle) * (token_frames - first)
 
 
 def stage_flops(
