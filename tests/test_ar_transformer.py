@@ -291,8 +291,8 @@ def test_a_sliding_window_moves_the_keys_and_values_without_recomputing_them(mod
 
 def test_a_sliding_window_refills_the_cache_only_for_a_new_prompt(model, text_encoder, monkeypatch):
     """With `window="slide"` the cache is filled at the first frame and at a prompt switch only;
-    the codes are the refilling window's until its first slide, on the fast and the reference
-    paths alike, and a sampler without a cache is refused."""
+    the codes are the refilling window's until its first slide, and a sampler without a cache is
+    refused."""
     refills = []
     whole, some = ARSampler._refill, ARSampler._refill_videos
 
