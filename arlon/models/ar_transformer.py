@@ -69,8 +69,8 @@ class KVCache:
     def slide(self, start: int, drop: int, cos: torch.Tensor, sin: torch.Tensor) -> None:
         """Drop the `drop` positions from `start` on: the positions after them move `drop` places
         earlier, their keys turned back by as many rotary positions (`cos`, `sin` `(head_dim,)` of
-        position -drop), in float32. The values stay as they are: attention sees the moved keys
-        at the distances a refill would put them at."""
+        position -drop), in float32, the values unchanged: queries then see the moved keys at the
+        distances a refill would put them at."""
         if not 0 <= start <= start + drop <= self.length:
             raise ArlonError(f"cannot drop {drop} positions from {start} of {self.length}")
         kept, end = slice(start + drop, self.length), self.length - drop
