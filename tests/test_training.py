@@ -363,6 +363,8 @@ def test_a_best_kept_by_another_metric_is_replaced_and_a_later_one_forgotten(tmp
     assert folder.exists()
     BestWeights(folder, None, False).forget_after(3)
     assert not folder.exists()
+    BestWeights(folder, None, False).offer(5, {"loss_heldout": 0.0}, export)  # no keep_best
+    assert not folder.exists()
 
 
 def test_keep_best_exports_the_weights_of_the_best_evaluation(tmp_path, capsys):

@@ -95,21 +95,15 @@ class ARSampling:
         stride = self.window_stride
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ArlonError(f"the AR's window stride must be a positive integer, got {stride!r}")
-        if self.window not in WINDOWS:
-            raise ArlonError(
-                f"the AR's window must be one of {', '.join(WINDOWS)}, got {self.window!r}"
-            )
-        check_precision(self.precision)
+        for name, choices in [("window", WINDOWS), ("precision", PRECISIONS)]:
+            if getattr(self, name) not in choices:
+                raise ArlonError(
+                    f"the AR's {name} must be one of {', '.join(choices)}, "
+                    f"got {getattr(self, name)!r}"
+                )
         ahead = self.lookahead
         if isinstance(ahead, bool) or not isinstance(ahead, int) or ahead < 1:
             raise ArlonError(f"the AR's lookahead must be a positive integer, got {ahead!r}")
-
-
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ArlonError(
-            f"the AR's precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
-        )
 
 
 def precision_name(model: ARTransformer, precision: str) -> str:

@@ -238,7 +238,10 @@ class BestWeights:
         return json.loads(path.read_text()) if path.exists() else None
 
     def offer(self, step: int, results: dict, export) -> None:
-        """Keep the weights that `export(folder)` writes when `results[metric]` is the best yet."""
+        """Keep the weights that `export(folder)` writes when `results[metric]` is the best yet
+        (no metric: keep none)."""
+        if self.metric is None:
+            return
         value, best = results[self.metric], self.record()
         better = min if self.lower_is_better else max
         if best is not None and best["metric"] != self.metric:

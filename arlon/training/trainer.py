@@ -268,7 +268,7 @@ class _Run:
         self.eval_log = _Log(out / "eval.csv", self.progress.step, self.main)
         self.best = None
         if self.main:  # a best from after the checkpoint goes, keep_best or not (the export says)
-            lower = getattr(stage, "HELDOUT", {}).get(cfg.keep_best) == "min"
+            lower = heldout.get(cfg.keep_best) == "min"
             self.best = BestWeights(out / "best", cfg.keep_best, lower)
             self.best.forget_after(self.progress.step)
         # Where a Ctrl-C finds the loop: "idle" between steps, "step" before the step changes any
@@ -405,9 +405,8 @@ class _Run:
                     f"eval at step {self.progress.step}: "
                     + ", ".join(f"{k} {v:.4g}" for k, v in results.items())
                 )
-                if self.cfg.keep_best is not None:
-                    export = partial(self.stage.export, weights, self.cfg)
-                    self.best.offer(self.progress.step, results, export)
+                export = partial(self.stage.export, weights, self.cfg)
+                self.best.offer(self.progress.step, results, export)
         self.accelerator.wait_for_everyone()
 
     def save_on_interrupt(self) -> None:
