@@ -293,15 +293,16 @@ class ARSampler:
             return self.model.bos.new_zeros(self.batch, 0, self.model.bos.shape[0])
         return self.model.embed_codes(self._rows(torch.cat(codes, dim=1)), 0, first_frame)
 
-    def _forward(self, x: torch.Tensor, every: bool = False) -> torch.Tensor:
-        """Embeddings `(batch, N, C)` appended to the cache -> the last position's logits
-        `(batch, K)`, or every position's `(batch, N, K)` (K: sum(levels) when drawn by level)."""
-        by_level = self.levels is not None
+    def _forward(
+        self, x: torch.Tensor, every: bool = False, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """Embeddings `(batch, N, C)` appended to the cache (`cache`: some of its rows) -> the last
+        position's logits `(batch, K)`, or every position's `(batch, N, K)` (K: sum(levels) when
+        drawn by level)."""
+        by_level, cache = self.levels is not None, self.cache if cache is None else cache
         if self.decoder is not None:
-            return self.decoder(x, self.cache, self.cache.length, every, by_level)
-        return self.model.forward_embeddings(
-            x, self.cache, self.cache.length, by_level, last=not every
-        )
+            return self.decoder(x, cache, cache.length, every, by_level)
+        return self.model.forward_embeddings(x, cache, cache.length, by_level, last=not every)
 
     def _embed_run(self, codes: torch.Tensor, first_cell: int, frame: int) -> torch.Tensor:
         """Codes `(videos, N)` of token frame `frame` from cell `first_cell` -> `(batch, N, C)`."""
@@ -377,19 +378,15 @@ class ARSampler:
         """Under a sliding window, refill the rows of `videos` (those whose prompt changed: their
         prompt's and their null prompt's, so that guidance compares states computed alike) with
         their prefix and the history frames, and set those rows of `logits` to the code that
-        follows; every other row stays as it slid (a video's codes do not depend on its batch)."""
-        rows = [v + k * self.videos for k in range(self.batch // self.videos) for v in videos]
-        cache, self.cache = self.cache, self.model.new_cache(len(rows))
-        try:
-            self._forward(prefix[rows])
-            history_codes = self._rows(torch.cat(history, dim=1))[rows]
-            logits[rows] = self._forward(self.model.embed_codes(history_codes, 0, first))
-            part = self.cache
-        finally:
-            self.cache = cache
-        filled = slice(0, part.length)
-        cache.keys[:, rows, :, filled] = part.keys[:, :, :, filled]
-        cache.values[:, rows, :, filled] = part.values[:, :, :, filled]
+        follows; every other row stays as it slid (a video's codes do not depend on its batch).
+        A video's rows are a strided view of the cache: the refill writes into it in place."""
+        codes = torch.cat(history, dim=1)  # (videos, N)
+        for v in videos:
+            rows = slice(v, None, self.videos)  # the video's row and, under guidance, its null's
+            part = KVCache(self.cache.keys[:, rows], self.cache.values[:, rows])
+            self._forward(prefix[rows], cache=part)
+            x = self.model.embed_codes(self._rows(codes[v : v + 1]), 0, first)
+            logits[rows] = self._forward(x, cache=part)
 
     def _first_prefix(self, prompts: list[str]) -> torch.Tensor:
         """Every row's prefix `(batch, P + 1, C)`: the videos' prompts, then (under guidance) the
