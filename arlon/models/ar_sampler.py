@@ -296,9 +296,9 @@ class ARSampler:
     def _forward(
         self, x: torch.Tensor, every: bool = False, cache: KVCache | None = None
     ) -> torch.Tensor:
-        """Embeddings `(batch, N, C)` appended to the cache (`cache`: some of its rows) -> the last
-        position's logits `(batch, K)`, or every position's `(batch, N, K)` (K: sum(levels) when
-        drawn by level)."""
+        """Embeddings `(B, N, C)` appended to the cache (B: `batch`), or to `cache` (B of its rows)
+        -> the last position's logits `(B, K)`, or every position's `(B, N, K)` (K: sum(levels)
+        when drawn by level)."""
         by_level, cache = self.levels is not None, self.cache if cache is None else cache
         if self.decoder is not None:
             return self.decoder(x, cache, cache.length, every, by_level)
