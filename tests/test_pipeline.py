@@ -371,6 +371,44 @@ def test_the_models_strength_starts_its_arlon_runs_from_the_ar_latent(folder, tm
     assert ARLONPipeline.from_pretrained(folder).config.strength == 1.0  # no setting: from noise
 
 
+def test_the_ar_temperature_is_the_models_unless_told_otherwise(
+    folder, tmp_path, capsys, monkeypatch
+):
+    """`arlon assemble --ar-temperature` gives a pipeline folder the temperature its AR draws at
+    when a call or the CLI leaves it to the model: at 0 (greedy) two seeds draw the same codes,
+    where a folder without the setting draws at 1 and they differ; a call's own wins."""
+    model = tmp_path / "greedy"
+    parts = [arg for name in ("ar", "vq", "dit", "vae") for arg in (f"--{name}", folder / name)]
+    argv = ["assemble", "--out", model, *parts, "--segment-frames", 3, "--reference-frames", 1]
+    assert cli.main([str(a) for a in [*argv, "--ar-temperature", 0]]) == 0
+    greedy, plain = ARLONPipeline.from_pretrained(model), ARLONPipeline.from_pretrained(folder)
+    assert (greedy.config.ar_temperature, plain.config.ar_temperature) == (0.0, 1.0)
+    timelines = [[(0, PROMPT)]] * 2
+    a, b = greedy.sample_codes(timelines, FRAMES, seeds=[0, 1])
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    a, b = plain.sample_codes(timelines, FRAMES, seeds=[0, 1])
+    assert not all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    a, b = greedy.sample_codes(timelines, FRAMES, [0, 1], ARSampling(temperature=1.0))
+    assert not all(torch.equal(x, y) for x, y in zip(a, b, strict=True))  # the call's own
+
+    temperatures = []
+    build = ARSampler.__init__
+
+    def spy(self, model, text_encoder, sampling=ARSampling(), *args, **kwargs):
+        temperatures.append(sampling.temperature)
+        build(self, model, text_encoder, sampling, *args, **kwargs)
+
+    monkeypatch.setattr(ARSampler, "__init__", spy)
+    argv = [PROMPT, "--model", model, "--frames", 9, "--steps", 1, "-o", tmp_path / "v.mp4"]
+    assert generate(capsys, *argv)[0] == 0
+    assert generate(capsys, *argv, "--ar-temperature", 0.5)[0] == 0
+    assert temperatures == [0.0, 0.5]
+    index = json.loads((model / "model_index.json").read_text())
+    (model / "model_index.json").write_text(json.dumps({**index, "ar_temperature": -1}))
+    with pytest.raises(ArlonError, match="AR temperature must be >= 0"):
+        ARLONPipeline.from_pretrained(model)
+
+
 def test_embedded_default_generates(tmp_path, capsys):
     out = tmp_path / "e.mp4"
     code, stdout, _ = generate(capsys, PROMPT, "--frames", 12, "--steps", 1, "-o", out, "--quiet")

@@ -247,8 +247,8 @@ def add_ar_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     parser.add_argument(
         f"--{prefix}temperature",
         type=non_negative_float,
-        default=1.0,
-        help="AR sampling temperature, 0: greedy (default 1)",
+        help="AR sampling temperature, 0: greedy (default: the model's, its pipeline's "
+        "ar_temperature; 1 for an AR alone)",
     )
     parser.add_argument(
         f"--{prefix}top-k", type=count, default=0, help="keep the k likeliest codes (0: all)"

@@ -253,6 +253,12 @@ def _add_assemble(commands) -> None:
         help="in (0, 1]: the DiT's strength in mode arlon when a call leaves it to the model "
         "(default 1: from noise)",
     )
+    p.add_argument(
+        "--ar-temperature",
+        type=non_negative_float,
+        default=1.0,
+        help="the AR's sampling temperature when a call leaves it to the model (default 1)",
+    )
     p.set_defaults(run=run_assemble)
 
 
@@ -268,7 +274,11 @@ def run_assemble(args: argparse.Namespace) -> None:
     folders = {name: getattr(args, name) or embedded(name) for name in MODELS}
     folders |= {name: getattr(args, name) for name in OPTIONAL}
     settings = {k: getattr(args, k) for k in ("segment_frames", "reference_frames", "fps")}
-    settings |= {"guidance_scale": args.guidance, "strength": args.strength}
+    settings |= {
+        "guidance_scale": args.guidance,
+        "strength": args.strength,
+        "ar_temperature": args.ar_temperature,
+    }
     out = assemble(args.out, folders, args.text_encoder, args.shift, settings)
     ARLONPipeline.from_pretrained(out)  # it loads, or the error says which part does not
     print(f"wrote the pipeline {out}")

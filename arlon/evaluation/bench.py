@@ -281,7 +281,7 @@ def ar_flops(pipe: ARLONPipeline, token_frames: int, sampling: ARSampling = ARSa
     by its stride), each later one as the mean of the last stride's worth of those (from there on
     the window repeats itself: a refill or a slide every `window_stride` frames; Jacobi decoding's
     forwards, an estimate: their number varies from frame to frame)."""
-    sampler = ARSampler(pipe.ar, pipe.text_encoder, sampling, seed=0)
+    sampler = ARSampler(pipe.ar, pipe.text_encoder, pipe.resolved_ar(sampling), seed=0)
     frames = sampler.frames(Timeline.of(PROMPT), token_frames)
     first = min(token_frames, pipe.ar.config.max_frames + sampling.window_stride)
     counted = [count_flops(lambda: next(frames)) for _ in range(first)]
@@ -332,7 +332,7 @@ def ar_speed(
     of `repeats` each; and whether they drew the same codes (`token_frames` token frames, default
     three contexts' worth: the window slides, refilled or not, for the last two thirds)."""
     token_frames = token_frames or 3 * pipe.ar.config.max_frames
-    timeline = Timeline.of(PROMPT)
+    sampling, timeline = pipe.resolved_ar(sampling), Timeline.of(PROMPT)
     seconds: dict[str, list[float]] = {"fast": [], "reference": []}
     codes = {}
     for _ in range(repeats):

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -53,6 +53,8 @@ from arlon.timeline import Timeline
 # prompt metric and triples the prompt switches that take hold, for 1.1x (one thread) to 1.6x (a
 # batch of videos) the AR's time.
 GUIDANCE_SCALE = 3.0
+# The AR's sampling temperature where neither a call nor its pipeline (`ar_temperature`) gives one.
+TEMPERATURE = 1.0
 # Codes guessed and checked per forward (see `ARSampler._draw_frame`): at batch 2 a forward of 8
 # positions costs about 1.4 times one and confirms about 3 codes; 8 is as fast as 16 on the
 # embedded AR (2.32 against 2.37 ms per code) and 1.2 times faster on the recipe's coarse AR.
@@ -65,7 +67,8 @@ WINDOWS = ("refill", "slide")
 
 @dataclass(frozen=True)
 class ARSampling:
-    """How the AR draws codes: temperature (0: greedy), top-k (0: off), top-p in (0, 1] and
+    """How the AR draws codes: temperature (0: greedy; None: the model's, a pipeline's
+    `ar_temperature`, `TEMPERATURE` for an AR alone), top-k (0: off), top-p in (0, 1] and
     classifier-free guidance on the text (1: none, and faster); the window stride (token frames a
     full context drops at once: its cache is refilled less often, with less history at times); what
     a full context does with the frames it keeps ("refill": recomputes them, as the model saw
@@ -74,7 +77,7 @@ class ARSampling:
     "auto": `ar_dtype`), whose codes are its own; and how fast, not which codes: the lookahead
     (codes guessed and checked per forward, shared among a batch's videos; 1: one per forward)."""
 
-    temperature: float = 1.0
+    temperature: float | None = None
     top_k: int = 0
     top_p: float = 1.0
     guidance_scale: float = GUIDANCE_SCALE
@@ -84,7 +87,7 @@ class ARSampling:
     lookahead: int = LOOKAHEAD
 
     def __post_init__(self):
-        if not self.temperature >= 0:
+        if self.temperature is not None and not self.temperature >= 0:
             raise ArlonError(f"the AR temperature must be >= 0, got {self.temperature}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise ArlonError(f"the AR top-k must be an integer >= 0 (0: off), got {self.top_k}")
@@ -230,6 +233,8 @@ class ARSampler:
         seeds = [seed] if isinstance(seed, int) else list(seed)
         if not seeds:
             raise ArlonError("at least one seed is needed")
+        if sampling.temperature is None:
+            sampling = replace(sampling, temperature=TEMPERATURE)
         dtype = ar_dtype(model, sampling.precision)
         if model.bos.dtype != dtype:  # (`nn.Module.to`: diffusers' own warns of every cast)
             model = torch.nn.Module.to(copy.deepcopy(model), dtype)

@@ -25,7 +25,14 @@ from arlon.utils import read_json, write_json
 MODELS = ("ar", "vq", "dit", "vae")
 COMPONENTS = ("text_encoder", *MODELS, "scheduler")
 OPTIONAL = {"baseline": "dit"}  # optional components, and the role each loads in
-SETTINGS = ("segment_frames", "reference_frames", "fps", "guidance_scale", "strength")
+SETTINGS = (
+    "segment_frames",
+    "reference_frames",
+    "fps",
+    "guidance_scale",
+    "strength",
+    "ar_temperature",
+)
 PACKAGED_TEXT_ENCODER = "packaged_text_encoder.json"
 # `model_index.json`'s [module, class] entries this project accepts, per component.
 ALLOWED = {
@@ -121,7 +128,7 @@ def assemble(
     `out` is kept).
     `text_encoder` None: the packaged MiniLM. `settings`: segment_frames, reference_frames, fps,
     guidance_scale and strength (the DiT's text guidance and, in mode arlon, its strength, when a
-    call leaves them to the model)."""
+    call leaves them to the model) and ar_temperature (the AR's, likewise)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     index: dict = {"_class_name": "ARLONPipeline"}

@@ -102,6 +102,7 @@ class ARLONPipeline(DiffusionPipeline):
         guidance_scale: float = 1.0,
         strength: float = 1.0,
         baseline=None,
+        ar_temperature: float = 1.0,
     ):
         super().__init__()
         if not 0 < reference_frames < segment_frames:
@@ -114,6 +115,8 @@ class ARLONPipeline(DiffusionPipeline):
         check_guidance(guidance_scale)
         if not 0 < strength <= 1:
             raise ArlonError(f"the model's strength must lie in (0, 1], got {strength}")
+        if not ar_temperature >= 0:
+            raise ArlonError(f"the model's AR temperature must be >= 0, got {ar_temperature}")
         self.register_modules(
             text_encoder=text_encoder, ar=ar, vq=vq, dit=dit, scheduler=scheduler, vae=vae
         )
@@ -128,6 +131,7 @@ class ARLONPipeline(DiffusionPipeline):
             fps=fps,
             guidance_scale=guidance_scale,
             strength=strength,
+            ar_temperature=ar_temperature,
         )
         self.last_times = StageTimes()
 
@@ -163,6 +167,12 @@ class ARLONPipeline(DiffusionPipeline):
             strength = self.config.strength if sampling.mode == "arlon" else 1.0
             check_strength(strength, sampling.num_inference_steps, whose="the model's")
             sampling = replace(sampling, strength=strength)
+        return sampling
+
+    def resolved_ar(self, sampling: ARSampling) -> ARSampling:
+        """`sampling` with this model's AR temperature where it leaves the choice to the model."""
+        if sampling.temperature is None:
+            sampling = replace(sampling, temperature=self.config.ar_temperature)
         return sampling
 
     def set_eval(self) -> ARLONPipeline:
@@ -375,7 +385,12 @@ class ARLONPipeline(DiffusionPipeline):
         by one), to pass to `stream(codes=...)` with the same timeline, length and seed. Memory
         grows with the batch and the length: meant for evaluations, not for unbounded videos."""
         _, new_latents = self.plan(num_frames)
-        sampler = ARSampler(self.ar, self.text_encoder, ar_sampling, [check_seed(s) for s in seeds])
+        sampler = ARSampler(
+            self.ar,
+            self.text_encoder,
+            self.resolved_ar(ar_sampling),
+            [check_seed(s) for s in seeds],
+        )
         return sample_codes(
             sampler,
             [Timeline.of(t) for t in timelines],
@@ -402,7 +417,9 @@ class ARLONPipeline(DiffusionPipeline):
         token frames of a video being continued."""
         live = timeline if isinstance(timeline, LiveTimeline) else LiveTimeline(timeline)
         _, new_latents = self.plan(num_frames, continued=history is not None)
-        sampler = ARSampler(self.ar, self.text_encoder, ar_sampling, check_seed(seed))
+        sampler = ARSampler(
+            self.ar, self.text_encoder, self.resolved_ar(ar_sampling), check_seed(seed)
+        )
         tokens = LiveTokens(live, self.temporal_ratio, self.vq.ratio[0])
         return sampler.frames(tokens, self.token_frames(new_latents), history)
 
