@@ -27,13 +27,14 @@ from arlon.evaluation.suite import (
     run_suite,
     seam_ratio,
 )
-from arlon.models.ar_sampler import ARSampler, ar_dtype, native_bf16
+from arlon.models.ar_sampler import ARSampler, ar_dtype
 from arlon.models.ar_transformer import ar_transformer
 from arlon.models.latent_vqvae import latent_vqvae
 from arlon.models.stdit import stdit
 from arlon.models.text_encoder import TextEncoder
 from arlon.models.video_vae import video_vae
 from arlon.pipeline import ARLONPipeline
+from arlon.utils import native_bf16
 from arlon.world import vocab
 from arlon.world.captions import parse_caption, says, unknown_words
 from arlon.world.simulate import random_episode

@@ -17,11 +17,12 @@ from safetensors.torch import load_file
 from arlon import cli
 from arlon.errors import ArlonError
 from arlon.models.video_vae import VideoVAE
+from arlon.training import trainer
 from arlon.training.checkpoint import BestWeights
 from arlon.training.config import TrainConfig
 from arlon.training.presets import train_config
 from arlon.training.stages import stage
-from arlon.training.trainer import train
+from arlon.training.trainer import train, training_precision
 from arlon.utils import hold_lock
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
@@ -141,6 +142,17 @@ def test_config_round_trip_and_errors(tmp_path):
         cfg.override(["mixed_precision=fp8"])
     with pytest.raises(ArlonError, match="positive"):
         cfg.override(["batch_size=0"])
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_multiplies_it(monkeypatch):
+    # emulated bf16 (AVX2) made a step of the recipe's AR 15 times slower than float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for native, expected in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(trainer, "native_bf16", lambda native=native: native)
+        assert training_precision("auto") == expected
+        assert training_precision("bf16") == "bf16" and training_precision("no") == "no"
+    assert train_config("ar", "shapes-tiny").mixed_precision == "auto"
+    assert train_config("ar", "opensora-1.2").mixed_precision == "bf16"  # GPUs: bf16 as asked
 
 
 def test_merged_replaces_settings_and_merges_data_and_model():

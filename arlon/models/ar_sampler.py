@@ -48,6 +48,7 @@ from arlon.errors import ArlonError
 from arlon.models.ar_decoder import ARDecoder
 from arlon.models.ar_transformer import ARTransformer, FSQHead, KVCache, fsq_codes
 from arlon.timeline import Timeline
+from arlon.utils import native_bf16
 
 # Classifier-free guidance on the AR by default: on shapes-tiny, scale 3 beats 1, 2 and 5 on every
 # prompt metric and triples the prompt switches that take hold, for 1.1x (one thread) to 1.6x (a
@@ -112,14 +113,6 @@ class ARSampling:
 def precision_name(model: ARTransformer, precision: str) -> str:
     """The dtype `ar_dtype` gives, by name ("bfloat16", "float32")."""
     return str(ar_dtype(model, precision)).removeprefix("torch.")
-
-
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices with instructions of its own (AVX512-BF16, AMX).
-    Elsewhere oneDNN emulates them: the AR drew 1.7x (AVX-512 without them) to 4.3x (AVX2) slower
-    in bf16 than in float32, and its Jacobi decoding was no longer exact."""
-    supported = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in supported)
 
 
 def ar_dtype(model: ARTransformer, precision: str) -> torch.dtype:

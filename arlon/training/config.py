@@ -32,7 +32,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # 0 turns EMA off
-    mixed_precision: str = "no"  # "no" or "bf16"
+    # "no", "bf16" or "auto": bf16 where the hardware multiplies it (`training_precision`)
+    mixed_precision: str = "no"
     log_every: int = 10
     eval_every: int = 0  # 0: evaluate only at the end; -1: never (benchmarks)
     checkpoint_every: int = 200
@@ -57,9 +58,9 @@ class TrainConfig:
                 not isinstance(value, expected) or isinstance(value, bool) and expected is not bool
             ):
                 raise ArlonError(f"{f.name} must be {f.type}, got {value!r}")
-        if self.mixed_precision not in ("no", "bf16"):
+        if self.mixed_precision not in ("no", "bf16", "auto"):
             raise ArlonError(
-                f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}"
+                f"mixed_precision must be 'no', 'bf16' or 'auto', got {self.mixed_precision!r}"
             )
         for name in (
             "max_steps",

@@ -60,7 +60,7 @@ TRAIN_PRESETS: dict[str, dict[str, dict]] = {
             batch_size=8,
             lr=4e-4,
             warmup_steps=50,
-            mixed_precision="bf16",
+            mixed_precision="auto",
             checkpoint_every=200,
             log_every=20,
             eval_every=400,
@@ -82,7 +82,7 @@ TRAIN_PRESETS: dict[str, dict[str, dict]] = {
             **_VQ_SHAPES_TINY,
             "max_steps": 3000,
             "batch_size": 16,
-            "mixed_precision": "bf16",
+            "mixed_precision": "auto",
         },
         "shapes-tiny-coarse": {**_VQ_SHAPES_TINY, "max_steps": 3000},
         "opensora-1.2-fine": {
@@ -109,7 +109,7 @@ TRAIN_PRESETS: dict[str, dict[str, dict]] = {
         "shapes-tiny": {
             **_AR_SHAPES_TINY,
             "max_steps": 2000,
-            "mixed_precision": "bf16",
+            "mixed_precision": "auto",
             "log_every": 20,
         },
         "shapes-tiny-coarse": {**_AR_SHAPES_TINY, "max_steps": 10_000, "log_every": 50},
