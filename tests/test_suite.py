@@ -383,6 +383,12 @@ def test_claims_hold_or_not_on_their_numbers():
     bad["runs"][1] = _run("arlon", 5, 0.7, dynamic=0.4, subject=0.85, drop=0.2, latency=40)
     bad["runs"][0] = _run("arlon", 3, 0.7)
     assert [c["holds"] for c in check_claims([bad])] == [False, False, False, False, False]
+    # from the AR's latent, 3 of 5 steps: ARLON's best at 5 or fewer, paired with the baseline at 3
+    latent = {**_run("arlon", 5, 0.95, latency=30), "strength": 0.6}
+    bad["runs"] += [latent, _run("baseline", 3, 0.5, latency=20)]
+    claims = check_claims([bad])
+    assert "arlon@5:s0.6 (g1) 95.0%" in claims[0]["evidence"][0] and claims[0]["holds"]
+    assert any("arlon@5:s0.6 (g1) vs baseline@3" in e for e in claims[4]["evidence"])
     short = {"suite": "short", "frames": 120, "runs": [_run("arlon", 5, 0.9)]}
     assert [c["holds"] for c in check_claims([short])] == [None] * 5
     assert "not checked" in claims_markdown(check_claims([short]))

@@ -234,9 +234,10 @@ def _add_claims(sub) -> None:
         "claims",
         help="check the paper's claims on suite results: numbers and holds / does not hold",
         description="Read the metrics.json of 'arlon eval --suite' runs and check each of the "
-        "paper's claims on them, every mode at its best guidance: ARLON at <= 5 steps vs AR-only "
-        "(does the DiT add anything) and vs the baseline at 30; dynamic degree and subject "
-        "consistency at equal steps; drift on long videos; switch latency.",
+        "paper's claims on them, every mode at its best guidance and strength: ARLON at <= 5 "
+        "steps vs AR-only (does the DiT add anything) and vs the baseline at 30; dynamic degree "
+        "and subject consistency at equal steps; drift on long videos; switch latency. A run "
+        "from the AR's latent counts the steps it takes (arlon@5:s0.6: 3).",
     )
     p.add_argument("folders", type=Path, nargs="+", help="suite output folders")
     p.add_argument("--out", type=Path, help="also write the verdicts as JSON here")

@@ -4,7 +4,8 @@
 
 The summaries are the `metrics.json` of `arlon eval --suite` runs; every number is end to end (the
 teacher-forced `arlon eval dit`, an oracle, decides nothing here). Each mode at a step count is
-taken at its best text guidance (the highest object accuracy among the scales the suite ran). A claim
+taken at its best text guidance and strength (the highest object accuracy among those the suite ran;
+a run from the AR's latent counts the denoising steps it took, `arlon@5:s0.6` three). A claim
 is checked on every summary that has what it needs; it holds when it holds on all of them, and is
 unchecked (None) when none has what it needs:
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from arlon.diffusion.rectified_flow import strength_steps
 from arlon.errors import ArlonError
 
 HEADLINE = "object_accuracy"
@@ -38,14 +40,20 @@ def read_summaries(folders: list[Path]) -> list[dict]:
     return summaries
 
 
+def euler_steps(run: dict) -> int | None:
+    """The denoising steps a run took: at a strength below 1 (from the AR's latent, the pipeline's
+    default on coarse tokens) the last few of those it names (`arlon@5:s0.6`: 3)."""
+    if run["steps"] is None:
+        return None
+    return strength_steps(run["steps"], run.get("strength") or 1.0)
+
+
 def best_runs(summary: dict) -> dict[tuple[str, int | None], dict]:
-    """`(mode, steps) -> run` at the guidance with the highest object accuracy (runs at a strength
-    below 1, which run fewer steps than they name, are left out)."""
+    """`(mode, denoising steps) -> run` at the guidance and strength with the highest object
+    accuracy."""
     best: dict[tuple[str, int | None], dict] = {}
     for run in summary["runs"]:
-        if run.get("strength", 1.0) != 1:
-            continue
-        key = (run["mode"], run["steps"])
+        key = (run["mode"], euler_steps(run))
         if key not in best or (run.get(HEADLINE) or 0) > (best[key].get(HEADLINE) or 0):
             best[key] = run
     return best
@@ -58,7 +66,9 @@ def _pct(x: float | None) -> str:
 def _name(run: dict) -> str:
     if run["steps"] is None:
         return run["mode"]
-    return f"{run['mode']}@{run['steps']} (g{run['guidance']:g})"
+    strength = run.get("strength") or 1.0
+    start = "" if strength == 1 else f":s{strength:g}"
+    return f"{run['mode']}@{run['steps']}{start} (g{run['guidance']:g})"
 
 
 def _arlon_at_few_steps(runs: dict) -> dict | None:
