@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from arlon import utils
 from arlon.errors import ArlonError
 from arlon.models.ar_decoder import ARDecoder
 from arlon.models.ar_sampler import (
@@ -180,9 +181,7 @@ def test_jacobi_decoding_confirms_a_frame_in_two_forwards_when_codes_do_not_depe
 # rounding changes with the number of rows (measured with ONEDNN_MAX_CPU_ISA=AVX512_CORE: 64% of a
 # coarse AR's codes differed), so there a forward of many positions is no longer bitwise one of one.
 native_bf16 = pytest.mark.skipif(
-    not getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    and not getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)(),
-    reason="bf16 row-exactness needs the CPU's own bf16 matmuls",
+    not utils.native_bf16(), reason="bf16 row-exactness needs the CPU's own bf16 matmuls"
 )
 
 
