@@ -11,7 +11,7 @@ from arlon.data.latent_cache import build_cache
 from arlon.diffusion.rectified_flow import flow_loss, guided, sample, scheduler
 from arlon.errors import ArlonError
 from arlon.models.latent_vqvae import latent_vqvae
-from arlon.models.stdit import STDiT, stdit, uncertainty_sample
+from arlon.models.stdit import STDiT, gelu_tanh, stdit, uncertainty_sample
 from arlon.models.video_vae import video_vae
 
 
@@ -242,6 +242,18 @@ def test_the_gelu_setting_travels_with_the_weights(tmp_path):
     assert torch.equal(STDiT.from_pretrained(tmp_path / "exact").eval()(x, t), tanh(x, t))
     with pytest.raises(ArlonError, match="gelu is 'tanh'"):
         stdit("smoke", gelu="erf")
+
+
+def test_the_tanh_gelu_is_torchs_to_float_rounding_forward_and_backward():
+    """The MLPs compute the tanh approximation as `x * sigmoid(2u)` (faster on AVX2): the function
+    the tanh-GELU models were trained with, and the gradient their training takes."""
+    x = torch.linspace(-12, 12, 20001, dtype=torch.float64).float().requires_grad_()
+    ours, theirs = gelu_tanh(x), torch.nn.functional.gelu(x, approximate="tanh")
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+    (grad_ours,) = torch.autograd.grad(ours.sum(), x)
+    (grad_theirs,) = torch.autograd.grad(theirs.sum(), x)
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(ours, torch.nn.functional.gelu(x), atol=1e-4)  # not exact GELU's
 
 
 def test_opensora_preset_builds_on_meta_with_its_parameter_count():

@@ -177,11 +177,22 @@ class Mlp(nn.Module):
         self.gelu = gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate=self.gelu))
+        h = self.fc1(x)
+        return self.fc2(F.gelu(h) if self.gelu == "none" else gelu_tanh(h))
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation, `x * (1 + tanh(u)) / 2`, as `x * sigmoid(2 u)`: the same function
+    to float rounding (5e-7), in about half the time of torch's on a CPU without AVX-512."""
+    return x * torch.sigmoid(x * (x * x * (2 * _GELU_C * 0.044715) + 2 * _GELU_C))
+
+
+_GELU_C = math.sqrt(2 / math.pi)
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
+    """`x * (1 + scale) + shift`, in one pass over x."""
+    return torch.addcmul(shift, x, 1 + scale)
 
 
 class Injection(nn.Module):
@@ -197,7 +208,7 @@ class Injection(nn.Module):
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         scale, shift, gate = self.modulation(condition).chunk(3, dim=-1)  # (B, N, C) each
-        return x + gate * _modulate(self.norm(x), shift, scale)
+        return torch.addcmul(x, gate, _modulate(self.norm(x), shift, scale))
 
 
 class STDiTBlock(nn.Module):
@@ -229,12 +240,12 @@ class STDiTBlock(nn.Module):
             h = self.attn(h.transpose(1, 2).reshape(b * s, t, c)).view(b, s, t, c).transpose(1, 2)
         else:
             h = self.attn(h.reshape(b * t, s, c)).view(b, t, s, c)
-        x = x + (gate_msa * h).reshape(b, n, c)
+        x = torch.addcmul(x.view(b, t, s, c), gate_msa, h).view(b, n, c)
         if self.injection is not None and condition is not None:
             x = self.injection(x, condition)
         x = x + self.cross_attn(x, text, text_mask)
         h = _modulate(self.norm2(x).view(b, t, s, c), shift_mlp, scale_mlp)
-        return x + (gate_mlp * self.mlp(h)).reshape(b, n, c)
+        return torch.addcmul(x.view(b, t, s, c), gate_mlp, self.mlp(h)).view(b, n, c)
 
 
 class FinalLayer(nn.Module):
