@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import arlon.weights
 from arlon import cli
@@ -91,6 +92,31 @@ def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(
     assert re.fullmatch(
         r"in progress, step \d+ \(held out at \d+: .*perplexity_heldout .*\)", ar["state"]
     )
+
+    # --preview: a pipeline from where the run stands, without touching it: the paused AR's best
+    # evaluation, or without one its last checkpoint's EMA weights (stored in fp16, as the recipe's).
+    checkpoints = out / "ar" / "checkpoints"
+    checkpoint = checkpoints / (checkpoints / "latest").read_text().strip()
+    kept = {
+        "best": out / "ar" / "best" / "diffusion_pytorch_model.safetensors",
+        "checkpoint": checkpoint / "ema.safetensors",
+    }
+    for source, weights in kept.items():
+        expected = load_file(weights)
+        if source == "checkpoint":
+            shutil.move(out / "ar" / "best", tmp_path / "best")
+        files = sorted(out.rglob("*"))
+        preview = tmp_path / f"preview-{source}"
+        assert cli.main(["recipe", "smoke", "--out", str(out), "--preview", str(preview)]) == 0
+        assert sorted(out.rglob("*")) == files
+        ar = ARLONPipeline.from_pretrained(preview).ar.state_dict()
+        assert ar.keys() == expected.keys()
+        assert all(torch.equal(ar[k].half(), expected[k].half()) for k in ar), source
+    shutil.move(checkpoints, tmp_path / "checkpoints")
+    assert cli.main(["recipe", "smoke", "--out", str(out), "--preview", str(preview)]) == 2
+    assert "stage 'ar' has no checkpoint yet" in capsys.readouterr().err
+    shutil.move(tmp_path / "checkpoints", checkpoints)
+    shutil.move(tmp_path / "best", out / "ar" / "best")
 
     # A stage trained over several sessions is timed whole: the minutes of every process that
     # trained it, kept in its checkpoints, not only those of the process that finished it.

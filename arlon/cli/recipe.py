@@ -48,6 +48,14 @@ def add_parsers(commands) -> None:
         metavar="STAGE.KEY=VALUE",
         help="override a stage's setting, e.g. ar.max_steps=2000 ar.lr=5e-4",
     )
+    p.add_argument(
+        "--preview",
+        type=Path,
+        metavar="PIPELINE",
+        help="write a pipeline folder from where the run in OUT stands (unfinished training "
+        "stages: their best evaluation or last checkpoint), to try with 'arlon generate --model' "
+        "or 'arlon eval --model' while it trains; trains nothing",
+    )
     p.add_argument("--json", action="store_true", help="--dry-run: print the plan as JSON")
     p.set_defaults(run=run_recipe)
 
@@ -68,6 +76,15 @@ def run_recipe(args: argparse.Namespace) -> None:
     if args.resume and not args.dry_run and not args.out.is_dir():
         raise ArlonError(f"nothing to resume in {args.out}: it does not exist")
     check_settings(recipe, args.out)
+    if args.preview is not None:
+        from arlon.training.recipe import preview
+
+        if not args.out.is_dir():
+            raise ArlonError(f"nothing to preview in {args.out}: it does not exist")
+        print(
+            f"recipe {recipe.name}: a preview of {args.out} in {preview(recipe, args.out, args.preview)}"
+        )
+        return
     if args.dry_run:
         rows = plan(recipe, args.out)
         if args.json:

@@ -454,18 +454,22 @@ def _codes(stage: Stage, out: Path) -> None:
     (out / stage.name).mkdir(exist_ok=True)
 
 
-def _assemble(stage: Stage, out: Path) -> None:
+def _assemble(
+    stage: Stage, out: Path, folder: Path | None = None, models: dict | None = None
+) -> None:
+    """Assemble the pipeline into `folder` (default: the stage's own) from the training stages'
+    models, or from `models` (stage name -> model folder) where it names one."""
     import torch
 
     from arlon.models.loading import model_class
     from arlon.pipeline.folders import MODELS, SETTINGS, assemble, optional_in, role
 
     s = stage.settings
-    folder = out / stage.name
+    folder = out / stage.name if folder is None else folder
     parts = folder / "parts"  # each component as the pipeline stores it (fp16 where asked)
     components = {}
     for name in [*MODELS, *optional_in(s)]:
-        source = out / s[name] / "model"
+        source = (models or {}).get(s[name], out / s[name] / "model")
         if name in s.get("float16", ()):
             cls = model_class(source, role(name))
             cls.from_pretrained(source, torch_dtype=torch.float16).save_pretrained(parts / name)
@@ -474,6 +478,60 @@ def _assemble(stage: Stage, out: Path) -> None:
     settings = {k: s[k] for k in SETTINGS if k in s}
     assemble(folder, components, settings=settings)
     shutil.rmtree(parts, ignore_errors=True)
+
+
+def preview(recipe: Recipe, out: Path, folder: Path) -> Path:
+    """A pipeline in `folder` from where the run in `out` stands, to try or evaluate it midway:
+    each finished training stage's model; an unfinished one's best evaluation where it keeps one
+    (`keep_best`), else its last checkpoint (the EMA weights where it keeps them, as its export
+    would). `out` is only read, so a run can be previewed while it trains."""
+    import tempfile
+
+    from arlon.training.checkpoint import BEST_RECORD, latest_checkpoint
+
+    last = recipe.stages[-1]
+    if last.kind != "assemble":
+        raise ArlonError(f"recipe {recipe.name!r} assembles no pipeline to preview")
+    for stage in recipe.stages:
+        if stage.kind in ("dataset", "cache", "codes") and done(out, stage) is None:
+            raise ArlonError(f"stage {stage.name!r} is not finished: nothing to preview yet")
+    standing = {}  # each unfinished training stage -> its kept best, or its last checkpoint
+    for stage in recipe.stages:
+        if stage.kind != "train" or done(out, stage) is not None:
+            continue
+        run = out / stage.name
+        if (run / "best" / BEST_RECORD).exists():
+            standing[stage.name] = run / "best"
+        elif (checkpoint := latest_checkpoint(run) if run.exists() else None) is not None:
+            standing[stage.name] = checkpoint
+        else:
+            raise ArlonError(f"stage {stage.name!r} has no checkpoint yet: nothing to preview")
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {name: Path(tmp) / name for name in standing}
+        for name, source in standing.items():
+            if source.name == "best":
+                ignore = shutil.ignore_patterns(BEST_RECORD)
+                shutil.copytree(source, models[name], ignore=ignore)
+            else:
+                _export_checkpoint(out / name, source, models[name])
+        folder.mkdir(parents=True, exist_ok=True)
+        _assemble(last, out, folder, models)
+    return folder
+
+
+def _export_checkpoint(run: Path, checkpoint: Path, folder: Path) -> None:
+    """The model of a training run's checkpoint, exported to `folder` as the run would export it."""
+    from safetensors.torch import load_model
+
+    from arlon.training.config import TrainConfig
+    from arlon.training.stages import stage as training_stage
+
+    cfg = TrainConfig.load(run / "config.yaml")
+    stage = training_stage(cfg.stage)
+    model = stage.build_model(cfg)
+    ema = checkpoint / "ema.safetensors"
+    load_model(model, ema if ema.exists() else checkpoint / "model.safetensors")
+    stage.export(model.eval(), cfg, folder)
 
 
 _RUNNERS = {"dataset": _dataset, "cache": _cache, "codes": _codes, "assemble": _assemble}
