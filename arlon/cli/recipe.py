@@ -81,9 +81,8 @@ def run_recipe(args: argparse.Namespace) -> None:
 
         if not args.out.is_dir():
             raise ArlonError(f"nothing to preview in {args.out}: it does not exist")
-        print(
-            f"recipe {recipe.name}: a preview of {args.out} in {preview(recipe, args.out, args.preview)}"
-        )
+        folder = preview(recipe, args.out, args.preview)
+        print(f"recipe {recipe.name}: a preview of {args.out} in {folder}")
         return
     if args.dry_run:
         rows = plan(recipe, args.out)
