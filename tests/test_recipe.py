@@ -112,6 +112,11 @@ def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(
         ar = ARLONPipeline.from_pretrained(preview).ar.state_dict()
         assert ar.keys() == expected.keys()
         assert all(torch.equal(ar[k].half(), expected[k].half()) for k in ar), source
+    ema = (checkpoint / "ema.safetensors").read_bytes()
+    (checkpoint / "ema.safetensors").write_bytes(ema[:100])  # a damaged checkpoint: one line
+    assert cli.main(["recipe", "smoke", "--out", str(out), "--preview", str(preview)]) == 2
+    assert f"cannot preview {checkpoint}: ema.safetensors: " in capsys.readouterr().err
+    (checkpoint / "ema.safetensors").write_bytes(ema)
     shutil.move(checkpoints, tmp_path / "checkpoints")
     assert cli.main(["recipe", "smoke", "--out", str(out), "--preview", str(preview)]) == 2
     assert "stage 'ar' has no checkpoint yet" in capsys.readouterr().err
@@ -120,7 +125,6 @@ def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(
 
     # A stage trained over several sessions is timed whole: the minutes of every process that
     # trained it, kept in its checkpoints, not only those of the process that finished it.
-    checkpoints = out / "ar" / "checkpoints"
     state_file = checkpoints / (checkpoints / "latest").read_text().strip() / "state.json"
     state = json.loads(state_file.read_text())
     state["progress"]["seconds"] += 600  # as if the paused process had trained for ten minutes

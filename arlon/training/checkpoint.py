@@ -87,11 +87,12 @@ def publish(tmp: Path, folder: Path, keep: int) -> None:
 
 
 @contextmanager
-def reading(folder: Path, name: str):
-    """Any failure to read or apply checkpoint file `name` is a one-line error that names it."""
+def reading(folder: Path, name: str, purpose: str = "resume from"):
+    """Any failure to read or apply checkpoint file `name` is a one-line error that names it (and
+    what the reading was for: "cannot resume from FOLDER: ...")."""
     path = folder / name
     if not path.is_file():
-        raise ArlonError(f"cannot resume from {folder}: {name} is missing")
+        raise ArlonError(f"cannot {purpose} {folder}: {name} is missing")
     try:
         yield path
     except Exception as e:
@@ -99,7 +100,7 @@ def reading(folder: Path, name: str):
         text = text or type(e).__name__
         if len(text) > 300:
             text = text[:297] + "..."
-        raise ArlonError(f"cannot resume from {folder}: {name}: {text}") from None
+        raise ArlonError(f"cannot {purpose} {folder}: {name}: {text}") from None
 
 
 def gather_sharded(

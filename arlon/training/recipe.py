@@ -487,7 +487,7 @@ def preview(recipe: Recipe, out: Path, folder: Path) -> Path:
     would). `out` is only read, so a run can be previewed while it trains."""
     import tempfile
 
-    from arlon.training.checkpoint import BEST_RECORD, latest_checkpoint
+    from arlon.training.checkpoint import BEST_RECORD, BestWeights, latest_checkpoint
 
     last = recipe.stages[-1]
     if last.kind != "assemble":
@@ -502,16 +502,15 @@ def preview(recipe: Recipe, out: Path, folder: Path) -> Path:
         run = out / stage.name
         if (run / "best" / BEST_RECORD).exists():
             standing[stage.name] = run / "best"
-        elif (checkpoint := latest_checkpoint(run) if run.exists() else None) is not None:
+        elif (checkpoint := latest_checkpoint(run)) is not None:
             standing[stage.name] = checkpoint
         else:
             raise ArlonError(f"stage {stage.name!r} has no checkpoint yet: nothing to preview")
     with tempfile.TemporaryDirectory() as tmp:
         models = {name: Path(tmp) / name for name in standing}
         for name, source in standing.items():
-            if source.name == "best":
-                ignore = shutil.ignore_patterns(BEST_RECORD)
-                shutil.copytree(source, models[name], ignore=ignore)
+            if source.name == "best":  # copied as is: `record()` would mend a swap under way
+                BestWeights(source, None, False).copy_to(models[name])
             else:
                 _export_checkpoint(out / name, source, models[name])
         folder.mkdir(parents=True, exist_ok=True)
@@ -523,14 +522,16 @@ def _export_checkpoint(run: Path, checkpoint: Path, folder: Path) -> None:
     """The model of a training run's checkpoint, exported to `folder` as the run would export it."""
     from safetensors.torch import load_model
 
+    from arlon.training.checkpoint import reading
     from arlon.training.config import TrainConfig
     from arlon.training.stages import stage as training_stage
 
     cfg = TrainConfig.load(run / "config.yaml")
     stage = training_stage(cfg.stage)
     model = stage.build_model(cfg)
-    ema = checkpoint / "ema.safetensors"
-    load_model(model, ema if ema.exists() else checkpoint / "model.safetensors")
+    name = "ema.safetensors" if (checkpoint / "ema.safetensors").exists() else "model.safetensors"
+    with reading(checkpoint, name, "preview") as path:
+        load_model(model, path)
     stage.export(model.eval(), cfg, folder)
 
 
