@@ -244,6 +244,35 @@ def test_ar_code_noise_changes_what_the_model_reads_not_what_it_predicts(dataset
         stage.dataset(cfg)
 
 
+def test_a_training_stage_runs_each_caption_of_its_cache_through_the_text_encoder_once(
+    dataset, models, tmp_path
+):
+    vae, fine, _ = models
+    cache = build_cache(vae, dataset / "manifest.csv", tmp_path / "c", fine, window=3)
+    captions = sorted({text for e in LatentCache(cache).entries for _, text in e.timeline})
+    assert len(captions) > 3
+    cfg = train_config("ar", "smoke", data={"cache": str(cache)})
+    encoder = ARStage().text_encoder(cfg)
+    calls = []
+    hook = encoder.model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        for i in range(0, len(captions), 2):
+            encoder.encode(captions[i : i + 2])
+        assert len(calls) == (len(captions) + 1) // 2
+        for batch in (captions[::-1], captions[1::2], captions[:3]):
+            encoder.encode(batch)
+        assert len(calls) == (len(captions) + 1) // 2  # every caption kept
+        cfg.data["text_cache_mb"] = 0
+        encoder = ARStage().text_encoder(cfg)  # a bound in megabytes: here none kept
+        hook.remove()
+        hook = encoder.model.register_forward_hook(lambda *args: calls.append(1))
+        encoder.encode(captions[:2])
+        encoder.encode(captions[:2])
+        assert len(calls) == (len(captions) + 1) // 2 + 2
+    finally:
+        hook.remove()
+
+
 def test_ar_trains_on_a_cache_and_draws_a_coarse_video(dataset, models, tmp_path, capsys):
     vae, fine, _ = models
     cache = build_cache(vae, dataset / "manifest.csv", tmp_path / "cache", fine, window=3)

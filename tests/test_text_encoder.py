@@ -94,6 +94,26 @@ def test_cache_skips_the_model_and_returns_copies(minilm):
         hook.remove()
 
 
+def test_a_cache_in_bytes_keeps_the_most_recent_prompts_that_fit(minilm):
+    one = TextEncoder(*minilm, cache_size=0).encode("a blue square").states[0].nbytes
+    encoder = TextEncoder(*minilm, cache_bytes=2 * one)  # "a blue square": 4 tokens
+    calls = []
+    hook = encoder.model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        encoder.encode(["a blue square", "a red circle"])
+        encoder.encode(["a red circle", "a blue square"])
+        assert len(calls) == 1
+        encoder.encode("a green ellipse")  # 5 tokens: with either 4-token prompt, over the bound
+        encoder.encode("a green ellipse")
+        assert len(calls) == 2
+        encoder.encode(["a blue square", "a red circle"])
+        assert len(calls) == 3
+    finally:
+        hook.remove()
+    with pytest.raises(ArlonError, match="cache_bytes"):
+        TextEncoder(*minilm, cache_bytes=-1)
+
+
 def test_prompt_states_do_not_depend_on_the_batch(minilm):
     encoder = TextEncoder(*minilm, cache_size=0)
     alone = encoder.encode("a red circle moves left")

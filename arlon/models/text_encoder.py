@@ -105,8 +105,9 @@ class TextEncoder(torch.nn.Module):
     """A frozen transformers text encoder with a tokenizer and an LRU cache of prompt states.
 
     The model stays in eval mode with `requires_grad=False`: a parent module's `.train()` cannot
-    turn its dropout on. `cache_size` prompts keep their unpadded states `(L_i, D)` in host memory,
-    so a prompt seen before skips the model and gives the same states whatever batch it comes in.
+    turn its dropout on. Up to `cache_size` prompts, and `cache_bytes` of them where given, keep
+    their unpadded states `(L_i, D)` in host memory, so a prompt seen before skips the model and
+    gives the same states whatever batch it comes in.
     """
 
     def __init__(
@@ -115,6 +116,7 @@ class TextEncoder(torch.nn.Module):
         tokenizer: PreTrainedTokenizerBase,
         max_length: int = DEFAULT_MAX_LENGTH,
         cache_size: int = 4096,
+        cache_bytes: int | None = None,
     ):
         super().__init__()
         positions = getattr(model.config, "max_position_embeddings", None)
@@ -124,11 +126,15 @@ class TextEncoder(torch.nn.Module):
             raise ArlonError(f"max_length {max_length} exceeds the encoder's {positions} positions")
         if not isinstance(cache_size, int) or cache_size < 0:
             raise ArlonError(f"cache_size must be an integer >= 0, got {cache_size!r}")
+        if cache_bytes is not None and (not isinstance(cache_bytes, int) or cache_bytes < 0):
+            raise ArlonError(f"cache_bytes must be an integer >= 0 or None, got {cache_bytes!r}")
         self.model = model.requires_grad_(False).eval()
         self.tokenizer = tokenizer
         self._max_length = max_length
         self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cached_bytes = 0
 
     @classmethod
     def from_pretrained(
@@ -136,6 +142,7 @@ class TextEncoder(torch.nn.Module):
         path: str | Path | None = None,
         max_length: int | None = None,
         cache_size: int = 4096,
+        cache_bytes: int | None = None,
     ) -> TextEncoder:
         """Load model and tokenizer from a local folder; None = the packaged all-MiniLM-L6-v2.
 
@@ -161,9 +168,8 @@ class TextEncoder(torch.nn.Module):
                 )
             except OSError as e:
                 raise ArlonError(f"cannot load the model in {path}: {_first_line(e)}") from e
-        return cls(
-            model, tokenizer, DEFAULT_MAX_LENGTH if max_length is None else max_length, cache_size
-        )
+        max_length = DEFAULT_MAX_LENGTH if max_length is None else max_length
+        return cls(model, tokenizer, max_length, cache_size, cache_bytes)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write model, tokenizer and max_length so that `from_pretrained(path)` rebuilds this."""
@@ -252,12 +258,14 @@ class TextEncoder(torch.nn.Module):
         return [h[k].float().cpu() for h, k in zip(hidden, keep, strict=True)]
 
     def _remember(self, prompt: str, states: torch.Tensor) -> None:
-        if self.cache_size == 0:
+        if prompt in self._cache:
+            self._cache.move_to_end(prompt)
             return
         self._cache[prompt] = states
-        self._cache.move_to_end(prompt)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        self._cached_bytes += states.nbytes
+        limit = float("inf") if self.cache_bytes is None else self.cache_bytes
+        while len(self._cache) > self.cache_size or self._cached_bytes > limit:
+            self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
 
 
 def _check_prompts(prompts: str | list[str]) -> list[str]:

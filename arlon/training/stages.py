@@ -34,6 +34,10 @@ from arlon.training.config import TrainConfig
 from arlon.world.captions import resolve
 from arlon.world.scene import world_event
 
+# Host memory for the training stages' text states (`data.text_cache_mb`): the recipe's 45,646
+# captions, 25.7 MiniLM tokens on average, take 1.8 GB in float32.
+TEXT_CACHE_MB = 4096
+
 
 class VAEStage:
     """Reconstruction (L1 + an edge term on image gradients) plus a light KL.
@@ -121,22 +125,33 @@ class _CacheStage:
     def text_encoder(self, cfg: TrainConfig):
         """The frozen text encoder (for the stages whose data have captions), loaded once:
         `data.text_encoder` (a text encoder folder, e.g. a converted Open-Sora pipeline's
-        `text_encoder/`), else the packaged MiniLM."""
+        `text_encoder/`), else the packaged MiniLM. It keeps the states of every caption of the
+        cache, up to `data.text_cache_mb` of them, so that each runs through it once: on one CPU
+        thread, encoding a batch of 16 captions took 15% of the DiT's training step."""
         if self._text_encoder is None:
-            self._text_encoder = TextEncoder.from_pretrained(cfg.data.get("text_encoder"))
+            captions = {text for entry in self._opened(cfg).entries for _, text in entry.timeline}
+            self._text_encoder = TextEncoder.from_pretrained(
+                cfg.data.get("text_encoder"),
+                cache_size=len(captions),
+                cache_bytes=int(cfg.data.get("text_cache_mb", TEXT_CACHE_MB) * 2**20),
+            )
         return self._text_encoder
+
+    def _opened(self, cfg: TrainConfig) -> LatentCache:
+        if "cache" not in cfg.data:
+            raise ArlonError(f"{cfg.stage} trains on {self.NEEDS}")
+        if self._cache is None:
+            self._cache = LatentCache(cfg.data["cache"])
+        return self._cache
 
     def _make_windows(self, cfg: TrainConfig, cache, entries):
         raise NotImplementedError  # each stage says which windows it trains on
 
     def _windows(self, cfg: TrainConfig, held_out: bool):
         if held_out not in self._loaded:
-            if "cache" not in cfg.data:
-                raise ArlonError(f"{cfg.stage} trains on {self.NEEDS}")
-            if self._cache is None:
-                self._cache = LatentCache(cfg.data["cache"])
-            entries = [e for e in self._cache.entries if _held_out(e) == held_out]
-            self._loaded[held_out] = self._make_windows(cfg, self._cache, entries)
+            cache = self._opened(cfg)
+            entries = [e for e in cache.entries if _held_out(e) == held_out]
+            self._loaded[held_out] = self._make_windows(cfg, cache, entries)
         return self._loaded[held_out]
 
     def dataset(self, cfg: TrainConfig):
