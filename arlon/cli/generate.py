@@ -180,7 +180,8 @@ def _add_coarse(commands) -> None:
 
 def add_component_args(p: argparse.ArgumentParser) -> None:
     """`--ar`, `--vq` and `--vae` folders, each defaulting to the embedded one."""
-    for name, what in (("ar", "AR transformer"), ("vq", "fine latent VQ-VAE"), ("vae", "VAE")):
+    parts = (("ar", "AR transformer"), ("vq", "latent VQ-VAE of the AR's tokens"), ("vae", "VAE"))
+    for name, what in parts:
         p.add_argument(f"--{name}", type=Path, help=f"trained {what} folder (default: embedded)")
 
 
