@@ -127,7 +127,7 @@ class _CacheStage:
         `data.text_encoder` (a text encoder folder, e.g. a converted Open-Sora pipeline's
         `text_encoder/`), else the packaged MiniLM. It keeps the states of every caption of the
         cache, up to `data.text_cache_mb` of them, so that each runs through it once: on one CPU
-        thread, encoding a batch of 16 captions took 15% of the DiT's training step."""
+        thread the baseline DiT's training step took 1.81 s without, 1.39 s with."""
         if self._text_encoder is None:
             captions = {text for entry in self._opened(cfg).entries for _, text in entry.timeline}
             self._text_encoder = TextEncoder.from_pretrained(
