@@ -18,7 +18,8 @@ from arlon import cli
 from arlon.errors import ArlonError
 from arlon.models.ar_transformer import ar_transformer
 from arlon.pipeline import ARLONPipeline
-from arlon.training.recipe import plan, read_recipe
+from arlon.training import recipe as recipe_module
+from arlon.training.recipe import plan, read_recipe, run_parallel, thread_shares
 
 
 def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(
@@ -152,6 +153,96 @@ def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(
             assert not any(name.startswith("blocks.") for name in fresh)
         else:
             assert "of the parameters match" in printed.err
+
+
+def test_thread_shares_split_the_cores_among_the_stages_that_run():
+    assert thread_shares(["ar", "dit"], 2) == {"ar": 1, "dit": 1}
+    assert thread_shares(["ar"], 2) == {"ar": 2}
+    assert thread_shares(["ar", "dit"], 5) == {"ar": 3, "dit": 2}
+    assert thread_shares(["ar", "dit", "arlon"], 2) == {"ar": 1, "dit": 1, "arlon": 1}
+
+
+class _FakeStage:
+    """A stage's process in `run_parallel`, run by the test: which stage, on how many threads."""
+
+    def __init__(self, command, env, **kwargs):
+        self.name = command[command.index("--stages") + 1]
+        self.threads = int(env["OMP_NUM_THREADS"])
+        self.returncode = None
+
+    def poll(self):
+        return self.returncode
+
+    def send_signal(self, signum):
+        self.returncode = -signum
+
+    def wait(self):
+        return self.returncode
+
+
+def _finish(out, process, code=0):
+    if code == 0:
+        (out / process.name).mkdir(exist_ok=True)
+        (out / process.name / "done.json").write_text('{"minutes": 0.0}')
+    process.returncode = code
+
+
+def test_parallel_gives_a_stage_the_cores_the_finished_ones_leave(tmp_path, monkeypatch, capsys):
+    recipe, out = read_recipe("smoke"), tmp_path / "run"
+    for name in ("data", "vae", "cache", "vq", "codes"):
+        (out / name).mkdir(parents=True)
+        (out / name / "done.json").write_text('{"minutes": 0.0}')
+    launched = []
+
+    def popen(command, **kwargs):
+        launched.append(_FakeStage(command, **kwargs))
+        return launched[-1]
+
+    def running(name):
+        return next(p for p in launched if p.name == name and p.returncode is None)
+
+    # each wait of the scheduler, one stage ends: the baseline, ARLON's DiT, the AR, the assembly
+    ends = iter(["dit", "arlon", "ar", "pipeline"])
+    monkeypatch.setattr(recipe_module.subprocess, "Popen", popen)
+    monkeypatch.setattr(recipe_module.time, "sleep", lambda _: _finish(out, running(next(ends))))
+    monkeypatch.setattr(recipe_module.os, "sched_getaffinity", lambda _: {0, 1})
+    assert run_parallel(recipe, "smoke", out, True, []) == out / "pipeline"
+    runs = [(p.name, p.threads) for p in launched]
+    # the AR beside the DiTs on one core each, then stopped (it checkpoints) and resumed on two
+    assert runs == [("ar", 1), ("dit", 1), ("arlon", 1), ("ar", 2), ("pipeline", 2)]
+    assert (
+        launched[0].returncode < 0
+        and "stage ar resumed with 2 thread(s)" in capsys.readouterr().out
+    )
+
+    # a stage that fails stops the others, and says where its output is
+    for name in ("ar", "dit", "arlon", "pipeline"):
+        shutil.rmtree(out / name)
+    launched.clear()
+    monkeypatch.setattr(recipe_module.time, "sleep", lambda _: _finish(out, running("dit"), 1))
+    with pytest.raises(ArlonError, match=r"stage 'dit' stopped with exit status 1: see .*dit\.log"):
+        run_parallel(recipe, "smoke", out, True, [])
+    assert launched[0].name == "ar" and launched[0].returncode < 0
+
+
+def test_parallel_runs_the_ar_beside_the_dits_and_assembles_the_pipeline(tmp_path, capsys):
+    out = tmp_path / "recipe"
+    first = ["recipe", "smoke", "--out", str(out), "--stages", "data,vae,cache,vq,codes"]
+    assert cli.main(first) == 0
+    capsys.readouterr()
+    assert cli.main(["recipe", "smoke", "--out", str(out), "--resume", "--parallel"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    started = [line.split()[2] for line in lines if " started with " in line]
+    assert started == ["ar", "dit", "arlon", "pipeline"]
+    first_done = next(i for i, line in enumerate(lines) if line.endswith(" done"))
+    assert lines.index(next(x for x in lines if "stage dit started" in x)) < first_done
+    assert all((out / stage.name / "done.json").is_file() for stage in read_recipe("smoke").stages)
+    assert all((out / "logs" / f"{name}.log").stat().st_size > 0 for name in started)
+    assert lines[-1] == f"recipe smoke: {out / 'pipeline'}"
+    ARLONPipeline.from_pretrained(out / "pipeline")
+    again = ["recipe", "smoke", "--out", str(out), "--parallel", "--stages", "ar"]
+    assert cli.main(again) == 2
+    assert "--parallel runs every stage" in capsys.readouterr().err
 
 
 def test_a_stage_that_does_not_train_is_timed_over_every_process_that_ran_it(tmp_path):

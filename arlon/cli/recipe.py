@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from arlon.cli.common import emit_json
@@ -56,6 +57,13 @@ def add_parsers(commands) -> None:
         "stages: their best evaluation or last checkpoint), to try with 'arlon generate --model' "
         "or 'arlon eval --model' while it trains; trains nothing",
     )
+    p.add_argument(
+        "--parallel",
+        action="store_true",
+        help="run each stage in a process of its own as soon as what it reads is finished, this "
+        "machine's cores shared among them (on a CPU: the AR beside the DiTs, then on every core; "
+        "a training stage is resumed with its new share), each stage's output in OUT/logs/STAGE.log",
+    )
     p.add_argument("--json", action="store_true", help="--dry-run: print the plan as JSON")
     p.set_defaults(run=run_recipe)
 
@@ -71,6 +79,10 @@ def run_recipe(args: argparse.Namespace) -> None:
         recipe.stage(name)  # an unknown stage is a mistake before anything runs
     if args.json and not args.dry_run:
         raise ArlonError("--json prints the plan of --dry-run: give both")
+    if args.parallel and (args.stages or args.dry_run or args.preview):
+        raise ArlonError("--parallel runs every stage: not with --stages, --dry-run or --preview")
+    if args.parallel and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ArlonError("--parallel shares one machine's cores: not under 'accelerate launch'")
     if args.out.exists() and not args.out.is_dir():
         raise ArlonError(f"--out {args.out} is a file")
     if args.resume and not args.dry_run and not args.out.is_dir():
@@ -93,6 +105,14 @@ def run_recipe(args: argparse.Namespace) -> None:
         print(_table(rows))
         return
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.parallel:
+        from arlon.training.recipe import run_parallel
+
+        flags = ["--embedded-vae"] * args.embedded_vae + ["--embedded-ar"] * args.embedded_ar
+        flags += ["--set", *args.set] if args.set else []
+        folder = run_parallel(recipe, args.recipe, args.out, args.resume, flags)
+        print(f"recipe {recipe.name}: {folder}")
+        return
     folder = run(recipe, args.out, args.resume, args.stages, args.embedded_vae, args.embedded_ar)
     from accelerate import PartialState
 
