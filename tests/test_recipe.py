@@ -205,7 +205,7 @@ def test_parallel_gives_a_stage_the_cores_the_finished_ones_leave(tmp_path, monk
     ends = iter(["dit", "arlon", "ar", "pipeline"])
     monkeypatch.setattr(recipe_module.subprocess, "Popen", popen)
     monkeypatch.setattr(recipe_module.time, "sleep", lambda _: _finish(out, running(next(ends))))
-    monkeypatch.setattr(recipe_module.os, "sched_getaffinity", lambda _: {0, 1})
+    monkeypatch.setattr(recipe_module, "available_cores", lambda: 2)
     assert run_parallel(recipe, "smoke", out, True, []) == out / "pipeline"
     runs = [(p.name, p.threads) for p in launched]
     # the AR beside the DiTs on one core each, then stopped (it checkpoints) and resumed on two

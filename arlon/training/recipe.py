@@ -311,7 +311,7 @@ def run_parallel(
     its step) and resumed with the new one, exactly. Each stage's output goes to OUT/logs/NAME.log.
     A stage that fails stops the others; Ctrl-C or SIGTERM stops them all, each checkpointed."""
     _check_run(recipe, out, resume)
-    cores = len(os.sched_getaffinity(0))
+    cores = available_cores()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     running: dict[str, tuple[subprocess.Popen, int]] = {}
 
@@ -367,6 +367,13 @@ def run_parallel(
     finally:
         for process, _ in running.values():
             _stop(process)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):  # not on macOS
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _stop(process: subprocess.Popen) -> None:
