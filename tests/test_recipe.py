@@ -18,8 +18,9 @@ from arlon import cli
 from arlon.errors import ArlonError
 from arlon.models.ar_transformer import ar_transformer
 from arlon.pipeline import ARLONPipeline
-from arlon.training import recipe as recipe_module
-from arlon.training.recipe import plan, read_recipe, run_parallel, thread_shares
+from arlon.training import parallel
+from arlon.training.parallel import run_parallel, thread_shares
+from arlon.training.recipe import plan, read_recipe
 
 
 def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(
@@ -203,9 +204,9 @@ def test_parallel_gives_a_stage_the_cores_the_finished_ones_leave(tmp_path, monk
 
     # each wait of the scheduler, one stage ends: the baseline, ARLON's DiT, the AR, the assembly
     ends = iter(["dit", "arlon", "ar", "pipeline"])
-    monkeypatch.setattr(recipe_module.subprocess, "Popen", popen)
-    monkeypatch.setattr(recipe_module.time, "sleep", lambda _: _finish(out, running(next(ends))))
-    monkeypatch.setattr(recipe_module, "available_cores", lambda: 2)
+    monkeypatch.setattr(parallel.subprocess, "Popen", popen)
+    monkeypatch.setattr(parallel.time, "sleep", lambda _: _finish(out, running(next(ends))))
+    monkeypatch.setattr(parallel, "available_cores", lambda: 2)
     assert run_parallel(recipe, "smoke", out, True, []) == out / "pipeline"
     runs = [(p.name, p.threads) for p in launched]
     # the AR beside the DiTs on one core each, then stopped (it checkpoints) and resumed on two
@@ -219,7 +220,7 @@ def test_parallel_gives_a_stage_the_cores_the_finished_ones_leave(tmp_path, monk
     for name in ("ar", "dit", "arlon", "pipeline"):
         shutil.rmtree(out / name)
     launched.clear()
-    monkeypatch.setattr(recipe_module.time, "sleep", lambda _: _finish(out, running("dit"), 1))
+    monkeypatch.setattr(parallel.time, "sleep", lambda _: _finish(out, running("dit"), 1))
     with pytest.raises(ArlonError, match=r"stage 'dit' stopped with exit status 1: see .*dit\.log"):
         run_parallel(recipe, "smoke", out, True, [])
     assert launched[0].name == "ar" and launched[0].returncode < 0

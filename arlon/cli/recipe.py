@@ -106,7 +106,7 @@ def run_recipe(args: argparse.Namespace) -> None:
         return
     args.out.mkdir(parents=True, exist_ok=True)
     if args.parallel:
-        from arlon.training.recipe import run_parallel
+        from arlon.training.parallel import run_parallel
 
         flags = ["--embedded-vae"] * args.embedded_vae + ["--embedded-ar"] * args.embedded_ar
         flags += ["--set", *args.set] if args.set else []

@@ -17,7 +17,7 @@ Stage NAME writes `OUT/NAME` and, once finished, `OUT/NAME/done.json` with its s
 continues an unfinished training stage from its last checkpoint, exactly.
 Stages that do not depend on each other (the AR and the DiTs) can run in two processes at once with
 `--stages`, or `--parallel` runs each stage in a process of its own as soon as what it reads is
-finished, the machine's cores shared among those running. Under `accelerate launch` the training
+finished, the machine's cores shared among those running (`arlon.training.parallel`). Under `accelerate launch` the training
 stages run on every process, the others on the main process while the rest wait.
 """
 
@@ -25,11 +25,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -242,7 +238,7 @@ def run_recipe(
     # as the trainer's Accelerator: without a GPU, a launch of N processes is N CPU processes
     state = PartialState(cpu=not torch.cuda.is_available())
     stages = [recipe.stage(name) for name in only] if only else recipe.stages
-    _check_run(recipe, out, resume)
+    check_run(recipe, out, resume)
     state.wait_for_everyone()  # every process has looked at `out` before any writes to it
     for stage in stages:
         if done(out, stage) is not None:
@@ -276,7 +272,7 @@ def run_recipe(
     return out / recipe.stages[-1].name
 
 
-def _check_run(recipe: Recipe, out: Path, resume: bool) -> None:
+def check_run(recipe: Recipe, out: Path, resume: bool) -> None:
     """A run folder that holds stages is continued only with --resume, and only by the recipe whose
     settings made its finished stages."""
     started = [s.name for s in recipe.stages if (out / s.name).exists()]
@@ -292,95 +288,6 @@ def _check_run(recipe: Recipe, out: Path, resume: bool) -> None:
                 f"({'; '.join(differences)}): run the recipe it was made with, or remove "
                 f"{out / stage.name} and the stages that read it to make them again"
             )
-
-
-def thread_shares(stages: list[str], cores: int) -> dict[str, int]:
-    """The cores shared among the stages that run at once, in order: a thread at least each, the
-    first ones one more while some are left."""
-    base, extra = divmod(cores, len(stages))
-    return {name: max(1, base + (i < extra)) for i, name in enumerate(stages)}
-
-
-def run_parallel(
-    recipe: Recipe, source: str, out: Path, resume: bool, flags: list[str], poll: float = 1.0
-) -> Path:
-    """Run every unfinished stage in a process of its own (`arlon recipe SOURCE --out OUT --resume
-    --stages NAME FLAGS`) as soon as the stages it reads are finished, the cores shared among those
-    running (`thread_shares`): on a CPU the AR trains beside the baseline and ARLON's DiT, and has
-    every core once they are done. A training stage whose share changes is stopped (it checkpoints
-    its step) and resumed with the new one, exactly. Each stage's output goes to OUT/logs/NAME.log.
-    A stage that fails stops the others; Ctrl-C or SIGTERM stops them all, each checkpointed."""
-    _check_run(recipe, out, resume)
-    cores = available_cores()
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    running: dict[str, tuple[subprocess.Popen, int]] = {}
-
-    def finished(name: str) -> bool:
-        return done(out, recipe.stage(name)) is not None
-
-    def launch(name: str, threads: int) -> subprocess.Popen:
-        command = [sys.executable, "-m", "arlon.cli", "recipe", source, "--out", str(out)]
-        command += ["--resume", "--stages", name, *flags]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        with (out / "logs" / f"{name}.log").open("a") as log:
-            # a session of its own: a Ctrl-C at the terminal reaches this process alone, which
-            # stops each stage with one SIGTERM (a second signal would stop it at once)
-            return subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-
-    try:
-        while True:
-            for name, (process, _) in list(running.items()):
-                if process.poll() is None:
-                    continue
-                del running[name]
-                if process.returncode != 0 or not finished(name):
-                    log = out / "logs" / f"{name}.log"
-                    raise ArlonError(
-                        f"stage {name!r} stopped with exit status {process.returncode}: see {log}"
-                    )
-                print(f"recipe: stage {name} done", flush=True)
-            ready = [
-                s.name
-                for s in recipe.stages
-                if s.name not in running
-                and not finished(s.name)
-                and all(finished(name) and name not in running for name in s.inputs())
-            ]
-            if not running and not ready:
-                return out / recipe.stages[-1].name
-            shares = thread_shares([*running, *ready], cores)
-            for name, (process, threads) in list(running.items()):
-                if shares[name] != threads and recipe.stage(name).kind == "train":
-                    _stop(process)
-                    running[name] = (launch(name, shares[name]), shares[name])
-                    print(f"recipe: stage {name} resumed with {shares[name]} thread(s)", flush=True)
-            for name in ready:
-                running[name] = (launch(name, shares[name]), shares[name])
-                print(
-                    f"recipe: stage {name} started with {shares[name]} thread(s), its output in "
-                    f"{out / 'logs' / name}.log",
-                    flush=True,
-                )
-            time.sleep(poll)
-    finally:
-        for process, _ in running.values():
-            _stop(process)
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its affinity where the system has one)."""
-    if hasattr(os, "sched_getaffinity"):  # not on macOS
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM, as Ctrl-C: a training stage finishes its step, checkpoints and exits."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    process.wait()
 
 
 def _progress(folder: Path) -> str:
