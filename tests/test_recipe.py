@@ -1,13 +1,16 @@
 """`arlon recipe`: one command trains a whole pipeline from an empty folder, every budget in one file,
 and continues an interrupted run without redoing a finished stage."""
 
+import itertools
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -15,7 +18,7 @@ from safetensors.torch import load_file
 
 import arlon.weights
 from arlon import cli
-from arlon.errors import ArlonError
+from arlon.errors import ArlonError, Stopped
 from arlon.models.ar_transformer import ar_transformer
 from arlon.pipeline import ARLONPipeline
 from arlon.training import parallel
@@ -164,21 +167,31 @@ def test_thread_shares_split_the_cores_among_the_stages_that_run():
 
 
 class _FakeStage:
-    """A stage's process in `run_parallel`, run by the test: which stage, on how many threads."""
+    """A stage's process in `run_parallel`, run by the test: which stage, on how many threads, and
+    the signals it got. It exits as a stage does on SIGTERM (checkpointed, status 143): at once, or,
+    `lingering`, once waited for."""
+
+    pids = itertools.count(1000)
 
     def __init__(self, command, env, **kwargs):
         self.name = command[command.index("--stages") + 1]
         self.threads = int(env["OMP_NUM_THREADS"])
-        self.returncode = None
+        self.pid, self.returncode, self.signals = next(self.pids), None, []
+        self.lingering, self.on_wait = False, None
 
     def poll(self):
+        if self.signals and not self.lingering:
+            self.returncode = 128 + self.signals[0]
         return self.returncode
 
     def send_signal(self, signum):
-        self.returncode = -signum
+        self.signals.append(signum)
 
     def wait(self):
-        return self.returncode
+        if self.on_wait is not None:
+            self.on_wait()
+        self.lingering = False
+        return self.poll()
 
 
 def _finish(out, process, code=0):
@@ -200,21 +213,28 @@ def test_parallel_gives_a_stage_the_cores_the_finished_ones_leave(tmp_path, monk
         return launched[-1]
 
     def running(name):
-        return next(p for p in launched if p.name == name and p.returncode is None)
+        alive = (p for p in launched if p.name == name and p.poll() is None and not p.signals)
+        return next(alive, None)
 
-    # each wait of the scheduler, one stage ends: the baseline, ARLON's DiT, the AR, the assembly
-    ends = iter(["dit", "arlon", "ar", "pipeline"])
+    # at each wait of the scheduler the next of these stages ends, once it runs: the baseline,
+    # ARLON's DiT, the AR (once resumed), the assembly
+    ends, waits = ["dit", "arlon", "ar", "pipeline"], itertools.count()
+
+    def wait(_):
+        assert next(waits) < 20, "the scheduler waits on with no stage to end"
+        if (process := running(ends[0])) is not None:
+            _finish(out, process)
+            ends.pop(0)
+
     monkeypatch.setattr(parallel.subprocess, "Popen", popen)
-    monkeypatch.setattr(parallel.time, "sleep", lambda _: _finish(out, running(next(ends))))
+    monkeypatch.setattr(parallel.time, "sleep", wait)
     monkeypatch.setattr(parallel, "available_cores", lambda: 2)
     assert run_parallel(recipe, "smoke", out, True, []) == out / "pipeline"
     runs = [(p.name, p.threads) for p in launched]
     # the AR beside the DiTs on one core each, then stopped (it checkpoints) and resumed on two
     assert runs == [("ar", 1), ("dit", 1), ("arlon", 1), ("ar", 2), ("pipeline", 2)]
-    assert (
-        launched[0].returncode < 0
-        and "stage ar resumed with 2 thread(s)" in capsys.readouterr().out
-    )
+    assert launched[0].signals == [signal.SIGTERM] and launched[3].signals == []
+    assert "stage ar resumed with 2 thread(s)" in capsys.readouterr().out
 
     # a stage that fails stops the others, and says where its output is
     for name in ("ar", "dit", "arlon", "pipeline"):
@@ -223,7 +243,80 @@ def test_parallel_gives_a_stage_the_cores_the_finished_ones_leave(tmp_path, monk
     monkeypatch.setattr(parallel.time, "sleep", lambda _: _finish(out, running("dit"), 1))
     with pytest.raises(ArlonError, match=r"stage 'dit' stopped with exit status 1: see .*dit\.log"):
         run_parallel(recipe, "smoke", out, True, [])
-    assert launched[0].name == "ar" and launched[0].returncode < 0
+    assert launched[0].name == "ar" and launched[0].signals == [signal.SIGTERM]
+
+    # Ctrl-C, or SIGTERM, to the scheduler: each stage gets one SIGTERM, and a second signal while
+    # they checkpoint only says what it waits for; nothing is left running
+    for name in ("ar", "dit"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    launched.clear()
+
+    def ctrl_c(_):
+        for process in launched:
+            process.lingering = True
+        launched[0].on_wait = lambda: os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(parallel.time, "sleep", ctrl_c)
+    with pytest.raises(Stopped) as stopped:
+        run_parallel(recipe, "smoke", out, True, [])
+    assert stopped.value.exit_code == 143 and "--resume continues" in stopped.value.kept
+    assert [(p.name, p.signals) for p in launched] == [
+        ("ar", [signal.SIGTERM]),
+        ("dit", [signal.SIGTERM]),
+    ]
+    lines = capsys.readouterr().out.splitlines()
+    ar, dit = launched
+    assert lines[-2:] == [
+        "recipe: SIGTERM: stopping every stage",
+        f"recipe: waiting for ar (pid {ar.pid}), dit (pid {dit.pid}) to checkpoint",
+    ]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers restored
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_stage_stops_when_its_scheduler_dies(tmp_path):
+    """A stage's process started by `--parallel` gets SIGTERM (it checkpoints) when the scheduler
+    is killed outright, and at once when the scheduler is gone before it starts."""
+    pid_file = tmp_path / "stage.pid"
+    stage = (
+        "import os, sys, time\n"
+        "from arlon.training.parallel import die_with_parent\n"
+        "die_with_parent()\n"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "time.sleep(60)\n"
+    )
+    scheduler = (
+        "import os, subprocess, sys, time\n"
+        "env = {**os.environ, 'ARLON_RECIPE_PARENT': str(os.getpid())}\n"
+        f"subprocess.Popen([sys.executable, '-c', {stage!r}], env=env)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", scheduler])
+    for _ in range(300):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    parent.kill()
+    parent.wait()
+    for _ in range(100):  # the stage is gone: killed by its SIGTERM (no handler in this script)
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the stage outlived its scheduler")
+    # a scheduler gone before its stage starts: the stage stops at once
+    pid_file.unlink()
+    late = subprocess.run(
+        [sys.executable, "-c", stage],
+        env={**os.environ, "ARLON_RECIPE_PARENT": "1"},
+        timeout=60,
+    )
+    assert late.returncode == -signal.SIGTERM and not pid_file.exists()
 
 
 def test_parallel_runs_the_ar_beside_the_dits_and_assembles_the_pipeline(tmp_path, capsys):

@@ -69,9 +69,11 @@ def add_parsers(commands) -> None:
 
 
 def run_recipe(args: argparse.Namespace) -> None:
+    from arlon.training.parallel import die_with_parent, run_parallel
     from arlon.training.recipe import check_settings, done, plan, read_recipe
     from arlon.training.recipe import run_recipe as run
 
+    die_with_parent()  # a stage that `--parallel` started stops with it
     recipe = read_recipe(args.recipe, args.set)
     if args.stages is not None and not args.stages:
         raise ArlonError("--stages names no stage; give e.g. --stages dit,arlon")
@@ -106,8 +108,6 @@ def run_recipe(args: argparse.Namespace) -> None:
         return
     args.out.mkdir(parents=True, exist_ok=True)
     if args.parallel:
-        from arlon.training.parallel import run_parallel
-
         flags = ["--embedded-vae"] * args.embedded_vae + ["--embedded-ar"] * args.embedded_ar
         flags += ["--set", *args.set] if args.set else []
         folder = run_parallel(recipe, args.recipe, args.out, args.resume, flags)
