@@ -99,6 +99,9 @@ def test_eval_ar_reports_world_metrics_of_coarse_videos(tmp_path, capsys):
     assert cli.main([*argv, "--timeline-frames", "120", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["prompts"]["prompts"] == 2 and report["prompts"]["background"] == 1.0
-    assert 0 <= report["prompts"]["identity"] <= 1
-    assert report["timelines"]["frames"] == 120 and 0 <= report["timelines"]["identity"] <= 1
+    assert report["timelines"]["frames"] == 120
+    # the embedded AR's coarse videos show the asked objects and keep them (2026-12-07, these
+    # seeds: object accuracy 0.975 and 1.0, identity 0.96 and 0.98)
+    for part in ("prompts", "timelines"):
+        assert report[part]["object_accuracy"] >= 0.7 and report[part]["identity"] >= 0.8, part
     assert report["sampling"]["guidance_scale"] == GUIDANCE_SCALE  # the default

@@ -89,6 +89,20 @@ def test_windows_carry_the_caption_in_force(dataset, models, tmp_path):
     for start, caption in episode.timeline:
         latent = (start + 3) // 4  # the latent frame that holds video frame `start`
         assert cache.caption_at(episode, latent) == caption
+    # each of the episode's windows carries the caption in force at its last latent frame's last
+    # video frame (4 L): a window that shows a change has the new caption
+    starts = [s for e, s in windows.items if e is episode]
+    assert starts == list(range(0, 41 - 4 + 1, 4)) and len(episode.timeline) > 1  # stride: window
+    crossing = 0
+    for i, (entry, start) in enumerate(windows.items):
+        if entry is not episode:
+            continue
+        last_frame = 4 * (start + 3)
+        in_force = [text for first, text in episode.timeline if first <= last_frame][-1]
+        assert windows[i]["caption"] == in_force
+        first_frame = max(0, 4 * start - 3)
+        crossing += any(first_frame < first <= last_frame for first, _ in episode.timeline)
+    assert crossing > 0  # some windows do cross a change
 
 
 def test_cache_cli_errors(tmp_path, capsys):

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from arlon.errors import ArlonError
 from arlon.models.latent_vqvae import LATENT_VQVAE_PRESETS, LatentVQVAE, latent_vqvae
@@ -121,11 +122,16 @@ def test_training_lowers_the_loss_and_uses_the_codebook():
 
 def test_dead_codes_are_replaced():
     """The EMA cluster sizes start at 1, below the threshold of 2: the first training batch
-    replaces the random codebook by vectors of the batch."""
-    vq = smoke().train()
-    before = vq.quantizer.codebook.clone()
-    vq(latents())
-    assert not torch.equal(before, vq.quantizer.codebook)
+    replaces the random codebook by vectors of the batch (on the unit sphere: cosine codes)."""
+    vq, x = smoke().train(), latents()
+    with torch.no_grad():
+        z = vq._frames(vq.encoder, x)  # (B, D, t, h, w): what the quantizer is given
+    batch = F.normalize(z.flatten(2).transpose(1, 2).reshape(-1, z.shape[1]), dim=-1)
+    nearest = torch.cdist(vq.quantizer.codebook, batch).min(1).values
+    assert nearest.min() > 0.1  # a random codebook: no code is a vector of the batch
+    vq(x)
+    nearest = torch.cdist(vq.quantizer.codebook, batch).min(1).values
+    assert nearest.max() < 1e-3  # every code is one of them now
 
 
 def test_frozen_codes_train_the_decoder_alone():

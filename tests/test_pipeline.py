@@ -225,26 +225,37 @@ def test_a_strength_starts_each_segment_from_the_ar_latent_in_fewer_steps(pipe, 
     and runs round(steps * strength) of the steps."""
     from arlon.pipeline import pipeline as module
 
-    calls = []
+    starts, strengths = [], []
     real = module.sample
 
     def spy(velocity, noise, steps, *args, start=None, strength=1.0, **kwargs):
-        calls.append((start is not None, strength))
+        starts.append(start)
+        strengths.append(strength)
         return real(velocity, noise, steps, *args, start=start, strength=strength, **kwargs)
 
     monkeypatch.setattr(module, "sample", spy)
-    forwards = []
-    hook = pipe.dit.register_forward_hook(lambda *args: forwards.append(1))
+    conditions = []  # the coarse latent the DiT is guided by, at each forward
+
+    def hook(module, args, kwargs, output):
+        conditions.append(kwargs["condition"])
+
+    handle = pipe.dit.register_forward_hook(hook, with_kwargs=True)
+    segments = len(pipe.seams(FRAMES)) + 1
     try:
         for strength in (1.0, 0.5):
-            forwards.clear()
+            conditions.clear()
+            starts.clear()
             out = pipe(PROMPT, num_frames=FRAMES, num_inference_steps=4, strength=strength)
             assert out.frames.shape == (1, FRAMES, 32, 32, 3)
-            segments = len(pipe.seams(FRAMES)) + 1
-            assert len(forwards) == segments * (4 if strength == 1 else 2)
+            assert strengths[-segments:] == [strength] * segments
+            steps = 4 if strength == 1 else 2
+            assert len(conditions) == segments * steps
+            # each segment starts from the very latent that guides its DiT: the AR's
+            for segment, start in enumerate(starts):
+                condition = conditions[segment * steps]
+                assert torch.equal(condition[: start.shape[0]], start.to(condition.dtype))
     finally:
-        hook.remove()
-    assert set(calls) == {(True, 1.0), (True, 0.5)}
+        handle.remove()
 
 
 @pytest.mark.parametrize(
@@ -571,8 +582,21 @@ def test_eval_generate_scores_whole_generations(folder, tmp_path, capsys):
     assert cli.main([*argv, "--frames", "17", "--steps", "1", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["prompts"]["videos"] == 2 and report["timelines"]["videos"] == 1
-    assert report["mode"] == "arlon" and report["prompts"]["object_accuracy"] is not None
-    assert report["ar_guidance"] == GUIDANCE_SCALE  # the pipeline's default, recorded
+    assert report["mode"] == "arlon" and report["ar_guidance"] == GUIDANCE_SCALE  # the default
+    # the held-out prompts' videos (video i from seed i) scored one by one give the same means
+    from arlon.evaluation.heldout import HELDOUT_SEED, heldout_prompts
+    from arlon.world.metrics import METRICS, Expected, mean_judged, score_video
+
+    pipe = ARLONPipeline.from_pretrained(folder)
+    sampling = DiTSampling(num_inference_steps=1)
+    reports = []
+    for seed, prompt in enumerate(heldout_prompts(2, HELDOUT_SEED)):
+        frames = pipe.stream(timeline=prompt, num_frames=17, seed=seed, sampling=sampling)
+        expected = Expected.from_timeline(prompt, 17, *pipe.default_size())
+        reports.append(score_video(frames, expected).report())
+    means = {m: mean_judged(r[m] for r in reports) for m in METRICS}
+    assert means == pytest.approx({m: report["prompts"][m] for m in METRICS}, abs=1e-6)
+    assert any(means.values())  # not all zero or unjudged: the background, at least, is judged
 
 
 def test_sigterm_keeps_the_frames_done_and_exits_143(folder, tmp_path, capsys, monkeypatch):

@@ -167,10 +167,16 @@ def test_chunked_stream_gives_the_right_frames(name, tmp_path):
     z = torch.randn(1, 4, 5, 4, 4, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         chunks = list(vae.decode_stream([z[:, :, :2], z[:, :, 2:3], z[:, :, 3:]]))
-        first = vae.decode(z[:, :, :2])
+        # each later chunk decoded after one latent frame of context, its own frames kept
+        expected = [
+            vae.decode(z[:, :, :2]),
+            vae.decode(z[:, :, 1:3])[:, :, -4:],
+            vae.decode(z[:, :, 2:])[:, :, -8:],
+        ]
     assert [c.shape[2] for c in chunks] == [5, 4, 8]
     assert sum(c.shape[2] for c in chunks) == vae.video_frames(5)
-    torch.testing.assert_close(chunks[0], first)
+    for chunk, frames in zip(chunks, expected, strict=True):
+        torch.testing.assert_close(chunk, frames)
 
 
 def test_save_pretrained_round_trip(tmp_path):

@@ -133,10 +133,14 @@ def test_states_feed_a_trainable_layer_even_when_encoded_under_inference_mode(mi
     encoder = TextEncoder(*minilm)
     with torch.inference_mode():
         encoder.encode("a red circle moves left")
-    states = encoder.encode("a red circle moves left").states
+    states = encoder.encode("a red circle moves left").states  # from the cache
+    assert not states.is_inference()
     layer = torch.nn.Linear(encoder.dim, 4)
-    layer(states).square().sum().backward()
-    assert layer.weight.grad is not None
+    layer(states).square().sum().backward()  # an inference tensor would refuse to be saved here
+    expected = torch.nn.Linear(encoder.dim, 4)
+    expected.load_state_dict(layer.state_dict())
+    expected(states.detach().clone()).square().sum().backward()
+    assert torch.equal(layer.weight.grad, expected.weight.grad)
 
 
 def test_save_and_reload_round_trip(minilm, tmp_path):
