@@ -457,7 +457,13 @@ def test_convert_writes_a_pipeline_folder_of_the_released_parts(released, tmp_pa
     assert isinstance(dit, STDiT) and dit.condition_path is None
     ours, theirs = dit.state_dict(), expected.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-    assert isinstance(load_model(out / "vae", "vae"), OpenSoraVAE)
+    vae = load_model(out / "vae", "vae")
+    released_vae = vae_from_opensora(released / "OpenSora-VAE-v1.2")
+    assert isinstance(vae, OpenSoraVAE)
+    ours, theirs = vae.state_dict(), released_vae.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    for setting in ("shift", "scale"):  # the released normalisation, not our defaults
+        assert list(vae.config[setting]) == list(released_vae.config[setting])
     encoder = TextEncoder.from_pretrained(out / "text_encoder")
     assert encoder.max_length == 300 and encoder.dim == dit.config.text_dim
     source, linked = MINILM / "config.json", out / "text_encoder" / "config.json"
