@@ -213,8 +213,8 @@ def tiny_t5_tokenizer():
 )
 def test_t5_and_clip_folders_load_as_text_towers(tmp_path, checkpoint, loaded_as):
     torch.manual_seed(0)
-    tokenizer = tiny_t5_tokenizer()
-    checkpoint().save_pretrained(tmp_path)
+    tokenizer, model = tiny_t5_tokenizer(), checkpoint().eval()
+    model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     encoder = TextEncoder.from_pretrained(tmp_path, max_length=16)
     assert type(encoder.model) is loaded_as and encoder.dim == 32
@@ -223,7 +223,12 @@ def test_t5_and_clip_folders_load_as_text_towers(tmp_path, checkpoint, loaded_as
     lengths = token_lengths(tokenizer, prompts, max_length=16)
     assert out.states.shape == (3, max(lengths), 32)
     assert out.mask.sum(1).tolist() == lengths
-    assert torch.isfinite(out.states).all()
+    # the checkpoint's own text tower (T5's encoder, CLIP's text model), with its trained weights
+    tower = model.encoder if hasattr(model, "encoder") else model.text_model
+    ids = tokenizer(prompts, padding=True, truncation=True, max_length=16, return_tensors="pt")
+    with torch.no_grad():
+        expected = tower(input_ids=ids.input_ids, attention_mask=ids.attention_mask)[0]
+    torch.testing.assert_close(out.states[out.mask], expected[out.mask].float())
 
 
 def test_bad_inputs_raise_arlon_error(minilm, tmp_path):
