@@ -345,11 +345,17 @@ def test_parse_caption_background_and_held_out_words():
 
 
 @pytest.mark.parametrize(
-    "bad",
-    ["", "   ", "a mauve circle moves left", "something moves", "a red circle and a red square"],
+    "bad, message",
+    [
+        ("", "empty prompt: describe the scene"),
+        ("   ", "empty prompt"),
+        ("a mauve circle moves left", "no known colour for the circle .* known: red, orange"),
+        ("something moves", "no object found in 'something moves': name a colour and a shape"),
+        ("a red circle and a red square", "two objects share a colour"),
+    ],
 )
-def test_bad_prompts_are_clear_errors(bad):
-    with pytest.raises(ArlonError):
+def test_bad_prompts_are_clear_errors(bad, message):
+    with pytest.raises(ArlonError, match=message):
         parse_caption(bad)
 
 
@@ -370,10 +376,15 @@ def test_timeline_switch_keeps_matching_objects():
 
 
 @pytest.mark.parametrize(
-    "bad", [[], [(5, "a red circle")], [(0, "a red circle"), (0, "a blue square")]]
+    "bad, message",
+    [
+        ([], "empty timeline"),
+        ([(5, "a red circle")], "must start at frame 0, this one starts at 5"),
+        ([(0, "a red circle"), (0, "a blue square")], r"strictly increasing, got \[0, 0\]"),
+    ],
 )
-def test_bad_timelines_are_clear_errors(bad):
-    with pytest.raises(ArlonError):
+def test_bad_timelines_are_clear_errors(bad, message):
+    with pytest.raises(ArlonError, match=message):
         episode_from_timeline(bad, 10)
 
 
