@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +65,11 @@ class _StopRequests:
         self.previous: dict = {}
 
     def __enter__(self) -> _StopRequests:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            if signal.getsignal(signum) is not signal.SIG_IGN:  # `nohup` keeps its SIGHUP off
+        if threading.current_thread() is not threading.main_thread():  # no handlers there
+            return self
+        for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # SIGHUP: not on Windows
+            signum = getattr(signal, name, None)
+            if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's
                 self.previous[signum] = signal.signal(signum, self._note)
         return self
 
