@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from arlon.errors import ArlonError, Stopped
 from arlon.models.ar_transformer import ar_transformer
 from arlon.pipeline import ARLONPipeline
 from arlon.training import parallel
+from arlon.training import recipe as recipe_module
 from arlon.training.parallel import run_parallel, thread_shares
 from arlon.training.recipe import plan, read_recipe
 
@@ -339,12 +341,14 @@ def test_parallel_runs_the_ar_beside_the_dits_and_assembles_the_pipeline(tmp_pat
     assert "--parallel runs every stage" in capsys.readouterr().err
 
 
-def test_a_stage_that_does_not_train_is_timed_over_every_process_that_ran_it(tmp_path):
+def test_a_stage_that_does_not_train_is_timed_over_every_process_that_ran_it(tmp_path, monkeypatch):
     out = tmp_path / "recipe"
     (out / "data").mkdir(parents=True)
     (out / "data" / "minutes.json").write_text('{"minutes": 10}')  # an interrupted process's
+    clock = itertools.count(0, 90)  # the recipe's clock: 90 s between readings
+    monkeypatch.setattr(recipe_module, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
     assert cli.main(["recipe", "smoke", "--out", str(out), "--resume", "--stages", "data"]) == 0
-    assert 10 <= json.loads((out / "data" / "done.json").read_text())["minutes"] < 12  # rounded
+    assert json.loads((out / "data" / "done.json").read_text())["minutes"] == 10 + 1.5
     assert not (out / "data" / "minutes.json").exists()  # the record holds them now
 
 
