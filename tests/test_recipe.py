@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 import arlon.weights
 from arlon import cli
+from arlon.data.video_io import read_video
 from arlon.errors import ArlonError, Stopped
 from arlon.models.ar_transformer import ar_transformer
 from arlon.pipeline import ARLONPipeline
@@ -57,7 +58,7 @@ def test_the_smoke_recipe_trains_a_pipeline_that_generates_and_resumes(
         )
         == 0
     )
-    assert video.stat().st_size > 0
+    assert read_video(video).shape == (3, 9, 64, 64)  # (C, T, H, W): the smoke pipeline's frames
 
     # Without --resume a finished run is never overwritten.
     assert cli.main(["recipe", "smoke", "--out", str(out)]) == 2

@@ -5,6 +5,7 @@ bad input as one-line errors."""
 import json
 from dataclasses import replace
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -182,8 +183,10 @@ def test_a_suite_runs_scores_plots_and_resumes(folder, tmp_path, monkeypatch):
         assert len(run["over_time"]["object_accuracy"]) == 8
     cat = json.loads((out / "videos" / "arlon-1-g1" / "0002.json").read_text())
     assert cat["world"] is None and "no object found" in cat["world_skipped"]
-    for name in ("metrics.json", "metrics.md", "quality_vs_steps.png", "over_time.png"):
-        assert (out / name).stat().st_size > 0
+    # the plots: images of their figures' size at 90 dpi, with something drawn in them
+    for name, size in [("quality_vs_steps.png", (12, 6.5)), ("over_time.png", (12, 3.5))]:
+        image = plt.imread(out / name)
+        assert image.shape[:2] == (round(90 * size[1]), round(90 * size[0])) and image.std() > 0.05
     table = (out / "metrics.md").read_text()
     assert "| arlon | 1 | 1 |" in table and "| ar-only | - | - |" in table
 
