@@ -422,7 +422,7 @@ def test_the_ar_temperature_is_the_models_unless_told_otherwise(
 
 def test_embedded_default_generates(tmp_path, capsys):
     out = tmp_path / "e.mp4"
-    code, stdout, _ = generate(capsys, PROMPT, "--frames", 12, "--steps", 1, "-o", out, "--quiet")
+    code, stdout, _ = generate(capsys, PROMPT, "--frames", 12, "-o", out, "--quiet")  # its steps
     assert code == 0 and video_info(out).num_frames == 12
     assert (video_info(out).height, video_info(out).width) == (64, 64)
 
