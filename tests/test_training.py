@@ -49,8 +49,10 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
     settings = ["--max-steps", "30", "--set", "checkpoint_every=2"]
-    straight = tmp_path / "straight"
-    subprocess.run(_train_cmd(straight, *settings), check=True, env=ENV, capture_output=True)
+    straight = tmp_path / "straight"  # one thread each: beside the run to be killed
+    uninterrupted = subprocess.Popen(
+        _train_cmd(straight, *settings), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(
@@ -68,6 +70,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert not (killed / "model").exists()
 
     subprocess.run(_train_cmd(killed, "--resume"), check=True, env=ENV, capture_output=True)
+    _, errors = uninterrupted.communicate(timeout=300)
+    assert uninterrupted.returncode == 0, errors.decode()[-4000:]
     a, b = _weights(straight), _weights(killed)
     assert a.keys() == b.keys()
     for name in a:
