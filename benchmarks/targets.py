@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from arlon.evaluation.claims import best_runs, read_summaries
+from arlon.evaluation.claims import arlon_at_few_steps, best_runs, pct, read_summaries
 from arlon.pipeline import ARLONPipeline
 from arlon.weights import ROOT
 from arlon.world.metrics import METRICS
@@ -33,19 +33,14 @@ PEAK_RATIO = 1.15  # peak memory at 2,400 frames against 240
 MODEL_MB = 40.0
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def _arlon(runs: dict) -> dict | None:
-    few = [r for (mode, steps), r in runs.items() if mode == "arlon" and steps and steps <= 5]
-    return max(few, key=lambda r: r.get("object_accuracy") or 0, default=None)
-
-
 def suite_targets(summary: dict) -> list[tuple[str, str, bool | None]]:
     """`(target, numbers, holds)` for one suite's summary (None: it lacks what the target needs)."""
     name, runs = summary["suite"], best_runs(summary)
-    arlon, coarse, base = _arlon(runs), runs.get(("ar-only", None)), runs.get(("baseline", 30))
+    arlon, coarse, base = (
+        arlon_at_few_steps(runs),
+        runs.get(("ar-only", None)),
+        runs.get(("baseline", 30)),
+    )
     rows = []
     if arlon is None:
         return [(f"{name}: an ARLON run at 5 steps or fewer", "none in this suite", None)]
@@ -54,28 +49,28 @@ def suite_targets(summary: dict) -> list[tuple[str, str, bool | None]]:
             a, c = arlon.get(metric), coarse.get(metric)
             ok = None if None in (a, c) else a >= c + 0.05
             rows.append(
-                (f"{name}: ARLON {metric} >= AR-only's + 5 points", f"{_pct(a)} vs {_pct(c)}", ok)
+                (f"{name}: ARLON {metric} >= AR-only's + 5 points", f"{pct(a)} vs {pct(c)}", ok)
             )
         for metric in ("motion", "identity"):
             a, c = arlon.get(metric), coarse.get(metric)
             ok = None if None in (a, c) else a >= c
-            rows.append((f"{name}: ARLON {metric} >= AR-only's", f"{_pct(a)} vs {_pct(c)}", ok))
+            rows.append((f"{name}: ARLON {metric} >= AR-only's", f"{pct(a)} vs {pct(c)}", ok))
     if base is not None:
         pairs = [(m, arlon.get(m), base.get(m)) for m in METRICS]
         pairs = [(m, a, b) for m, a, b in pairs if a is not None and b is not None]
-        worse = [f"{m} {_pct(a)} vs {_pct(b)}" for m, a, b in pairs if a < b]
+        worse = [f"{m} {pct(a)} vs {pct(b)}" for m, a, b in pairs if a < b]
         numbers = "; ".join(worse) if worse else f"{len(pairs)} metrics, none below"
         rows.append((f"{name}: ARLON >= the baseline at 30 on every metric", numbers, not worse))
     if name == "short":
         for metric, floor in SINGLE.items():
             value = arlon.get(metric)
             ok = None if value is None else value >= floor
-            rows.append((f"short: ARLON {metric} >= {_pct(floor)}", _pct(value), ok))
+            rows.append((f"short: ARLON {metric} >= {pct(floor)}", pct(value), ok))
     if summary["frames"] >= 600 or name == "stories":
         for metric, floor in CHANGING.items():
             value = arlon.get(metric)
             ok = None if value is None else value >= floor
-            rows.append((f"{name}: ARLON {metric} >= {_pct(floor)}", _pct(value), ok))
+            rows.append((f"{name}: ARLON {metric} >= {pct(floor)}", pct(value), ok))
         latency = arlon.get("switch_latency_median")
         ok = None if latency is None else latency <= LATENCY
         rows.append((f"{name}: median switch latency <= {LATENCY} frames", f"{latency}", ok))

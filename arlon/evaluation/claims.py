@@ -59,7 +59,7 @@ def best_runs(summary: dict) -> dict[tuple[str, int | None], dict]:
     return best
 
 
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
@@ -71,7 +71,7 @@ def _name(run: dict) -> str:
     return f"{run['mode']}@{run['steps']}{start} (g{run['guidance']:g})"
 
 
-def _arlon_at_few_steps(runs: dict) -> dict | None:
+def arlon_at_few_steps(runs: dict) -> dict | None:
     """ARLON's best run at 5 steps or fewer."""
     few = [r for (m, s), r in runs.items() if m == "arlon" and s is not None and s <= 5]
     return max(few, key=lambda r: r.get(HEADLINE) or 0, default=None)
@@ -81,13 +81,13 @@ def _dit_adds(summaries: list[dict]) -> tuple[list[str], list[bool]]:
     evidence, verdicts = [], []
     for summary in summaries:
         runs = best_runs(summary)
-        arlon, coarse = _arlon_at_few_steps(runs), runs.get(("ar-only", None))
+        arlon, coarse = arlon_at_few_steps(runs), runs.get(("ar-only", None))
         if arlon is None or coarse is None or coarse.get(HEADLINE) is None:
             continue
         evidence.append(
-            f"{summary['suite']}: {_name(arlon)} {_pct(arlon[HEADLINE])} vs ar-only "
-            f"{_pct(coarse[HEADLINE])} object accuracy; shape {_pct(arlon.get('shape'))} vs "
-            f"{_pct(coarse.get('shape'))}"
+            f"{summary['suite']}: {_name(arlon)} {pct(arlon[HEADLINE])} vs ar-only "
+            f"{pct(coarse[HEADLINE])} object accuracy; shape {pct(arlon.get('shape'))} vs "
+            f"{pct(coarse.get('shape'))}"
         )
         verdicts.append(arlon[HEADLINE] > coarse[HEADLINE])
     return evidence, verdicts
@@ -97,12 +97,12 @@ def _fewer_steps(summaries: list[dict]) -> tuple[list[str], list[bool]]:
     evidence, verdicts = [], []
     for summary in summaries:
         runs = best_runs(summary)
-        arlon, base = _arlon_at_few_steps(runs), runs.get(("baseline", 30))
+        arlon, base = arlon_at_few_steps(runs), runs.get(("baseline", 30))
         if arlon is None or base is None or base.get(HEADLINE) is None:
             continue
         evidence.append(
-            f"{summary['suite']}: {_name(arlon)} {_pct(arlon[HEADLINE])} vs {_name(base)} "
-            f"{_pct(base[HEADLINE])} object accuracy"
+            f"{summary['suite']}: {_name(arlon)} {pct(arlon[HEADLINE])} vs {_name(base)} "
+            f"{pct(base[HEADLINE])} object accuracy"
         )
         verdicts.append(arlon[HEADLINE] >= base[HEADLINE])
     return evidence, verdicts
@@ -126,9 +126,9 @@ def _dynamics(summaries: list[dict]) -> tuple[list[str], list[bool]]:
         if any(r.get(k) is None for r in (a, b) for k in keys):
             continue
         evidence.append(
-            f"{suite}, {_name(a)} vs {_name(b)}: dynamic degree {_pct(a['dynamic_degree'])} vs "
-            f"{_pct(b['dynamic_degree'])}; subject consistency {_pct(a['subject_consistency'])} "
-            f"vs {_pct(b['subject_consistency'])}"
+            f"{suite}, {_name(a)} vs {_name(b)}: dynamic degree {pct(a['dynamic_degree'])} vs "
+            f"{pct(b['dynamic_degree'])}; subject consistency {pct(a['subject_consistency'])} "
+            f"vs {pct(b['subject_consistency'])}"
         )
         verdicts.append(
             a["dynamic_degree"] >= b["dynamic_degree"]
@@ -161,7 +161,7 @@ def _switches(summaries: list[dict]) -> tuple[list[str], list[bool]]:
         evidence.append(
             f"{suite}, {_name(a)} vs {_name(b)}: median switch latency "
             f"{a['switch_latency_median']:.0f} vs {b['switch_latency_median']:.0f} frames; "
-            f"switches taken {_pct(a.get('switched'))} vs {_pct(b.get('switched'))}"
+            f"switches taken {pct(a.get('switched'))} vs {pct(b.get('switched'))}"
         )
         verdicts.append(a["switch_latency_median"] <= b["switch_latency_median"])
     return evidence, verdicts
