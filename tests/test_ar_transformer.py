@@ -1,6 +1,7 @@
 """The AR transformer and its sampler: cached = uncached, bounded memory, prompt switches, seeds."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -534,6 +535,23 @@ def test_drawing_by_level_draws_the_codebooks_code(temperature):
         by_level = sample_levels(head(x, by_level=True), levels, temperature, uniform=uniform)
     assert (by_level == joint).float().mean() > 0.999
     assert joint.unique().numel() > (200 if temperature else 1)  # many codes, not a few
+
+
+@pytest.mark.parametrize("levels", [[8, 8, 8, 8], [8, 5, 5, 5], [3, 7]])
+def test_a_codes_logit_is_the_sum_of_its_levels_in_every_code_order(levels):
+    """`FSQHead.level_sums` gives code k the sum of its own levels' logits (the rows of
+    `fsq_levels`), bitwise as the gathered sum the head's training arithmetic is checked against,
+    for any leading shape."""
+    head = FSQHead(16, levels)
+    logits = 5 * torch.randn(3, 7, sum(levels), generator=torch.Generator().manual_seed(0))
+    sums = head.level_sums(logits)
+    assert sums.shape == (3, 7, math.prod(levels))
+    assert torch.equal(sums, logits[..., head.rows].sum(-1))
+    starts = [sum(levels[:d]) for d in range(len(levels))]  # each dimension's first row
+    ends = [start + n - 1 for start, n in zip(starts, levels, strict=True)]  # and its last
+    lowest, highest = logits[..., starts], logits[..., ends]
+    assert torch.allclose(sums[..., 0], lowest.sum(-1))  # code 0: every dimension's level 0
+    assert torch.allclose(sums[..., -1], highest.sum(-1))  # the last: every dimension's last
 
 
 @pytest.mark.parametrize("fast", [True, False])
