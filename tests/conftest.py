@@ -5,9 +5,15 @@ tests generate with: 32x32 frames, 4x4 latents, 2x2 token frames; segments of 3 
 kept as reference (17 frames = 5 latent frames = 2 segments).
 """
 
+import pytest
 import torch
 
 torch.set_num_threads(1)
+
+# The prompt and length the pipeline's and `arlon generate`'s tests make (smoke: 17 frames = 5
+# latent frames = 2 segments).
+PROMPT = "a red circle moves right on a black background"
+FRAMES = 17
 
 
 def smoke_pipeline():
@@ -35,3 +41,17 @@ def smoke_pipeline():
         segment_frames=3,
         reference_frames=1,
     ).set_eval()
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    """The smoke pipeline, one per test module."""
+    return smoke_pipeline()
+
+
+@pytest.fixture(scope="module")
+def folder(pipe, tmp_path_factory):
+    """The smoke pipeline saved as a model folder (`--model`)."""
+    out = tmp_path_factory.mktemp("pipe") / "smoke"
+    pipe.save_pretrained(out)
+    return out

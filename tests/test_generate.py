@@ -6,30 +6,13 @@ import json
 
 import pytest
 import torch
-from conftest import smoke_pipeline
+from conftest import FRAMES, PROMPT
 
 from arlon import cli
 from arlon.data.video_io import video_info
 from arlon.errors import ArlonError
 from arlon.models.ar_sampler import GUIDANCE_SCALE, LOOKAHEAD, ARSampler, ARSampling
 from arlon.pipeline import ARLONPipeline, DiTSampling
-
-PROMPT = "a red circle moves right on a black background"
-# smoke sizes: 32x32 frames, 4x4 latents, 2x2 token frames; segments of 3 latent frames, 1 kept
-# as reference: 17 frames = 5 latent frames = 2 segments.
-FRAMES = 17
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return smoke_pipeline()
-
-
-@pytest.fixture(scope="module")
-def folder(pipe, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pipe") / "smoke"
-    pipe.save_pretrained(out)
-    return out
 
 
 def generate(capsys, *argv):

@@ -8,30 +8,13 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import smoke_pipeline
+from conftest import FRAMES, PROMPT
 
 from arlon import cli
 from arlon.errors import ArlonError
 from arlon.frames import from_frames
 from arlon.models.ar_sampler import ARSampler
 from arlon.pipeline import ARLONPipeline, DiTSampling
-
-PROMPT = "a red circle moves right on a black background"
-# smoke sizes: 32x32 frames, 4x4 latents, 2x2 token frames; segments of 3 latent frames, 1 kept
-# as reference: 17 frames = 5 latent frames = 2 segments.
-FRAMES = 17
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return smoke_pipeline()
-
-
-@pytest.fixture(scope="module")
-def folder(pipe, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pipe") / "smoke"
-    pipe.save_pretrained(out)
-    return out
 
 
 def test_two_segments_make_the_asked_frames_and_the_same_seed_repeats(pipe):
