@@ -299,7 +299,6 @@ def test_eval_generate_scores_whole_generations(folder, tmp_path, capsys):
 
 
 def test_sigterm_keeps_the_frames_done_and_exits_143(folder, tmp_path, capsys, monkeypatch):
-    import os
     import signal
 
     stream = ARLONPipeline.stream
@@ -307,7 +306,7 @@ def test_sigterm_keeps_the_frames_done_and_exits_143(folder, tmp_path, capsys, m
     def terminated(self, *args, **kwargs):
         for i, frame in enumerate(stream(self, *args, **kwargs)):
             if i == 5:
-                os.kill(os.getpid(), signal.SIGTERM)  # as `kill` or a job scheduler sends it
+                signal.raise_signal(signal.SIGTERM)  # as `kill` sends it, handled at once here
             yield frame
 
     monkeypatch.setattr(ARLONPipeline, "stream", terminated)

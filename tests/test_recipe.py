@@ -257,8 +257,9 @@ def test_parallel_gives_a_stage_the_cores_the_finished_ones_leave(tmp_path, monk
     def ctrl_c(_):
         for process in launched:
             process.lingering = True
-        launched[0].on_wait = lambda: os.kill(os.getpid(), signal.SIGINT)
-        os.kill(os.getpid(), signal.SIGTERM)
+        # raised in this thread: handled before the next line (a kill may reach another thread)
+        launched[0].on_wait = lambda: signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)
 
     monkeypatch.setattr(parallel.time, "sleep", ctrl_c)
     with pytest.raises(Stopped) as stopped:
