@@ -36,6 +36,21 @@ def test_generate_writes_the_video_and_a_summary(folder, tmp_path, capsys):
     assert code == 0 and video_info(out).num_frames == 9
 
 
+def test_a_terminal_is_told_the_model_loads_before_the_first_progress_bar(
+    folder, tmp_path, capsys, monkeypatch
+):
+    """The imports and the model take seconds before any progress: at a terminal (not in a log or a
+    pipe, not with --quiet) one line says what loads."""
+    argv = [PROMPT, "--model", folder, "--frames", 9, "--steps", 1, "-o", tmp_path / "v.mp4"]
+    code, _, err = generate(capsys, *argv)
+    assert code == 0 and "loading" not in err  # captured: not a terminal
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    code, _, err = generate(capsys, *argv)
+    assert code == 0 and err.startswith(f"arlon: loading {folder}\n")
+    code, _, err = generate(capsys, *argv, "--quiet")
+    assert code == 0 and "loading" not in err
+
+
 def test_the_ar_is_guided_unless_told_otherwise(folder, tmp_path, capsys, monkeypatch):
     """The AR's guidance and lookahead are its defaults unless the command line sets them."""
     settings = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from arlon.cli.common import (
     cut_prompt_warnings,
     input_file,
     non_negative_float,
+    note,
     output_file,
     positive_float,
     positive_int,
@@ -111,6 +113,9 @@ def run_generate(args: argparse.Namespace) -> None:
     report_prompts(timeline)
 
     # Only now the heavy imports (torch, diffusers): every mistake above is reported at once.
+    # They and the model take seconds before the first progress bar: said at a terminal.
+    if not args.quiet and sys.stderr.isatty():
+        note(f"loading {args.model or 'the embedded model'}")
     import torch
 
     from arlon.pipeline.threads import generation_threads
