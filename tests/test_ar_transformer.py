@@ -12,6 +12,7 @@ from arlon.errors import ArlonError
 from arlon.models.ar_decoder import ARDecoder
 from arlon.models.ar_sampler import WINDOWS, ARSampler, ARSampling
 from arlon.models.ar_transformer import ARTransformer, KVCache, ar_transformer, cached_attention
+from arlon.models.layers import apply_rope, rope_tables
 from arlon.models.text_encoder import TextEncoder
 
 
@@ -272,6 +273,24 @@ def test_a_sliding_window_moves_the_keys_and_values_without_recomputing_them(mod
     assert torch.equal(slid.keys[:, :, :, :p], prefix)
     with pytest.raises(ArlonError, match="cannot drop"):
         model.slide_cache(slid, frames)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_slide_turns_the_kept_keys_as_apply_rope_does(dtype):
+    """`KVCache.slide` moves the kept positions up, their keys turned back by `apply_rope` in float32
+    and stored in the cache's dtype, bitwise, their values as they were; the positions before the
+    dropped ones stay."""
+    generator = torch.Generator().manual_seed(0)
+    keys, values = (torch.randn(2, 2, 3, 20, 8, generator=generator).to(dtype) for _ in range(2))
+    cache = KVCache(keys.clone(), values.clone(), 17)
+    cos, sin = rope_tables(torch.tensor([-4]), 8, 10000.0)
+    cache.slide(5, 4, cos[0], sin[0])  # drop positions 5 to 8: 9 to 16 move to 5 to 12
+    assert cache.length == 13
+    turned = apply_rope(keys[:, :, :, 9:17].float(), cos[0], sin[0]).to(dtype)
+    assert torch.equal(cache.keys[:, :, :, 5:13], turned)
+    assert torch.equal(cache.values[:, :, :, 5:13], values[:, :, :, 9:17])
+    assert torch.equal(cache.keys[:, :, :, :5], keys[:, :, :, :5])
+    assert torch.equal(cache.values[:, :, :, :5], values[:, :, :, :5])
 
 
 def test_a_sliding_window_refills_the_cache_only_for_a_new_prompt(model, text_encoder, monkeypatch):

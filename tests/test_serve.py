@@ -20,7 +20,6 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import smoke_pipeline
 
 from arlon import cli
 from arlon.data.video_io import read_video, video_info
@@ -38,13 +37,6 @@ TURNS_BLUE = "the circle turns blue"  # after RED: BLUE, stated as the change
 
 
 # -- the form and the generations, without a browser ---------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    out = tmp_path_factory.mktemp("serve") / "smoke"
-    smoke_pipeline().save_pretrained(out)
-    return out
 
 
 @pytest.mark.parametrize(

@@ -114,7 +114,7 @@ def run_generate(args: argparse.Namespace) -> None:
 
     # Only now the heavy imports (torch, diffusers): every mistake above is reported at once.
     # They and the model take seconds before the first progress bar: said at a terminal.
-    if not args.quiet and sys.stderr.isatty():
+    if not args.quiet and sys.stderr is not None and sys.stderr.isatty():
         note(f"loading {args.model or 'the embedded model'}")
     import torch
 
