@@ -15,6 +15,14 @@ torch.set_num_threads(1)
 PROMPT = "a red circle moves right on a black background"
 FRAMES = 17
 
+# The smoke AR's tests: a prompt switch at token frame 5, and random token frames (2x2, 64 codes).
+TIMELINE = [(0, "a red circle moves right"), (5, "a blue square moves up")]
+
+
+def token_frames(b=2, t=4, seed=1) -> torch.Tensor:
+    """`b` videos of `t` random token frames of the smoke AR `(b, t, 2, 2)`."""
+    return torch.randint(0, 64, (b, t, 2, 2), generator=torch.Generator().manual_seed(seed))
+
 
 def smoke_pipeline():
     """A random smoke ARLONPipeline, the same every time, with every path of its DiT live."""
@@ -41,6 +49,14 @@ def smoke_pipeline():
         segment_frames=3,
         reference_frames=1,
     ).set_eval()
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    """The packaged text encoder, one per test module."""
+    from arlon.models.text_encoder import TextEncoder
+
+    return TextEncoder.from_pretrained()
 
 
 @pytest.fixture(scope="module")

@@ -5,24 +5,19 @@ import math
 
 import pytest
 import torch
+from conftest import TIMELINE, token_frames
 
 from arlon.errors import ArlonError
 from arlon.models.ar_decoder import ARDecoder
 from arlon.models.ar_sampler import ARSampler, ARSampling, sample_levels, sample_logits
-from arlon.models.ar_transformer import FSQHead, ar_transformer, fsq_codes, fsq_levels, level_nll
-from arlon.models.text_encoder import TextEncoder
-
-TIMELINE = [(0, "a red circle moves right"), (5, "a blue square moves up")]
-
-
-@pytest.fixture(scope="module")
-def text_encoder():
-    return TextEncoder.from_pretrained()
-
-
-def codes(b=2, t=4, seed=1) -> torch.Tensor:
-    """Token frames of the smoke AR (2x2, 64 codes) `(b, t, 2, 2)`."""
-    return torch.randint(0, 64, (b, t, 2, 2), generator=torch.Generator().manual_seed(seed))
+from arlon.models.ar_transformer import (
+    FSQHead,
+    ar_transformer,
+    fsq_codes,
+    fsq_levels,
+    fsq_rows,
+    level_nll,
+)
 
 
 def test_fsq_codes_are_embedded_and_predicted_level_by_level():
@@ -35,7 +30,7 @@ def test_fsq_codes_are_embedded_and_predicted_level_by_level():
     codes = torch.tensor([0, 1, 8, 737, 999])
     expected = FSQ(levels=levels, dim=4).indices_to_level_indices(codes)  # (5, 4)
     offsets = torch.tensor([0, 8, 13, 18])
-    assert torch.equal(model.head.rows[codes], expected + offsets)
+    assert torch.equal(model.code_embedder.rows[codes], expected + offsets)
     assert torch.equal(fsq_codes(expected, levels), codes)  # the inverse of fsq_levels
     x = torch.randn(3, model.config.hidden_size)
     per_dim = model.head.proj(x).split(levels, dim=-1)
@@ -58,7 +53,7 @@ def test_by_level_loss_is_the_cross_entropy_over_every_code():
     their logits: the head's distribution is the product of the dimensions'."""
     levels = [4, 4, 4]
     model = ar_transformer("smoke", code_levels=levels).eval()
-    x = codes()
+    x = token_frames()
     with torch.no_grad():
         logits = model(None, None, x)  # (B, N, 64)
         nll, right = level_nll(model(None, None, x, by_level=True), x.flatten(1), levels)
@@ -103,17 +98,18 @@ def test_a_codes_logit_is_the_sum_of_its_levels_in_every_code_order(levels):
     `fsq_levels`), for any leading shape: exactly on whole numbers (no order of adding rounds
     them), and on any float32 numbers bitwise as the gathered sum with up to 4 dimensions."""
     head, generator = FSQHead(16, levels), torch.Generator().manual_seed(0)
+    rows = fsq_rows(levels)  # (K, D): each code's level in each dimension, as rows of the logits
     whole = torch.randint(-1000, 1000, (3, 7, sum(levels)), generator=generator).float()
     sums = head.level_sums(whole)
     assert sums.shape == (3, 7, math.prod(levels))
-    assert torch.equal(sums, whole[..., head.rows].sum(-1))
+    assert torch.equal(sums, whole[..., rows].sum(-1))
     starts = [sum(levels[:d]) for d in range(len(levels))]  # each dimension's first row
     ends = [start + n - 1 for start, n in zip(starts, levels, strict=True)]  # and its last
     assert torch.equal(sums[..., 0], whole[..., starts].sum(-1))  # code 0: every level 0
     assert torch.equal(sums[..., -1], whole[..., ends].sum(-1))  # the last: every last level
     if len(levels) <= 4:
         logits = 5 * torch.randn(3, 7, sum(levels), generator=generator)
-        assert torch.equal(head.level_sums(logits), logits[..., head.rows].sum(-1))
+        assert torch.equal(head.level_sums(logits), logits[..., rows].sum(-1))
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -136,7 +132,7 @@ def test_a_sampler_draws_by_level_the_codes_of_the_whole_codebook(text_encoder, 
 def test_by_level_logits_need_a_by_level_head():
     model = ar_transformer("smoke").eval()  # one logit per code, no levels
     with pytest.raises(ArlonError, match="need a by-level head"):
-        model(None, None, codes(), by_level=True)
+        model(None, None, token_frames(), by_level=True)
     with pytest.raises(ArlonError, match="need a by-level head"):
         ARDecoder(model)(model.embed_prefix(None, None, 2), model.new_cache(2), 0, by_level=True)
 
@@ -161,5 +157,5 @@ def test_a_draw_at_a_bins_edge_never_lands_on_an_impossible_code():
     logits, uniform = torch.stack(logits), torch.stack(uniform)
     by_level = sample_levels(logits, levels, uniform=uniform)
     assert (fsq_levels(by_level, levels)[:, 0] != 0).all()
-    joint = logits[:, FSQHead(1, levels).rows].sum(-1)  # each code's logit: its levels' sum
+    joint = logits[:, fsq_rows(levels)].sum(-1)  # each code's logit: its levels' sum
     assert (fsq_levels(sample_logits(joint, uniform=uniform), levels)[:, 0] != 0).all()

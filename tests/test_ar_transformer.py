@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TIMELINE, token_frames
 
 from arlon import utils
 from arlon.errors import ArlonError
@@ -13,12 +14,6 @@ from arlon.models.ar_decoder import ARDecoder
 from arlon.models.ar_sampler import WINDOWS, ARSampler, ARSampling
 from arlon.models.ar_transformer import ARTransformer, KVCache, ar_transformer, cached_attention
 from arlon.models.layers import apply_rope, rope_tables
-from arlon.models.text_encoder import TextEncoder
-
-
-@pytest.fixture(scope="module")
-def text_encoder():
-    return TextEncoder.from_pretrained()
 
 
 @pytest.fixture(scope="module", params=["codes", "levels", "levels+joint"])
@@ -29,10 +24,6 @@ def model(request):
     if request.param == "codes":
         return ar_transformer("smoke").eval()
     return ar_transformer("smoke", code_levels=[4, 4, 4], code_head=request.param).eval()
-
-
-def codes(b=2, t=4, seed=1) -> torch.Tensor:
-    return torch.randint(0, 64, (b, t, 2, 2), generator=torch.Generator().manual_seed(seed))
 
 
 def generate(
@@ -52,14 +43,11 @@ def generate(
     return torch.stack(list(sampler.frames(timeline, frames, history)))  # (frames, h, w)
 
 
-TIMELINE = [(0, "a red circle moves right"), (5, "a blue square moves up")]
-
-
 @torch.no_grad()
 def test_teacher_forcing_equals_incremental_decoding(model, text_encoder):
     """The training forward and token-by-token decoding with the KV cache give the same logits."""
     text = text_encoder.encode(["a red circle moves right", "a green triangle stays still"])
-    x = codes()
+    x = token_frames()
     full = model(text.states, text.mask, x, first_frame=torch.tensor([0, 7]))  # (B, N, K)
     cache = model.new_cache(2)
     prefix = model.embed_prefix(text.states, text.mask)
@@ -83,7 +71,9 @@ def test_teacher_forcing_equals_incremental_decoding(model, text_encoder):
 @pytest.mark.parametrize("continued", [0, 2])
 @pytest.mark.parametrize("stride", [1, 3])
 def test_cached_generation_equals_uncached(model, text_encoder, guidance, continued, stride):
-    history = list(codes(1, continued, seed=5)[0]) if continued else None  # a video's last frames
+    history = (
+        list(token_frames(1, continued, seed=5)[0]) if continued else None
+    )  # a video's last frames
     settings = dict(seed=3, top_k=20, top_p=0.9, guidance_scale=guidance, history=history)
     settings["window_stride"] = stride
     # 11 frames with a context of 4: the window slides, and the prompt switches at frame 5
@@ -104,7 +94,10 @@ def test_the_fast_path_draws_the_reference_codes(model, text_encoder, guidance, 
         top_k=20, top_p=0.9, guidance_scale=guidance, window_stride=stride, window=window
     )
     timelines = [TIMELINE, [(0, "a green triangle stays still"), (2, "a red circle moves left")]]
-    history = [list(codes(1, 3, seed=5)[0]), list(codes(1, 3, seed=6)[0])]  # 3 frames (2, 2) each
+    history = [
+        list(token_frames(1, 3, seed=5)[0]),
+        list(token_frames(1, 3, seed=6)[0]),
+    ]  # 3 frames (2, 2) each
     drawn = []
     for fast in (True, False):
         sampler = ARSampler(model, text_encoder, settings, seed=[3, 4], fast=fast)
@@ -124,7 +117,7 @@ def test_jacobi_decoding_draws_the_codes_of_one_by_one_decoding(
     each) are the codes drawn one per forward, on both paths, through window slides, prompt
     switches and histories."""
     timelines = [TIMELINE, [(0, "a green triangle stays still"), (2, "a red circle moves left")]]
-    history = [list(codes(1, 3, seed=5)[0]), list(codes(1, 3, seed=6)[0])]
+    history = [list(token_frames(1, 3, seed=5)[0]), list(token_frames(1, 3, seed=6)[0])]
     drawn = {}
     for ahead, fast in [(1, False), (lookahead, False), (lookahead, True), (2 * lookahead, True)]:
         settings = ARSampling(top_k=20, window_stride=2, window=window, lookahead=ahead)
@@ -276,9 +269,10 @@ def test_a_sliding_window_moves_the_keys_and_values_without_recomputing_them(mod
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_slide_turns_the_kept_keys_as_apply_rope_does(dtype):
-    """`KVCache.slide` moves the kept positions up, their keys turned back by `apply_rope` in float32
-    and stored in the cache's dtype, bitwise, their values as they were; the positions before the
+def test_a_slide_turns_the_kept_keys_back_by_the_dropped_positions(dtype):
+    """`KVCache.slide` moves the kept positions up, their keys turned back by as many rotary
+    positions in float32 (each pair (i, i + 4) of 8 rotated: `x * cos + cat(-x2, x1) * sin`) and
+    stored in the cache's dtype, bitwise, their values as they were; the positions before the
     dropped ones stay."""
     generator = torch.Generator().manual_seed(0)
     keys, values = (torch.randn(2, 2, 3, 20, 8, generator=generator).to(dtype) for _ in range(2))
@@ -286,7 +280,10 @@ def test_a_slide_turns_the_kept_keys_as_apply_rope_does(dtype):
     cos, sin = rope_tables(torch.tensor([-4]), 8, 10000.0)
     cache.slide(5, 4, cos[0], sin[0])  # drop positions 5 to 8: 9 to 16 move to 5 to 12
     assert cache.length == 13
-    turned = apply_rope(keys[:, :, :, 9:17].float(), cos[0], sin[0]).to(dtype)
+    kept = keys[:, :, :, 9:17].float()
+    rotated = torch.cat([-kept[..., 4:], kept[..., :4]], dim=-1)
+    turned = (kept * cos[0] + rotated * sin[0]).to(dtype)
+    assert torch.equal(apply_rope(kept, cos[0], sin[0]).to(dtype), turned)
     assert torch.equal(cache.keys[:, :, :, 5:13], turned)
     assert torch.equal(cache.values[:, :, :, 5:13], values[:, :, :, 9:17])
     assert torch.equal(cache.keys[:, :, :, :5], keys[:, :, :, :5])
@@ -380,14 +377,14 @@ def test_the_fast_path_computes_the_models_logits_bitwise(text_encoder, head_dim
     x = torch.cat(
         [
             model.embed_prefix(text.states, text.mask),
-            model.embed_codes(codes()[:, :3].flatten(1), 0, 0),
+            model.embed_codes(token_frames()[:, :3].flatten(1), 0, 0),
         ],
         1,
     )
     decoder, reference, fast = ARDecoder(model), model.new_cache(2), model.new_cache(2)
     with torch.inference_mode():
         logits = [(model.forward_embeddings(x, reference, last=True), decoder(x, fast, 0))]
-        for code in codes(2, 1, seed=9).flatten(1).T:  # then one code at a time
+        for code in token_frames(2, 1, seed=9).flatten(1).T:  # then one code at a time
             y = model.embed_codes(code[:, None], 0, 3)
             logits.append(
                 (
@@ -472,7 +469,7 @@ def test_prompt_switch_changes_the_prefix_and_keeps_the_history(model, text_enco
 def test_save_load_round_trip(model, tmp_path):
     model.save_pretrained(tmp_path / "ar")
     loaded = ARTransformer.from_pretrained(tmp_path / "ar").eval()
-    x = codes()
+    x = token_frames()
     with torch.no_grad():
         assert torch.equal(loaded(None, None, x), model(None, None, x))
 
@@ -482,7 +479,7 @@ def test_dropout_acts_in_training_only(model, text_encoder):
     levels = {k: model.config[k] for k in ("code_levels", "code_head")}
     dropped = ar_transformer("smoke", dropout=0.5, **levels)
     dropped.load_state_dict(model.state_dict())
-    x = codes()
+    x = token_frames()
     with torch.no_grad():
         assert torch.equal(dropped.eval()(None, None, x), model(None, None, x))
         dropped.train()
