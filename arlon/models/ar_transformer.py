@@ -457,6 +457,16 @@ class ARTransformer(ModelMixin, ConfigMixin):
             raise ArlonError(
                 f"{start + x.shape[1]} positions exceed the context of {self.context_length}"
             )
+        x = self.hidden_states(x, cache, start)
+        if last:
+            return self.logits(x[:, -1:], by_level, decoding=cache is not None)[:, 0]
+        return self.logits(x, by_level, decoding=cache is not None)
+
+    def hidden_states(
+        self, x: torch.Tensor, cache: KVCache | None = None, start: int = 0
+    ) -> torch.Tensor:
+        """Embeddings `(B, N, C)` at positions `start..start+N-1` -> the last block's outputs
+        `(B, N, C)`, the keys and values appended to `cache`."""
         positions = torch.arange(start, start + x.shape[1], device=x.device)
         cos, sin = rope_tables(positions, self.head_dim, self.config.rope_theta)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
@@ -464,9 +474,7 @@ class ARTransformer(ModelMixin, ConfigMixin):
             x = block(x, cos, sin, cache, i)
         if cache is not None:
             cache.length += x.shape[1]
-        if last:
-            return self.logits(x[:, -1:], by_level, decoding=cache is not None)[:, 0]
-        return self.logits(x, by_level, decoding=cache is not None)
+        return x
 
     def logits(
         self, x: torch.Tensor, by_level: bool = False, decoding: bool = False
@@ -506,8 +514,8 @@ class ARTransformer(ModelMixin, ConfigMixin):
             ],
             dim=1,
         )  # (B, P + 1 + N - 1, C)
-        logits = self.forward_embeddings(x, by_level=by_level)
-        return logits[:, cfg.max_text_tokens :]  # (B, N, K): from BOS on
+        # the head on the codes' positions alone, from BOS on (a third of the positions are text)
+        return self.logits(self.hidden_states(x)[:, cfg.max_text_tokens :], by_level)  # (B, N, K)
 
 
 # ------------------------------------------------------------------------------------------------

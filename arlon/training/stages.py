@@ -317,7 +317,9 @@ class ARStage(_CacheStage):
         if levels is not None:
             ce, right = level_nll(logits, codes, levels)
         else:
-            ce = F.cross_entropy(logits.transpose(1, 2), codes, reduction="none")
+            # over rows of K contiguous logits (over `(B, K, N)`, the softmax strides 4 times slower)
+            ce = F.cross_entropy(logits.flatten(0, 1), codes.flatten(), reduction="none")
+            ce = ce.view(codes.shape)
             right = logits.argmax(-1) == codes
         return ce, right, weights
 
