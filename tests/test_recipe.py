@@ -204,7 +204,18 @@ def _finish(out, process, code=0):
     process.returncode = code
 
 
-def test_parallel_gives_a_stage_the_cores_the_finished_ones_leave(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def ctrl_c_as_at_a_terminal():
+    """SIGINT raises KeyboardInterrupt for the test, as at a terminal, also where the tests run in
+    a shell's background job (which starts with SIGINT ignored, and a scheduler leaves it so)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_parallel_gives_a_stage_the_cores_the_finished_ones_leave(
+    tmp_path, monkeypatch, capsys, ctrl_c_as_at_a_terminal
+):
     recipe, out = read_recipe("smoke"), tmp_path / "run"
     for name in ("data", "vae", "cache", "vq", "codes"):
         (out / name).mkdir(parents=True)
