@@ -29,14 +29,15 @@ def run(args) -> dict:
 
     torch.set_num_threads(args.threads)
     ar = ARTransformer.from_pretrained(args.ar).eval() if args.ar else load_embedded("ar")
+    vae, r_t = load_embedded("vae"), 1  # the embedded fine VQ-VAE's token frame: 1 latent frame
     sampling = ARSampling(guidance_scale=args.guidance)
     sampler = ARSampler(ar, TextEncoder.from_pretrained(), sampling, seed=0)
     prompt = "a red circle moves right and a blue square moves up on a black background"
     code_window = ar.config.code_window
-    token_frames = windows_for(args.frames[0], 4, 1, code_window) * code_window
+    token_frames = windows_for(args.frames[0], vae, r_t, code_window) * code_window
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
-    for _ in sampler.frames(token_timeline([(0, prompt)], 4, 1), token_frames):
+    for _ in sampler.frames(token_timeline([(0, prompt)], vae, r_t), token_frames):
         pass
     seconds = time.perf_counter() - start
     return {

@@ -48,9 +48,9 @@ def true_codes(episode, vae, vq, code_window: int, num_frames: int, folder: Path
     from arlon.world.render import render_states
 
     r_t = vq.ratio[0]
-    windows = windows_for(num_frames, vae.temporal_ratio, r_t, code_window)
+    windows = windows_for(num_frames, vae, r_t, code_window)
     # the last segment goes on past num_frames, so every window is whole
-    longer = replace(episode, num_frames=1 + vae.temporal_ratio * windows * code_window * r_t)
+    longer = replace(episode, num_frames=vae.video_frames(windows * code_window * r_t))
     path = folder / "episode.mp4"
     with VideoWriter(path, fps=longer.fps) as writer:
         for frame in render_states(longer.frames(), longer.height, longer.width):

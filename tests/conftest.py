@@ -24,8 +24,9 @@ def token_frames(b=2, t=4, seed=1) -> torch.Tensor:
     return torch.randint(0, 64, (b, t, 2, 2), generator=torch.Generator().manual_seed(seed))
 
 
-def smoke_pipeline():
-    """A random smoke ARLONPipeline, the same every time, with every path of its DiT live."""
+def smoke_pipeline(vae=None):
+    """A random smoke ARLONPipeline, the same every time, with every path of its DiT live; `vae`
+    in place of the smoke video VAE (4 latent channels)."""
     from arlon.diffusion.rectified_flow import scheduler
     from arlon.models.ar_transformer import ar_transformer
     from arlon.models.latent_vqvae import latent_vqvae
@@ -45,7 +46,7 @@ def smoke_pipeline():
         latent_vqvae("smoke", latent_channels=4),
         dit,
         scheduler(),
-        video_vae("smoke"),
+        vae or video_vae("smoke"),
         segment_frames=3,
         reference_frames=1,
     ).set_eval()

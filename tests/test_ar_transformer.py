@@ -396,6 +396,20 @@ def test_the_fast_path_computes_the_models_logits_bitwise(text_encoder, head_dim
     assert torch.equal(reference.keys, fast.keys) and torch.equal(reference.values, fast.values)
 
 
+def test_both_forwards_refuse_positions_past_the_context_or_off_the_cache(model):
+    decoder, end, width = ARDecoder(model), model.context_length, model.config.hidden_size
+    for forward in (model.forward_embeddings, decoder):
+        cache = model.new_cache(1)
+        with torch.inference_mode():
+            forward(torch.zeros(1, end - 1, width), cache, 0)
+            with pytest.raises(ArlonError, match=f"holds {end - 1} positions, not 3"):
+                forward(torch.zeros(1, 1, width), cache, 3)
+            with pytest.raises(
+                ArlonError, match=f"{end + 1} positions exceed the context of {end}"
+            ):
+                forward(torch.zeros(1, 2, width), cache, end - 1)
+
+
 def test_sampling_is_deterministic_per_seed(model, text_encoder):
     a = generate(model, text_encoder, TIMELINE, 8, seed=1)
     assert torch.equal(a, generate(model, text_encoder, TIMELINE, 8, seed=1))
@@ -526,17 +540,23 @@ def test_bad_input_is_a_clear_error(model, text_encoder, settings, timeline, mat
 
 
 def test_codes_that_do_not_fit_are_a_clear_error(model):
-    with pytest.raises(ArlonError, match="do not fit"):
-        model(None, None, torch.zeros(1, 5, 2, 2, dtype=torch.long))  # 5 > max_frames
+    for frames in (5, 0):  # 5 > max_frames
+        with pytest.raises(ArlonError, match="do not fit"):
+            model(None, None, torch.zeros(1, frames, 2, 2, dtype=torch.long))
 
 
 def test_video_timelines_map_onto_token_frames():
-    from arlon.pipeline.coarse import latent_frame, token_timeline, windows_for
+    from arlon.models.video_vae import video_vae
+    from arlon.pipeline.coarse import token_start, token_timeline, windows_for
 
+    vae = video_vae("smoke")  # causal, 4 frames a latent frame
     # video frame 0 is latent frame 0; frames 4k-3..4k are latent frame k
-    assert [latent_frame(f, 4) for f in (0, 1, 4, 5, 8, 9)] == [0, 1, 1, 2, 2, 3]
+    assert [vae.latent_of(f) for f in (0, 1, 4, 5, 8, 9)] == [0, 1, 1, 2, 2, 3]
+    assert [vae.first_frame(k) for k in range(4)] == [0, 1, 5, 9]
+    assert [vae.latents_for(n) for n in (1, 2, 5, 6, 17)] == [1, 2, 2, 3, 5]
     timeline = [(0, "a"), (5, "b"), (6, "c"), (40, "d")]
-    assert list(token_timeline(timeline, 4, 1)) == [(0, "a"), (2, "c"), (10, "d")]  # c wins
-    assert list(token_timeline(timeline, 4, 2)) == [(0, "a"), (1, "c"), (5, "d")]
+    assert list(token_timeline(timeline, vae, 1)) == [(0, "a"), (2, "c"), (10, "d")]  # c wins
+    assert list(token_timeline(timeline, vae, 2)) == [(0, "a"), (1, "c"), (5, "d")]
+    assert [token_start(t, vae, 2) for t in range(4)] == [0, 5, 13, 21]
     # 64 frames -> 17 latent frames -> two windows of 9; 33 frames -> 9 latent frames -> one
-    assert windows_for(64, 4, 1, 9) == 2 and windows_for(33, 4, 1, 9) == 1
+    assert windows_for(64, vae, 1, 9) == 2 and windows_for(33, vae, 1, 9) == 1

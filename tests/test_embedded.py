@@ -75,9 +75,9 @@ def test_coarse_video_streamed_equals_decoded_from_codes_drawn_beforehand():
     text_encoder = TextEncoder.from_pretrained()
     timeline = [(0, "a red circle moves right"), (20, "a red circle moves up")]
     streamed = list(coarse_video(ARSampler(ar, text_encoder, seed=3), vq, vae, timeline, 40))
-    window, ratios = ar.config.code_window, (vae.temporal_ratio, vq.ratio[0])
-    token_frames = windows_for(40, *ratios, window) * window
-    codes = sample_codes(ARSampler(ar, text_encoder, seed=[3]), [timeline], token_frames, *ratios)
+    window, time = ar.config.code_window, (vae, vq.ratio[0])
+    token_frames = windows_for(40, *time, window) * window
+    codes = sample_codes(ARSampler(ar, text_encoder, seed=[3]), [timeline], token_frames, *time)
     decoded = list(coarse_frames(codes[0], vq, vae, window, 40))
     assert len(streamed) == len(decoded) == 40
     assert all(np.array_equal(a, b) for a, b in zip(streamed, decoded, strict=True))

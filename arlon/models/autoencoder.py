@@ -47,7 +47,24 @@ class VideoAutoencoder:
         return 1 + (num_frames - 1) // self.temporal_ratio
 
     def video_frames(self, latent_frames: int) -> int:
+        """The video frames that `latent_frames` latent frames decode to."""
         return 1 + (latent_frames - 1) * self.temporal_ratio
+
+    # The video frame <-> latent frame arithmetic that generation and its timelines use; an
+    # autoencoder whose frames do not follow `1 + k * temporal_ratio` overrides `latents_for`
+    # (and `video_frames`), the other two follow from them.
+
+    def latents_for(self, num_frames: int) -> int:
+        """The fewest latent frames whose video holds `num_frames` frames (at least 1)."""
+        return 1 + -(-(num_frames - 1) // self.temporal_ratio)
+
+    def latent_of(self, frame: int) -> int:
+        """The latent frame that holds video frame `frame` (from 0)."""
+        return self.latents_for(frame + 1) - 1
+
+    def first_frame(self, latent: int) -> int:
+        """The first video frame of latent frame `latent` (the inverse of `latent_of`)."""
+        return 0 if latent == 0 else self.video_frames(latent)
 
     def check_video(self, video: torch.Tensor) -> None:
         """A clear error for a video this autoencoder cannot take."""

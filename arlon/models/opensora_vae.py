@@ -259,6 +259,10 @@ class OpenSoraVAE(ModelMixin, ConfigMixin, VideoAutoencoder):
         whole, rest = divmod(latent_frames, self.micro_latents)
         return whole * self.config.micro_frame_size + rest * self.temporal_ratio
 
+    def latents_for(self, num_frames: int) -> int:
+        whole, rest = divmod(num_frames, self.config.micro_frame_size)
+        return whole * self.micro_latents + -(-rest // self.temporal_ratio)
+
     # -- encode and decode --------------------------------------------------------------------------
 
     @torch.no_grad()

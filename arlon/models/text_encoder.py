@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -135,6 +136,7 @@ class TextEncoder(torch.nn.Module):
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._cached_bytes = 0
+        self._lock = threading.Lock()  # the AR's thread and the DiT's both encode prompts
 
     @classmethod
     def from_pretrained(
@@ -207,7 +209,7 @@ class TextEncoder(torch.nn.Module):
         # no_grad rather than inference_mode: inference tensors could not be saved for backward
         # by the trainable models that consume the states. inference_mode(False) keeps a caller's
         # inference_mode from turning the cached states into inference tensors.
-        with torch.inference_mode(False), torch.no_grad():
+        with self._lock, torch.inference_mode(False), torch.no_grad():
             unique = list(dict.fromkeys(prompts))  # CFG batches repeat the null caption
             found = {p: self._cache[p] for p in unique if p in self._cache}
             missing = [p for p in unique if p not in found]

@@ -6,9 +6,10 @@ scale, close to the data here), which is how the AR alone is judged and debugged
     frames = coarse_video(sampler, vq, vae, [(0, "a red circle moves right")], num_frames=600)
     for frame in frames: ...          # (H, W, 3) uint8, streamed
 
-Time: the VAE turns video frame s > 0 into latent frame ceil(s / 4) (frame 0 alone into latent 0),
-the fine VQ-VAE codes windows of `code_window` token frames of r_t latent frames each. The AR
-generates whole windows; the video is cut to the frames asked for.
+Time: the VAE says which latent frame holds a video frame (`latent_of`: ours turns frame s > 0
+into latent frame ceil(s / 4), frame 0 alone into latent 0); the fine VQ-VAE codes windows of
+`code_window` token frames of r_t latent frames each. The AR generates whole windows; the video is
+cut to the frames asked for.
 
 Seams: the windows were coded independently, but each is decoded with `SEAM_CONTEXT` token frames of
 its neighbours on either side (the end of the window before, the start of the one after), of which
@@ -36,29 +37,24 @@ from arlon.world.prompts import whole_scenes
 SEAM_CONTEXT = 2
 
 
-def latent_frame(frame: int, temporal_ratio: int) -> int:
-    """The latent frame that holds video frame `frame` of a causal VAE."""
-    return -(-frame // temporal_ratio)
-
-
-def token_timeline(timeline: Timeline, temporal_ratio: int, r_t: int) -> Timeline:
-    """A timeline in video frames -> the same in token frames (two switches inside one token frame:
-    the later one wins)."""
+def token_timeline(timeline: Timeline, vae, r_t: int) -> Timeline:
+    """A timeline in video frames -> the same in token frames of `r_t` latent frames of `vae`
+    (two switches inside one token frame: the later one wins)."""
     by_start: dict[int, str] = {}
     for start, prompt in Timeline.of(timeline):
-        by_start[latent_frame(start, temporal_ratio) // r_t] = prompt
+        by_start[vae.latent_of(start) // r_t] = prompt
     return Timeline(sorted(by_start.items()))
 
 
-def read_tokens(timeline: Timeline, temporal_ratio: int, r_t: int) -> Timeline:
+def read_tokens(timeline: Timeline, vae, r_t: int) -> Timeline:
     """A timeline in video frames as the AR reads it: in token frames, each prompt that states
     only a change told as the whole scene (`whole_scenes`)."""
-    return token_timeline(whole_scenes(Timeline.of(timeline)), temporal_ratio, r_t)
+    return token_timeline(whole_scenes(Timeline.of(timeline)), vae, r_t)
 
 
-def token_start(token: int, temporal_ratio: int, r_t: int) -> int:
+def token_start(token: int, vae, r_t: int) -> int:
     """The first video frame of token frame `token` (the inverse of `token_timeline`'s mapping)."""
-    return 0 if token == 0 else temporal_ratio * (token * r_t - 1) + 1
+    return vae.first_frame(token * r_t)
 
 
 class LiveTokens:
@@ -66,12 +62,12 @@ class LiveTokens:
     t is drawn, a prompt directed since the last one is recorded at t's first video frame, so
     `token_timeline` of the timeline recorded in the end switches at t too."""
 
-    def __init__(self, live: LiveTimeline, temporal_ratio: int, r_t: int):
-        self.live, self.temporal_ratio, self.r_t = live, temporal_ratio, r_t
+    def __init__(self, live: LiveTimeline, vae, r_t: int):
+        self.live, self.vae, self.r_t = live, vae, r_t
 
     def switch_at(self, frame: int) -> str | None:
-        self.live.take(token_start(frame, self.temporal_ratio, self.r_t))
-        return read_tokens(self.live.timeline, self.temporal_ratio, self.r_t).switch_at(frame)
+        self.live.take(token_start(frame, self.vae, self.r_t))
+        return read_tokens(self.live.timeline, self.vae, self.r_t).switch_at(frame)
 
 
 @torch.inference_mode()
@@ -115,19 +111,18 @@ def _decode_window(vq, frames: list[torch.Tensor], start: int, code_window: int)
     return latents[:, :, start * r_t : (start + code_window) * r_t]
 
 
-def windows_for(num_frames: int, temporal_ratio: int, r_t: int, code_window: int) -> int:
-    """VQ windows needed for `num_frames` video frames."""
-    latents = 1 + latent_frame(num_frames - 1, temporal_ratio)
-    return -(-latents // (code_window * r_t))
+def windows_for(num_frames: int, vae, r_t: int, code_window: int) -> int:
+    """VQ windows needed for `num_frames` video frames of `vae`."""
+    return -(-vae.latents_for(num_frames) // (code_window * r_t))
 
 
 def sample_codes(
-    sampler, timelines: list[Timeline], token_frames: int, temporal_ratio: int, r_t: int, **bar
+    sampler, timelines: list[Timeline], token_frames: int, vae, r_t: int, **bar
 ) -> list[list[torch.Tensor]]:
-    """`token_frames` token frames `(h, w)` for each of `timelines` (in video frames), drawn
-    together by a sampler with one seed per timeline (`ARSampler(..., seed=[...])`); `bar`: tqdm's
-    arguments for a progress bar over token frames."""
-    tokens = [read_tokens(t, temporal_ratio, r_t) for t in timelines]
+    """`token_frames` token frames `(h, w)` for each of `timelines` (in video frames of `vae`),
+    drawn together by a sampler with one seed per timeline (`ARSampler(..., seed=[...])`); `bar`:
+    tqdm's arguments for a progress bar over token frames."""
+    tokens = [read_tokens(t, vae, r_t) for t in timelines]
     frames = list(tqdm(sampler.batch_frames(tokens, token_frames), total=token_frames, **bar))
     return [[frame[i] for frame in frames] for i in range(len(timelines))]
 
@@ -139,8 +134,8 @@ def coarse_video(sampler, vq, vae, timeline: Timeline, num_frames: int) -> Itera
         raise ArlonError(f"num_frames must be >= 1, got {num_frames}")
     code_window = sampler.model.config.code_window
     r_t = vq.ratio[0]
-    windows = windows_for(num_frames, vae.temporal_ratio, r_t, code_window)
-    codes = sampler.frames(read_tokens(timeline, vae.temporal_ratio, r_t), windows * code_window)
+    windows = windows_for(num_frames, vae, r_t, code_window)
+    codes = sampler.frames(read_tokens(timeline, vae, r_t), windows * code_window)
     return coarse_frames(codes, vq, vae, code_window, num_frames)
 
 

@@ -84,7 +84,7 @@ def continued_latents(vae, video: np.ndarray | str | Path, reference_frames: int
                 f"got {frames.dtype} of shape {frames.shape}"
             )
         # its last frames make the latents: those before the first whole latent frame go
-        usable = 1 + (len(frames) - 1) // vae.temporal_ratio * vae.temporal_ratio
+        usable = vae.video_frames(vae.latents_for(len(frames) + 1) - 1)
         latents = encode_frames(vae, frames[len(frames) - usable :])[None]
     if latents.shape[2] < r:
         need = vae.video_frames(r)

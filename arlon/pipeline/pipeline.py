@@ -23,8 +23,8 @@ The stages, each holding a bounded window:
 
 With `overlap=True` (`arlon generate`'s default) stages 2 and 3-4 work side by side: the AR draws in
 a thread of its own, at most two VQ windows ahead of the DiT, and torch's threads are best split
-between them (`arlon.pipeline.threads.generation_threads`). The frames are those of the stages taking turns at the same
-thread count: the AR's codes depend on nothing the DiT does.
+between them (`arlon.pipeline.threads.generation_threads`). The frames are those of the stages
+taking turns at the same thread count: the AR's codes depend on nothing the DiT does.
 
 Mode "ar-only" leaves out step 3: F itself goes to the VAE, which shows what the DiT adds.
 
@@ -54,7 +54,7 @@ from arlon.errors import ArlonError
 from arlon.frames import to_frames
 from arlon.models.ar_sampler import ARSampler, ARSampling
 from arlon.models.text_encoder import TextEncoder
-from arlon.pipeline.coarse import LiveTokens, coarse_latents, latent_frame, sample_codes
+from arlon.pipeline.coarse import LiveTokens, coarse_latents, sample_codes
 from arlon.pipeline.folders import MODELS, SETTINGS, assemble, load_components
 from arlon.pipeline.job import DiTSampling, Job, check_guidance, continued_latents
 from arlon.pipeline.threads import StageTimes, counted, read_ahead, timed
@@ -82,6 +82,12 @@ class ARLONPipelineOutput(BaseOutput):
     """`frames`: `(1, T, H, W, 3)` uint8 for output_type "np", or a list of one list of PIL images."""
 
     frames: np.ndarray | list
+
+
+def check_length(num_frames) -> None:
+    """A clear error for a length that is not a positive number of frames."""
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise ArlonError(f"the number of frames must be a positive integer, got {num_frames!r}")
 
 
 class ARLONPipeline(DiffusionPipeline):
@@ -220,8 +226,7 @@ class ARLONPipeline(DiffusionPipeline):
 
     def check_inputs(self, num_frames, height: int, width: int, sampling: DiTSampling) -> None:
         """Errors a generation would meet, before any work: length, size against the models."""
-        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-            raise ArlonError(f"the number of frames must be a positive integer, got {num_frames!r}")
+        check_length(num_frames)
         s = self.spatial_ratio
         if height % s or width % s or height < s or width < s:
             raise ArlonError(
@@ -237,12 +242,11 @@ class ARLONPipeline(DiffusionPipeline):
         """`(segments, new latent frames)` for `num_frames` video frames (continuing a video: they
         follow its reference frames)."""
         s, r = self.config.segment_frames, self.config.reference_frames
-        # new latent frames: a causal VAE's first latent is one frame, the others four
         if not continued:
-            needed = 1 + latent_frame(num_frames - 1, self.temporal_ratio)
+            needed = self.vae.latents_for(num_frames)
             segments = 1 + max(0, -(-(needed - s) // (s - r)))
-        else:
-            needed = -(-num_frames // self.temporal_ratio)
+        else:  # new latent frames after the r of the reference
+            needed = self.vae.latents_for(self.vae.video_frames(r) + num_frames) - r
             segments = -(-needed // (s - r))
         return segments, segments * (s - r) + (0 if continued else r)
 
@@ -321,6 +325,8 @@ class ARLONPipeline(DiffusionPipeline):
             timeline = LiveTimeline(prompt if timeline is None else timeline)
         if init_video is not None and sampling.mode == "ar-only":
             raise ArlonError("mode ar-only does not continue a video: use arlon or baseline")
+        check_length(num_frames)  # these two before the video to continue is encoded
+        dit = self.dit_for(sampling.mode)
         init = (
             None
             if init_video is None
@@ -348,7 +354,7 @@ class ARLONPipeline(DiffusionPipeline):
             segments,
             new_latents,
             init,
-            self.dit_for(sampling.mode),
+            dit,
         )
 
     def _decode(self, job: Job, latents, times: StageTimes, bars) -> Iterator[np.ndarray]:
@@ -359,7 +365,10 @@ class ARLONPipeline(DiffusionPipeline):
         try:
             while left > 0:
                 upstream, started = times.waited + times.dit, time.perf_counter()
-                video = next(decoder)  # (1, 3, t, H, W); pulls the AR and DiT stages as needed
+                video = next(decoder, None)  # (1, 3, t, H, W); pulls the AR and DiT as needed
+                if video is None:  # the plan's latent frames decode to fewer frames
+                    made = job.num_frames - left
+                    raise ArlonError(f"the VAE made {made} of {job.num_frames} frames")
                 frames = to_frames(video[0])[skip:][:left]
                 skip = max(0, skip - video.shape[2])
                 elapsed = time.perf_counter() - started
@@ -395,7 +404,7 @@ class ARLONPipeline(DiffusionPipeline):
             sampler,
             [Timeline.of(t) for t in timelines],
             self.token_frames(new_latents),
-            self.temporal_ratio,
+            self.vae,
             self.vq.ratio[0],
             desc=f"AR ({len(timelines)} videos)",
             unit="token frame",
@@ -420,7 +429,7 @@ class ARLONPipeline(DiffusionPipeline):
         sampler = ARSampler(
             self.ar, self.text_encoder, self.resolved_ar(ar_sampling), check_seed(seed)
         )
-        tokens = LiveTokens(live, self.temporal_ratio, self.vq.ratio[0])
+        tokens = LiveTokens(live, self.vae, self.vq.ratio[0])
         return sampler.frames(tokens, self.token_frames(new_latents), history)
 
     def _coarse_latents(
@@ -460,10 +469,9 @@ class ARLONPipeline(DiffusionPipeline):
             if conditions is None:  # no AR: a directed prompt holds from this segment's frames on
                 job.live.take(last + 1)
             started = time.perf_counter()
-            if job.init is None:  # the segment's last video frame: latent l ends at frame 4l
-                last = self.vae.video_frames(k * (s - r) + s) - 1
-            else:  # continued: new latent j holds frames 4j .. 4j + 3
-                last = (k + 1) * (s - r) * self.temporal_ratio - 1
+            last = self.vae.video_frames(k * (s - r) + s) - 1  # the segment's last video frame
+            if job.init is not None:  # counted from the first new frame
+                last -= self.vae.video_frames(r)
             text = self.text_encoder.encode([whole_scenes(job.live.timeline).prompt_at(last)])
             noise = torch.randn(shape, generator=generator)
             reference = torch.zeros_like(noise)
@@ -523,7 +531,12 @@ class ARLONPipeline(DiffusionPipeline):
             num_frames=num_frames,
             height=height,
             width=width,
-            sampling=DiTSampling(num_inference_steps, guidance_scale, mode, strength),
+            sampling=DiTSampling(
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                mode=mode,
+                strength=strength,
+            ),
             ar_sampling=ar_sampling,
             seed=seed or 0,
             init_video=init_video,

@@ -50,7 +50,7 @@ def generation_threads(overlap: bool, cores: int | None = None) -> int:
 
 def timed(items: Iterator, times, field: str) -> Iterator:
     """`items` as they are pulled, the seconds each took to come added to `times.<field>`;
-    closing this closes them (a read-ahead's thread stops at once)."""
+    closing this closes them (a read-ahead's thread ends once the item it is drawing is done)."""
     try:
         while True:
             started = time.perf_counter()
@@ -63,9 +63,6 @@ def timed(items: Iterator, times, field: str) -> Iterator:
         items.close()
 
 
-_END = object()
-
-
 def counted(codes: Iterable, times: StageTimes, stop: threading.Event) -> Iterator:
     """`codes` as they are pulled, counted in `times.token_frames`; none more once `stop` is set."""
     for frame in codes:
@@ -75,10 +72,14 @@ def counted(codes: Iterable, times: StageTimes, stop: threading.Event) -> Iterat
         yield frame
 
 
+_END = object()
+
+
 def read_ahead(items: Iterator, depth: int = 1, closed: threading.Event | None = None) -> Iterator:
     """`items`, drawn in a thread of their own (in inference mode) up to `depth` ahead of the
     consumer; an error there is raised here. Closing this sets `closed` and waits for the thread,
-    which ends once the item it is drawing is done (`items` may watch `closed` to end sooner)."""
+    which ends once the item it is drawing is done (`items` may watch `closed` to end sooner); set
+    from elsewhere, `closed` ends the items here too."""
     slots: queue.Queue = queue.Queue(maxsize=depth)
     closed = closed or threading.Event()
 
@@ -105,11 +106,19 @@ def read_ahead(items: Iterator, depth: int = 1, closed: threading.Event | None =
                 if hasattr(items, "close"):
                     items.close()
 
+    def take():
+        while True:
+            try:
+                return slots.get(timeout=0.05)
+            except queue.Empty:  # a thread stopped by `closed` leaves no end behind
+                if not thread.is_alive() and slots.empty():
+                    return _END, None
+
     thread = threading.Thread(target=produce, name="arlon-ar", daemon=True)
     thread.start()
     try:
         while True:
-            item, error = slots.get()
+            item, error = take()
             if error is not None:
                 raise error
             if item is _END:
