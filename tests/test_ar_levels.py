@@ -10,14 +10,8 @@ from conftest import TIMELINE, token_frames
 from arlon.errors import ArlonError
 from arlon.models.ar_decoder import ARDecoder
 from arlon.models.ar_sampler import ARSampler, ARSampling, sample_levels, sample_logits
-from arlon.models.ar_transformer import (
-    FSQHead,
-    ar_transformer,
-    fsq_codes,
-    fsq_levels,
-    fsq_rows,
-    level_nll,
-)
+from arlon.models.ar_transformer import ar_transformer
+from arlon.models.fsq import FSQHead, fsq_codes, fsq_levels, fsq_rows, level_nll
 
 
 def test_fsq_codes_are_embedded_and_predicted_level_by_level():

@@ -46,7 +46,8 @@ import torch.nn.functional as F
 
 from arlon.errors import ArlonError
 from arlon.models.ar_decoder import ARDecoder
-from arlon.models.ar_transformer import ARTransformer, FSQHead, KVCache, fsq_codes
+from arlon.models.ar_transformer import ARTransformer, KVCache
+from arlon.models.fsq import FSQHead, fsq_codes
 from arlon.timeline import Timeline
 from arlon.utils import native_bf16
 

@@ -25,7 +25,8 @@ from arlon.data.world_clips import WorldClips
 from arlon.diffusion.rectified_flow import flow_loss, resolution_shift
 from arlon.errors import ArlonError
 from arlon.frames import psnr
-from arlon.models.ar_transformer import AR_PRESETS, ar_transformer, level_nll
+from arlon.models.ar_transformer import AR_PRESETS, ar_transformer
+from arlon.models.fsq import level_nll
 from arlon.models.latent_vqvae import latent_vqvae
 from arlon.models.stdit import INJECTION_PRESETS, STDiT, stdit
 from arlon.models.text_encoder import TextEncoder
