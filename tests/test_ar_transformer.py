@@ -441,7 +441,7 @@ def test_the_window_slides_in_constant_memory(model, text_encoder):
     for _ in sampler.frames([(0, "a red circle")], 40):
         lengths.append(cache.length)
     # never more than the prefix and max_frames token frames, in the buffers allocated at the start
-    assert max(lengths) <= cache.capacity == model.context_length
+    assert max(lengths) <= cache.keys.shape[3] == model.context_length
     assert (cache.keys.data_ptr(), cache.values.data_ptr(), cache.keys.shape) == storage
     # from frame 3 on, the context is full: the prefix, 3 earlier frames and the new one but its
     # last code (whose keys and values no code would read: the next frame refills the cache)

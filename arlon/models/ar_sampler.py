@@ -303,19 +303,6 @@ class ARSampler:
             return self.decoder(x, cache, cache.length, every, by_level)
         return self.model.forward_embeddings(x, cache, cache.length, by_level, last=not every)
 
-    def _embed_run(self, codes: torch.Tensor, first_cell: int, frame: int) -> torch.Tensor:
-        """Codes `(videos, N)` of token frame `frame` from cell `first_cell` -> `(batch, N, C)`."""
-        model, rows = self.model, self._rows(codes)
-        if self.decoder is None:
-            return model.embed_codes(rows, first_cell, frame)
-        # as `embed_codes` sums it (code, cell, then phase), from the tables directly
-        cells = model.cell_embedder.weight[first_cell : first_cell + codes.shape[1]]
-        return (
-            model.code_embedder(rows)
-            + cells
-            + model.phase_embedder.weight[frame % model.config.code_window]
-        )
-
     def _draw_frame(
         self, logits: torch.Tensor, uniform: torch.Tensor, t: int, guess: torch.Tensor
     ) -> torch.Tensor:
@@ -341,7 +328,7 @@ class ARSampler:
         while done < n:
             m = min(ahead, n - done)
             self.cache.truncate(base + done - 1)  # drop the keys and values of wrong guesses
-            x = self._embed_run(frame[:, done - 1 : done + m - 1], done - 1, t)
+            x = self.model.embed_codes(self._rows(frame[:, done - 1 : done + m - 1]), done - 1, t)
             drawn = self._next(self._forward(x, every=True), uniform[:, done : done + m])
             # the guesses confirmed in a row, for every video of the batch
             right = (drawn == frame[:, done : done + m]).all(0).cumprod(0).sum()
@@ -358,7 +345,7 @@ class ARSampler:
         on nothing after it, so they stay in the cache from one refill to the next: `prefix` is
         given only when it changed (a third of a full window's positions on shapes-tiny)."""
         if prefix is not None:
-            self.cache.reset()
+            self.cache.truncate(0)
             self.prefix_logits = self._forward(prefix)
         else:
             self.cache.truncate(self.model.prefix_length)
@@ -477,7 +464,8 @@ class ARSampler:
                 )
                 codes = self._draw_frame(logits, uniform, t, guess)
                 if not refills:
-                    logits = self._forward(self._embed_run(codes[:, -1:], per_frame - 1, t))
+                    x = self.model.embed_codes(self._rows(codes[:, -1:]), per_frame - 1, t)
+                    logits = self._forward(x)
             else:  # the whole context through the model for every code
                 frame: list[torch.Tensor] = []  # (videos, 1) each
                 for j in range(per_frame):

@@ -54,13 +54,6 @@ class KVCache:
     values: torch.Tensor
     length: int = 0
 
-    @property
-    def capacity(self) -> int:
-        return self.keys.shape[3]
-
-    def reset(self) -> None:
-        self.length = 0
-
     def truncate(self, length: int) -> None:
         """Keep the first `length` positions (their keys and values depend on nothing after them)."""
         if not 0 <= length <= self.length:
@@ -320,6 +313,11 @@ class ARTransformer(ModelMixin, ConfigMixin):
         """Codes `(B, N)` that start at cell `first_cell` of token frame `first_frame` (its index in
         the whole video, `(B,)` or an int) -> `(B, N, C)`."""
         b, n = codes.shape
+        if isinstance(first_frame, int) and first_cell + n <= self.tokens_per_frame:
+            # a run inside one token frame (decoding): the tables' rows sliced, not gathered
+            cells = self.cell_embedder.weight[first_cell : first_cell + n]
+            phase = self.phase_embedder.weight[first_frame % self.config.code_window]
+            return self.code_embedder(codes) + cells + phase
         offset = torch.arange(n, device=codes.device) + first_cell  # (N,)
         cells = offset % self.tokens_per_frame
         frames = torch.as_tensor(first_frame, device=codes.device).view(-1, 1) + (
