@@ -225,8 +225,8 @@ class ARLONPipeline(DiffusionPipeline):
         return c.frame_height * self.vq.ratio[1] * ratio, c.frame_width * self.vq.ratio[2] * ratio
 
     def check_inputs(self, num_frames, height: int, width: int, sampling: DiTSampling) -> None:
-        """Errors a generation would meet, before any work: length, size against the models."""
-        check_length(num_frames)
+        """Errors a generation's size would meet, before any work: against the models (its length:
+        `check_length`)."""
         s = self.spatial_ratio
         if height % s or width % s or height < s or width < s:
             raise ArlonError(
@@ -325,7 +325,7 @@ class ARLONPipeline(DiffusionPipeline):
             timeline = LiveTimeline(prompt if timeline is None else timeline)
         if init_video is not None and sampling.mode == "ar-only":
             raise ArlonError("mode ar-only does not continue a video: use arlon or baseline")
-        check_length(num_frames)  # these two before the video to continue is encoded
+        check_length(num_frames)  # the length and the DiT before a video to continue is encoded
         dit = self.dit_for(sampling.mode)
         init = (
             None

@@ -77,9 +77,9 @@ _END = object()
 
 def read_ahead(items: Iterator, closed: threading.Event | None = None) -> Iterator:
     """`items`, drawn in a thread of their own (in inference mode) one ahead of the consumer (and
-    one being drawn); an error there is raised here. Closing this sets `closed` and waits for the thread,
-    which ends once the item it is drawing is done (`items` may watch `closed` to end sooner); set
-    from elsewhere, `closed` ends the items here too."""
+    one being drawn); an error there is raised here. Closing this sets `closed` and waits for the
+    thread, which ends once the item it is drawing is done (`items` may watch `closed` to end
+    sooner); set from elsewhere, `closed` ends the items here too."""
     slots: queue.Queue = queue.Queue(maxsize=1)
     closed = closed or threading.Event()
 
